@@ -1,0 +1,84 @@
+"""Images -> token sequences, pixel normalisation, and CIFAR-style augmentation.
+
+``patchify`` cuts ``[N, H, W, C]`` images into non-overlapping ``p x p`` patches in row-major patch
+order (left to right, then top to bottom); each patch is flattened row by row with the channels
+last, i.e. patch feature ``(dy * p + dx) * C + c`` is pixel ``(y0 + dy, x0 + dx)`` channel ``c``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def check_patch_size(height: int, width: int, patch_size: int, what: str = "images") -> None:
+    if patch_size < 1 or height % patch_size or width % patch_size:
+        divisors = [d for d in range(1, min(height, width) + 1) if height % d == 0 and width % d == 0]
+        raise ValueError(
+            f"{what} are {height}x{width} (HxW) but patch_size={patch_size} does not divide both; "
+            f"choose a patch size that divides H and W: one of {divisors}"
+        )
+
+
+def patchify(images, patch_size: int):
+    """``[N, H, W, C]`` (numpy array or torch tensor) -> ``[N, (H/p)*(W/p), p*p*C]``."""
+    if images.ndim != 4:
+        raise ValueError(f"patchify expects [N, H, W, C], got shape {tuple(images.shape)}")
+    n, h, w, c = images.shape
+    p = int(patch_size)
+    check_patch_size(h, w, p)
+    x = images.reshape(n, h // p, p, w // p, p, c)
+    x = x.permute(0, 1, 3, 2, 4, 5) if isinstance(x, torch.Tensor) else x.transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(n, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(tokens, patch_size: int, height: int, width: int):
+    """Inverse of :func:`patchify`."""
+    n, t, d = tokens.shape
+    p = int(patch_size)
+    c = d // (p * p)
+    x = tokens.reshape(n, height // p, width // p, p, p, c)
+    x = x.permute(0, 1, 3, 2, 4, 5) if isinstance(x, torch.Tensor) else x.transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(n, height, width, c)
+
+
+def channel_stats(images: np.ndarray, scale: float = 255.0, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of ``images / scale`` (``[N, H, W, C]``), in float64, chunked."""
+    c = images.shape[-1]
+    total = np.zeros(c)
+    total_sq = np.zeros(c)
+    count = 0
+    for i in range(0, len(images), chunk):
+        block = images[i: i + chunk].reshape(-1, c).astype(np.float64) / scale
+        total += block.sum(0)
+        total_sq += (block * block).sum(0)
+        count += block.shape[0]
+    mean = total / max(count, 1)
+    var = np.maximum(total_sq / max(count, 1) - mean * mean, 0.0)
+    std = np.sqrt(var)
+    std[std < 1e-8] = 1.0  # a constant channel: leave it centred, do not blow it up
+    return mean, std
+
+
+def normalise(images: torch.Tensor, mean: np.ndarray, std: np.ndarray, scale: float = 255.0) -> torch.Tensor:
+    """``(images / scale - mean) / std`` per channel (channels last), as float32."""
+    x = images.to(torch.float32) / scale
+    return (x - torch.as_tensor(mean, dtype=torch.float32)) / torch.as_tensor(std, dtype=torch.float32)
+
+
+def random_crop_flip(images: torch.Tensor, rng: np.random.Generator, padding: int = 4, flip: bool = True) -> torch.Tensor:
+    """Random ``H x W`` crop of the zero-padded image and a horizontal flip with probability 1/2.
+
+    ``images``: ``[B, H, W, C]`` (any dtype; padding is 0, i.e. black for raw pixels). The crop
+    offsets and flips come from ``rng``, so the result is reproducible.
+    """
+    b, h, w, c = images.shape
+    padded = torch.nn.functional.pad(images, (0, 0, padding, padding, padding, padding))
+    oy = torch.as_tensor(rng.integers(0, 2 * padding + 1, size=b))
+    ox = torch.as_tensor(rng.integers(0, 2 * padding + 1, size=b))
+    flips = torch.as_tensor(rng.random(b) < 0.5) if flip else torch.zeros(b, dtype=torch.bool)
+    rows = oy[:, None] + torch.arange(h)[None, :]  # [B, H]
+    cols = torch.arange(w)[None, :].expand(b, w)
+    cols = torch.where(flips[:, None], (w - 1) - cols, cols) + ox[:, None]  # [B, W]
+    batch = torch.arange(b)[:, None, None]
+    return padded[batch, rows[:, :, None], cols[:, None, :]]

@@ -1,0 +1,105 @@
+"""Variable-length discrete sequences: compact storage, padded batches, and the too-long policy.
+
+Sequences are never truncated. A task with a ``max_tokens`` limit checks every sequence against
+it when loading (:func:`apply_length_policy`):
+
+* ``too_long="error"`` (default): if any sequence is longer, loading stops with one message that
+  counts the affected sequences per split, gives the longest length and the first offender, and
+  says what to do (raise ``max_tokens`` if the backbone allows it, or ``too_long=skip``);
+* ``too_long="skip"``: those sequences are dropped, and the counts are logged and kept in
+  ``task.skipped`` (note that skipping test sequences changes the benchmark).
+
+(The ``Split`` classes built on these live in ``fpt.tasks.listops``; this module does not import
+``fpt.tasks`` so that either package can be imported first.)
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+log = logging.getLogger("fpt.data")
+
+TOO_LONG_POLICIES = ("error", "skip")
+
+
+def check_too_long_option(value: str, task: str) -> None:
+    if value not in TOO_LONG_POLICIES:
+        raise ValueError(f"{task}: option too_long must be one of {TOO_LONG_POLICIES}, got {value!r}")
+
+
+class PackedSequences:
+    """Many 1-D token arrays stored as one flat array plus offsets."""
+
+    def __init__(self, seqs: list[np.ndarray] | None = None, flat: np.ndarray | None = None,
+                 offsets: np.ndarray | None = None, dtype=np.uint8):
+        if seqs is not None:
+            lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+            self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            self.flat = np.concatenate(seqs).astype(dtype) if seqs else np.zeros(0, dtype)
+        else:
+            self.flat, self.offsets = flat, offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.flat[self.offsets[i]: self.offsets[i + 1]]
+
+    def subset(self, keep: np.ndarray) -> "PackedSequences":
+        idx = np.flatnonzero(keep) if keep.dtype == bool else np.asarray(keep)
+        return PackedSequences([self[int(i)] for i in idx], dtype=self.flat.dtype)
+
+
+def pad_batch(seqs: list[np.ndarray], labels, pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Right-pad token sequences: ``x`` int64 [B, T], ``mask`` bool [B, T] (True = real), ``y``."""
+    t = max(len(s) for s in seqs)
+    x = np.full((len(seqs), t), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), t), dtype=bool)
+    for i, s in enumerate(seqs):
+        x[i, : len(s)] = s
+        mask[i, : len(s)] = True
+    return {"x": torch.from_numpy(x), "mask": torch.from_numpy(mask), "y": torch.as_tensor(np.asarray(labels, dtype=np.int64))}
+
+
+def apply_length_policy(lengths: dict[str, np.ndarray], max_tokens: int, policy: str, task: str,
+                        where: dict[str, str] | None = None) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Check sequence lengths per split against ``max_tokens``.
+
+    Returns ``(keep masks per split, number dropped per split)``; raises ``ValueError`` under
+    ``policy="error"`` when any sequence is too long (see module docstring).
+    """
+    check_too_long_option(policy, task)
+    keep = {name: np.asarray(l) <= max_tokens for name, l in lengths.items()}
+    counts = {name: int((~k).sum()) for name, k in keep.items()}
+    total = sum(counts.values())
+    if total == 0:
+        return keep, counts
+    longest = max(int(np.max(l)) for l in lengths.values() if len(l))
+    parts = []
+    for name, k in keep.items():
+        if counts[name]:
+            first = int(np.flatnonzero(~k)[0])
+            loc = f" in {where[name]}" if where and name in where else ""
+            parts.append(f"{name}: {counts[name]} of {len(k)} (first: record {first}{loc}, "
+                         f"{int(lengths[name][first])} tokens)")
+    summary = "; ".join(parts)
+    if policy == "error":
+        raise ValueError(
+            f"{task}: {total} sequences are longer than max_tokens={max_tokens} (longest: {longest} tokens). "
+            f"Per split: {summary}. Sequences are never truncated. Either raise max_tokens to >= {longest} "
+            f"(e.g. --task-option max_tokens={longest}; the backbone must accept that many positions), or "
+            f"drop them with --task-option too_long=skip (this changes the test set if test sequences are dropped)."
+        )
+    log.warning("%s: too_long=skip: dropping %d sequences longer than max_tokens=%d (%s)", task, total, max_tokens, summary)
+    for name, k in keep.items():
+        if not k.any():
+            raise ValueError(f"{task}: too_long=skip dropped every sequence of split {name!r} "
+                             f"(max_tokens={max_tokens}); raise max_tokens")
+    return keep, counts

@@ -1,0 +1,87 @@
+"""TAPE remote homology: the protein fold (1195 classes) from the amino-acid sequence.
+
+Tokens are amino acids (TAPE's 25-letter IUPAC vocabulary, ids 1..25; 0 is padding); batches are
+right-padded with a ``mask`` and the head reads the last real token. Splits are TAPE's: ``train``,
+``valid`` (validation) and three test sets, reported separately: ``test`` (fold holdout, the
+headline), ``test_superfamily`` and ``test_family``.
+
+Sequences longer than ``max_tokens`` are never truncated: ``too_long=error`` (default) stops with
+a count per split and what to do; ``too_long=skip`` drops them (logged, counts in ``task.skipped``).
+Files are looked for as :mod:`fpt.data.store` describes and, when missing, downloaded from TAPE's
+official raw-data URL (no published checksum: completeness is checked instead, see
+:mod:`fpt.data.sources`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fpt.data import sources, tape
+from fpt.data.sequences import apply_length_policy, check_too_long_option
+from fpt.data.store import ensure_files
+from fpt.tasks.base import Task, TaskSpec, register_task
+from fpt.tasks.listops import PackedSequenceSplit
+
+# our split name -> TAPE's
+SPLITS = {
+    "train": "train",
+    "val": "valid",
+    "test": "test_fold_holdout",
+    "test_superfamily": "test_superfamily_holdout",
+    "test_family": "test_family_holdout",
+}
+
+
+@register_task
+class RemoteHomology(Task):
+    name = "remote-homology"
+    description = "TAPE remote homology: protein fold (1195 classes) from amino acids; 3 test sets"
+
+    @dataclass
+    class Options:
+        max_tokens: int = 1024  # longest sequence accepted (GPT-2 has 1024 positions)
+        too_long: str = "error"  # longer sequences: "error" (stop, with counts) or "skip" (drop them)
+        download: bool = True  # fetch missing files from TAPE's URL into the cache
+
+    def __init__(self, options, seed=0, data_dir=None):
+        super().__init__(options, seed, data_dir)
+        check_too_long_option(options.too_long, self.name)
+        if options.max_tokens < 1:
+            raise ValueError(f"{self.name}: max_tokens must be >= 1, got {options.max_tokens}")
+        self._data = None
+        self.skipped: dict[str, int] = {}  # sequences dropped per split under too_long=skip
+
+    @property
+    def spec(self) -> TaskSpec:
+        return TaskSpec(input_type="discrete", input_dim=tape.VOCAB_SIZE, max_tokens=self.options.max_tokens,
+                        num_classes=tape.NUM_FOLDS, readout="last", padded=True, pad_id=tape.PAD_ID)
+
+    def _load(self):
+        if self._data is None:
+            files = ensure_files(sources.REMOTE_HOMOLOGY, self.data_dir, task=self.name,
+                                 download_ok=self.options.download)
+            paths = {ours: files[tape.SPLIT_FILES[theirs]] for ours, theirs in SPLITS.items()}
+            raw = {ours: tape.read_tape_json(p) for ours, p in paths.items()}
+            keep, self.skipped = apply_length_policy(
+                {s: seqs.lengths for s, (seqs, _) in raw.items()}, self.options.max_tokens, self.options.too_long,
+                self.name, where={s: str(p) for s, p in paths.items()},
+            )
+            self._data = {}
+            for s, (seqs, y) in raw.items():
+                if self.skipped.get(s):
+                    seqs, y = seqs.subset(keep[s]), y[keep[s]]
+                self._data[s] = (seqs, y)
+        return self._data
+
+    def _split(self, name: str, training: bool = False) -> PackedSequenceSplit:
+        seqs, y = self._load()[name]
+        return PackedSequenceSplit(seqs, y, shuffle_seed=self.seed if training else None, pad_id=tape.PAD_ID)
+
+    def train(self):
+        return self._split("train", training=True)
+
+    def val(self):
+        return self._split("val")
+
+    def test(self):
+        return {name: self._split(name) for name in ("test", "test_superfamily", "test_family")}

@@ -1,0 +1,173 @@
+"""ListOps (Long Range Arena): classify the value (0-9) of a nested MAX/MIN/MED/SUM_MOD expression.
+
+Tokens are discrete (vocabulary of 16 incl. padding id 0, see :mod:`fpt.data.listops`); batches
+are right-padded with a ``mask`` and the head reads the last real token (``readout="last"``).
+The closing bracket ``]`` is kept and nothing is truncated (the two known bugs of the 2021 FPT
+code).
+
+``source`` (chosen explicitly, default ``files``):
+
+* ``files``: LRA's ``basic_train.tsv`` / ``basic_val.tsv`` / ``basic_test.tsv`` (official splits;
+  looked for as :mod:`fpt.data.store` describes; there is no automatic download, and the error
+  when they are missing says where to get them or to use ``source=generated``). Sequences longer
+  than ``max_tokens`` follow ``too_long`` (``error``: stop with counts; ``skip``: drop them).
+  The default was chosen so that a benchmark number never silently comes from other data.
+* ``generated``: the built-in generator with LRA's grammar and distribution. The training stream
+  draws a fresh expression per stream position (a pure function of the run seed and position);
+  validation and test are fixed sets of ``val_samples`` / ``test_samples`` expressions that
+  depend only on ``data_seed`` (the same for every run), generated once and kept in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fpt.data import listops as lo
+from fpt.data import sources
+from fpt.data.sequences import PackedSequences, apply_length_policy, check_too_long_option, pad_batch
+from fpt.data.store import ensure_files
+from fpt.tasks.base import ArraySplit, GeneratedSplit, Task, TaskSpec, register_task, sample_rng
+
+SOURCES = ("files", "generated")
+
+
+class PackedSequenceSplit(ArraySplit):
+    """An :class:`ArraySplit` over packed sequences: batches are padded and always carry a mask."""
+
+    def __init__(self, seqs: PackedSequences, labels: np.ndarray, shuffle_seed: int | None = None, pad_id: int = 0):
+        super().__init__({"row": np.arange(len(seqs), dtype=np.int64), "y": np.asarray(labels, dtype=np.int64)},
+                         shuffle_seed=shuffle_seed)
+        self.seqs = seqs
+        self.pad_id = pad_id
+
+    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        out = super().batch(indices)
+        rows = out["row"].numpy()
+        return pad_batch([self.seqs[int(r)] for r in rows], out["y"].numpy(), self.pad_id)
+
+
+class GeneratedSequenceSplit(GeneratedSplit):
+    """A :class:`GeneratedSplit` of ``{"x": tokens, "y": label}`` samples, padded with a mask.
+
+    A finite split (``size`` set) remembers its samples, so evaluation sets are generated once.
+    """
+
+    def __init__(self, make_sample, seed: int, stream: int, size: int | None, pad_id: int = 0):
+        super().__init__(make_sample, seed, stream, size)
+        self.pad_id = pad_id
+        self._memo: dict[int, dict[str, np.ndarray]] | None = {} if size is not None else None
+
+    def _sample(self, i: int) -> dict[str, np.ndarray]:
+        if self._memo is not None and i in self._memo:
+            return self._memo[i]
+        s = self.make_sample(sample_rng(self.seed, self.stream, i))
+        if self._memo is not None:
+            self._memo[i] = s
+        return s
+
+    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        if self.size is not None and len(indices) and (int(np.max(indices)) >= self.size or int(np.min(indices)) < 0):
+            raise IndexError(f"indices outside 0..{self.size - 1}")
+        samples = [self._sample(int(i)) for i in indices]
+        return pad_batch([s["x"] for s in samples], [s["y"] for s in samples], self.pad_id)
+
+
+@register_task
+class ListOps(Task):
+    name = "listops"
+    description = "LRA ListOps: value (0-9) of a nested MAX/MIN/MED/SUM_MOD expression, 500-2000 discrete tokens"
+
+    @dataclass
+    class Options:
+        source: str = "files"  # "files": LRA's basic_*.tsv; "generated": built-in generator (offline)
+        max_tokens: int = 2000  # longest sequence accepted (LRA's are < 2000 tokens once parentheses go)
+        too_long: str = "error"  # files longer than max_tokens: "error" (stop, with counts) or "skip" (drop)
+        min_length: int = 500  # generated: keep expressions with min_length < tokens < max_length (as LRA)
+        max_length: int = 2000
+        max_depth: int = 10  # generated: nesting depth limit (LRA: 10)
+        max_args: int = 10  # generated: arguments per operator, 2..max_args (LRA: 10)
+        val_samples: int = 2000  # generated: fixed validation set size (LRA: 2000)
+        test_samples: int = 2000  # generated: fixed test set size (LRA: 2000)
+        data_seed: int = 0  # generated: seed of the fixed validation / test sets
+
+    def __init__(self, options, seed=0, data_dir=None):
+        super().__init__(options, seed, data_dir)
+        o = options
+        if o.source not in SOURCES:
+            raise ValueError(f"{self.name}: option source must be one of {SOURCES}, got {o.source!r}")
+        check_too_long_option(o.too_long, self.name)
+        if o.max_tokens < 1:
+            raise ValueError(f"{self.name}: max_tokens must be >= 1, got {o.max_tokens}")
+        if o.source == "generated":
+            if o.max_length - o.min_length < 2 or o.min_length < 0:
+                raise ValueError(f"{self.name}: need 0 <= min_length < max_length - 1, got {o.min_length}, {o.max_length}")
+            if o.max_length - 1 > o.max_tokens:
+                raise ValueError(
+                    f"{self.name}: generated expressions can have up to max_length-1={o.max_length - 1} tokens but "
+                    f"max_tokens={o.max_tokens}; set max_length <= {o.max_tokens + 1} or raise max_tokens"
+                )
+            if o.max_depth < 1 or o.max_args < 2:
+                raise ValueError(f"{self.name}: need max_depth >= 1 and max_args >= 2")
+            if o.val_samples < 1 or o.test_samples < 1:
+                raise ValueError(f"{self.name}: val_samples and test_samples must be >= 1")
+        self._data = None
+        self._fixed_sets: dict[str, GeneratedSequenceSplit] = {}
+        self.skipped: dict[str, int] = {}  # sequences dropped per split under too_long=skip
+
+    @property
+    def spec(self) -> TaskSpec:
+        o = self.options
+        longest = min(o.max_tokens, o.max_length - 1) if o.source == "generated" else o.max_tokens
+        return TaskSpec(input_type="discrete", input_dim=lo.VOCAB_SIZE, max_tokens=longest,
+                        num_classes=lo.NUM_CLASSES, readout="last", padded=True, pad_id=lo.PAD_ID)
+
+    # -- generated ---------------------------------------------------------------------------
+    def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        o = self.options
+        ids, value = lo.generate_listops(rng, max_depth=o.max_depth, max_args=o.max_args,
+                                         min_length=o.min_length, max_length=o.max_length)
+        return {"x": ids.astype(np.int64), "y": np.int64(value)}
+
+    # -- files -------------------------------------------------------------------------------
+    def _load(self):
+        if self._data is None:
+            files = ensure_files(sources.LISTOPS, self.data_dir, task=self.name)
+            raw = {split: lo.read_listops_tsv(files[name]) for split, name in lo.FILES.items()}
+            keep, self.skipped = apply_length_policy(
+                {s: seqs.lengths for s, (seqs, _) in raw.items()}, self.options.max_tokens, self.options.too_long,
+                self.name, where={s: str(files[n]) for s, n in lo.FILES.items()},
+            )
+            self._data = {}
+            for s, (seqs, y) in raw.items():
+                if self.skipped.get(s):
+                    seqs, y = seqs.subset(keep[s]), y[keep[s]]
+                self._data[s] = (seqs, y)
+        return self._data
+
+    # -- splits ------------------------------------------------------------------------------
+    def train(self):
+        if self.options.source == "generated":
+            return GeneratedSequenceSplit(self.sample, self.seed, stream=0, size=None, pad_id=lo.PAD_ID)
+        seqs, y = self._load()["train"]
+        return PackedSequenceSplit(seqs, y, shuffle_seed=self.seed, pad_id=lo.PAD_ID)
+
+    def _fixed(self, name: str, stream: int, size: int) -> GeneratedSequenceSplit:
+        if name not in self._fixed_sets:  # kept, so the set is generated once per task
+            self._fixed_sets[name] = GeneratedSequenceSplit(self.sample, self.options.data_seed, stream=stream,
+                                                            size=size, pad_id=lo.PAD_ID)
+        return self._fixed_sets[name]
+
+    def val(self):
+        if self.options.source == "generated":
+            return self._fixed("val", 1, self.options.val_samples)
+        seqs, y = self._load()["val"]
+        return PackedSequenceSplit(seqs, y, pad_id=lo.PAD_ID)
+
+    def test(self):
+        if self.options.source == "generated":
+            return {"test": self._fixed("test", 2, self.options.test_samples)}
+        seqs, y = self._load()["test"]
+        return {"test": PackedSequenceSplit(seqs, y, pad_id=lo.PAD_ID)}
