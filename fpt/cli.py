@@ -27,11 +27,13 @@ _FIT_FLAGS: dict[str, tuple[Any, str]] = {
     "freeze": (str, "freeze preset: fpt, output-only, +ln, +input, +pos, +ff, +attn, full"),
     "steps": (int, "optimizer steps"),
     "batch_size": (int, "global batch size"),
+    "accumulate_grad_batches": (int, "micro-batches of --batch-size per optimizer step (effective batch = batch size x this)"),
     "lr": (float, "Adam learning rate"),
     "weight_decay": (float, "decoupled weight decay"),
     "grad_clip": (float, "gradient-norm clip (0: off)"),
     "max_bad_steps": (int, "stop after this many consecutive steps with a non-finite gradient norm"),
-    "seed": (int, "seed of data, held-out sets and new layers"),
+    "chance_warning_evals": (int, "warn if validation accuracy is at chance for the first K validations (0: never)"),
+    "seed": (int, "seed of the training stream, generated held-out sets, random init and new layers"),
     "eval_every": (int, "steps between validations and checkpoints"),
     "eval_batch_size": (int, "batch size for validation and test"),
     "target_accuracy": (float, "record the first step where validation accuracy reaches this"),
@@ -45,11 +47,19 @@ _FIT_FLAGS: dict[str, tuple[Any, str]] = {
     "lstm_width": (int, "hidden size of the lstm backbone"),
     "attn_implementation": (str, "sdpa | eager"),
     "label": (str, "free text shown in reports"),
+    "num_nodes": (int, "machines (launch with torchrun or srun; README: Performance and scale)"),
+    "strategy": (str, "auto | ddp | fsdp"),
+    "compile": (str, "torch.compile the backbone: auto (on CUDA) | true | false"),
+    "fused_optimizer": (str, "fused Adam with sync-free skipping of non-finite steps: auto (on CUDA) | true | false"),
+    "num_threads": (int, "CPU threads (default: physical cores / processes)"),
+    "cache_train_samples": (int, "with --cache-features on a generated task: training samples to cache (0: steps x batch size)"),
+    "cache_memory_mb": (int, "with --cache-features: larger caches go to RUN_DIR/features (memory-mapped)"),
 }
 _BOOL_FLAGS = {
     "stop_at_target": "stop once validation accuracy reaches --target-accuracy",
     "learned_positions": "learned position table for RoPE backbones (--no-learned-positions to turn off)",
     "trust_remote_code": "allow running Python code shipped with a hub model",
+    "cache_features": "freeze output-only: compute the frozen outputs once and train the head on them",
 }
 
 
@@ -78,10 +88,26 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in _BOOL_FLAGS.items():
         fit.add_argument("--" + name.replace("_", "-"), dest=name, action=argparse.BooleanOptionalAction, default=None,
                          help=help_text)
+    fit.add_argument("--overwrite", action="store_true",
+                     help="if --run-dir holds a run, move it aside to RUN_DIR.old-<timestamp> and start again")
     fit.add_argument("--no-progress-bar", action="store_true", help="no progress bar (one line per validation)")
 
     test = sub.add_parser("test", help="evaluate a finished run on its test split(s)")
     test.add_argument("--run-dir", required=True)
+
+    pred = sub.add_parser("predict", help="classes and probabilities for new data with a trained run")
+    pred.add_argument("--run-dir", required=True)
+    pred.add_argument("--data", required=True, help=".npz with x (raw, as in training) and optionally y")
+    pred.add_argument("--out", required=True, help="CSV to write: index, prediction, p0..pC-1 (, label)")
+    pred.add_argument("--x-key", default=None, help="array name of the inputs (default: x, else x_test)")
+
+    from fpt.bench import add_bench_parser
+
+    add_bench_parser(sub, _parse_task_option)
+
+    from fpt.experiment_cli import add_parsers as add_experiment_parsers  # sweep, report, plot
+
+    add_experiment_parsers(sub)
 
     lst = sub.add_parser("list", help="tasks, backbones, freeze presets and shipped config presets")
     lst.add_argument("--json", action="store_true", help="machine-readable output")
@@ -97,9 +123,12 @@ def _fit(args) -> int:
         flags["task_options"] = dict(args.task_option)
     if args.resume:
         run_dir = Path(args.resume)
+        if args.overwrite:
+            raise ValueError("--resume continues the run in place; --overwrite starts a new one: use one of them")
         if not (run_dir / "config.yaml").exists():
             raise FileNotFoundError(f"--resume {run_dir}: no config.yaml there; is it a run directory?")
-        allowed = {"steps", "eval_every", "num_workers", "device", "devices", "precision", "stop_at_target"}
+        allowed = {"steps", "eval_every", "num_workers", "device", "devices", "precision", "stop_at_target",
+                   "num_nodes", "strategy", "compile", "fused_optimizer", "num_threads"}
         changed = sorted(set(flags) - allowed)
         if changed or args.config:
             raise ValueError(f"--resume continues a run with its own config; only {', '.join(sorted(allowed))} "
@@ -112,7 +141,7 @@ def _fit(args) -> int:
     else:
         base = read_yaml(args.config) if args.config else {}
         config = build_config(merge(base, flags))
-        results = fit(config, enable_progress_bar=not args.no_progress_bar and None)
+        results = fit(config, enable_progress_bar=not args.no_progress_bar and None, overwrite=args.overwrite)
     test = results.get("test", {})
     print(f"test accuracy {test.get('accuracy', float('nan')):.4f}  exact {test.get('exact_accuracy', float('nan')):.4f}  "
           f"({results['steps']} steps, {results['seconds']:.0f} s, "
@@ -129,6 +158,15 @@ def _test(args) -> int:
     return 0
 
 
+def _predict(args) -> int:
+    from fpt.predict import predict
+
+    summary = predict(args.run_dir, args.data, args.out, x_key=args.x_key)
+    accuracy = f", accuracy {summary['accuracy']:.4f} against the given labels" if "accuracy" in summary else ""
+    print(f"wrote {summary['samples']} predictions to {summary['out']}{accuracy}")
+    return 0
+
+
 def _list(args) -> int:
     from fpt.backbones import HUB_EXAMPLES, list_backbones
     from fpt.backbones.freeze import PRESET_HELP
@@ -137,11 +175,15 @@ def _list(args) -> int:
 
     info = {"tasks": list_tasks(), "backbones": list_backbones(), "hub_examples": list(HUB_EXAMPLES),
             "freeze_presets": PRESET_HELP, "config_presets": list_presets()}
+    from fpt.sweep import list_experiments
+
+    info["experiments"] = list_experiments()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     sections = [("tasks", info["tasks"]), ("backbones", info["backbones"]), ("freeze presets", info["freeze_presets"]),
-                ("config presets (fpt fit --config NAME)", info["config_presets"])]
+                ("config presets (fpt fit --config NAME)", info["config_presets"]),
+                ("experiments (fpt sweep PRESET --experiment NAME)", info["experiments"])]
     for title, entries in sections:
         print(f"{title}:")
         width = max((len(k) for k in entries), default=0)
@@ -153,9 +195,26 @@ def _list(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"fit": _fit, "test": _test, "list": _list}[args.command]
+    from fpt.bench import main as _bench
+
+    from fpt.experiment_cli import HANDLERS as _experiment_handlers
+
+    handler = {"fit": _fit, "test": _test, "predict": _predict, "list": _list, "bench": _bench,
+               **_experiment_handlers}[args.command]
+    from fpt.health import OutOfMemory, TrainingInterrupted
+    from fpt.rundir import RunLockedError
+    from fpt.training import NonFiniteGradientError
+
     try:
         return handler(args)
+    except TrainingInterrupted as stop:
+        # Stopped by Ctrl-C / SIGTERM after writing a checkpoint: 128 + signal (130 / 143), like a shell.
+        print(f"fpt {args.command}: {stop}", file=sys.stderr)
+        return stop.exit_code
+    except (NonFiniteGradientError, OutOfMemory, RunLockedError) as err:
+        # The run failed (diverged, out of memory) or could not start (directory in use): no traceback.
+        print(f"fpt {args.command}: error: {err}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, FileExistsError, OSError) as err:
         # Errors a user can cause: say what is wrong and what to do, without a traceback.
         print(f"fpt {args.command}: error: {err}", file=sys.stderr)

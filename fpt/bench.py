@@ -1,0 +1,381 @@
+"""``fpt bench``: time full FPT training steps, the 2021 way against fpt's default path for the device.
+
+One process, one table::
+
+    fpt bench --backbone smollm2-135m --layers 12 --task bit-xor --batch-size 32
+    fpt bench --backbone smollm2-135m --layers 12 --tokens 64 --input-dim 16 --batch-size 64 --device cuda --json b.json
+
+A step is what training does: forward through the real ``FPT`` module (with its real freezing, so
+frozen weights get no weight gradients), cross-entropy, backward, gradient-norm clip with the
+non-finite check, optimizer step. Paths:
+
+* ``naive`` — what the 2021 code did: fp32, eager attention, the for-loop Adam
+  (``foreach=False``), a plain ``nn.Module`` (no compile), and host reads every step (the loss for
+  logging and the finiteness of the gradient norm);
+* ``fast`` — fpt's defaults for the device (``fpt.fastpath``): on CUDA bf16 autocast, SDPA
+  attention, ``torch.compile`` of the backbone, fused Adam with the sync-free step guard; on CPU
+  fp32, SDPA attention, no compile, unfused Adam, threads = physical cores.
+
+Reported per path: median step time over the timed steps after warm-up (CUDA events on GPU,
+``perf_counter`` on CPU), samples/s, tokens/s, matmul TFLOP/s, peak memory
+(``torch.cuda.max_memory_allocated`` on GPU; on CPU the growth of the process's resident set while
+the path is built and run: approximate, allocator-dependent).
+
+Matmul FLOPs per step = ``B x T x (2 P + 2 P [activation gradients] + 2 P_trained)`` with ``P`` the
+backbone's matmul weights (``Linear``/``Conv1D``; embedding tables excluded), ``P_trained`` those
+of them that train (0 under the paper's ``fpt`` preset). For ``fpt`` that is **4 x frozen matmul
+parameters x tokens** per sample: forward plus activation gradients, no weight gradients. Under
+``output-only`` no gradient enters the backbone: 2 x. Attention's score and context products
+(``4 T^2 H`` per layer forward) and the new input/output layers are not counted. On a GPU the
+table also gives each path's share of the card's bf16 matmul peak, measured in the same process
+(an 8192^3 bf16 matmul). It is a benchmark: it never fails on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PATHS = ("naive", "fast")
+
+
+def add_bench_parser(sub, parse_task_option) -> argparse.ArgumentParser:
+    b = sub.add_parser("bench", help="time training steps: the 2021 naive path vs fpt's default path",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b.add_argument("--backbone", default="smollm2-135m", help="as for fpt fit")
+    b.add_argument("--init", default="pretrained", help="pretrained | random")
+    b.add_argument("--layers", type=int, default=None, help="keep only the first K blocks")
+    b.add_argument("--freeze", default="fpt", help="freeze preset")
+    b.add_argument("--task", default=None, help="take shape and one real batch from this task (default: bit-xor, "
+                                                 "unless --tokens is given)")
+    b.add_argument("-o", "--task-option", action="append", default=[], type=parse_task_option, metavar="KEY=VALUE",
+                   help="task option, e.g. -o n_bits=32 (repeatable)")
+    b.add_argument("--tokens", type=int, default=None, help="synthetic continuous input: tokens per sample")
+    b.add_argument("--input-dim", type=int, default=16, help="synthetic continuous input: features per token")
+    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    b.add_argument("--steps", type=int, default=10, help="timed steps per path")
+    b.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
+    b.add_argument("--paths", default="naive,fast", help="comma-separated: naive, fast")
+    b.add_argument("--compile", default="auto", help="fast path: auto | true | false")
+    b.add_argument("--fused-optimizer", default="auto", help="fast path: auto | true | false")
+    b.add_argument("--precision", default="auto", help="fast path: auto | 32-true | bf16-mixed")
+    b.add_argument("--attn-implementation", default="sdpa", help="fast path: sdpa | eager")
+    b.add_argument("--num-threads", type=int, default=None, help="CPU threads (unset: physical cores)")
+    b.add_argument("--lr", type=float, default=1e-3)
+    b.add_argument("--json", metavar="FILE", help="also write the numbers to FILE")
+    return b
+
+
+# -- memory ---------------------------------------------------------------------------------------
+def _proc_status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+class _Memory:
+    def __init__(self, device):
+        import torch
+
+        self.torch, self.cuda = torch, device.type == "cuda"
+
+    def start(self):
+        gc.collect()
+        if self.cuda:
+            self.torch.cuda.empty_cache()
+            self.torch.cuda.reset_peak_memory_stats()
+            self.base = 0
+        else:
+            self.hwm_reset = _reset_peak_rss()
+            self.base = _proc_status_kb("VmRSS") or 0
+
+    def peak_mb(self) -> float | None:
+        if self.cuda:
+            return self.torch.cuda.max_memory_allocated() / 2**20
+        peak = _proc_status_kb("VmHWM") if self.hwm_reset else _proc_status_kb("VmRSS")
+        return None if peak is None else max(0, peak - self.base) / 1024
+
+
+# -- the model and data ----------------------------------------------------------------------------
+def _spec_and_batch(args, device):
+    import numpy as np
+    import torch
+
+    from fpt.tasks import make_task
+    from fpt.tasks.base import TaskSpec
+
+    if args.tokens is not None and args.task is None:
+        spec = TaskSpec(input_type="continuous", input_dim=args.input_dim, max_tokens=args.tokens, num_classes=2,
+                        num_labels=1, readout="last")
+        g = torch.Generator().manual_seed(0)
+        batch = {"x": torch.randn(args.batch_size, args.tokens, args.input_dim, generator=g),
+                 "y": torch.randint(0, 2, (args.batch_size, 1), generator=g)}
+        shape = f"{args.tokens} tokens x {args.input_dim}"
+    else:
+        task = make_task(args.task or "bit-xor", dict(args.task_option), seed=0)
+        spec = task.spec
+        batch = task.train().batch(np.arange(args.batch_size, dtype=np.int64))
+        t = batch["x"].shape[1]
+        shape = f"{args.task or 'bit-xor'}: {t} tokens" + (f" x {spec.input_dim}" if spec.input_type == "continuous" else "")
+    batch = {k: v.to(device) for k, v in batch.items()}
+    return spec, batch, shape
+
+
+def matmul_params(model) -> tuple[int, int]:
+    """(all, trained) matmul weights of the backbone: Linear / Conv1D weights, embedding tables excluded."""
+    from torch import nn
+
+    total = trained = 0
+    for module in model.backbone.modules():
+        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+            n = module.weight.numel()
+            total += n
+            trained += n if module.weight.requires_grad else 0
+        elif isinstance(module, nn.LSTM):
+            for name, p in module.named_parameters():
+                if name.startswith("weight"):
+                    total += p.numel()
+                    trained += p.numel() if p.requires_grad else 0
+    return total, trained
+
+
+def gradients_enter_backbone(model) -> bool:
+    """True when something at or before the blocks trains (input layer, positions, norms...)."""
+    return any(p.requires_grad for n, p in model.named_parameters() if not n.startswith("head."))
+
+
+def flops_per_step(model, batch_size: int, tokens: int) -> float:
+    p_all, p_trained = matmul_params(model)
+    per_token = 2 * p_all + (2 * p_all if gradients_enter_backbone(model) else 0) + 2 * p_trained
+    return float(per_token) * batch_size * tokens
+
+
+def measured_bf16_peak_tflops(device, n: int = 8192, iters: int = 10) -> float:
+    """Throughput of a large bf16 matmul on this GPU, measured now (the practical peak)."""
+    import torch
+
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        a @ b
+    end.record()
+    torch.cuda.synchronize(device)
+    seconds = start.elapsed_time(end) / 1000 / iters
+    del a, b
+    return 2 * n**3 / seconds / 1e12
+
+
+def path_settings(path: str, args, accelerator: str) -> dict[str, Any]:
+    from fpt import fastpath
+
+    if path == "naive":
+        return {"precision": "32-true", "attn": "eager", "compile": False, "fused": False, "naive_optimizer": True,
+                "sync_each_step": True}
+    precision = args.precision
+    if precision == "auto":
+        precision = "bf16-mixed" if accelerator == "gpu" else "32-true"
+    return {"precision": precision, "attn": args.attn_implementation,
+            "compile": fastpath.use_compile(fastpath.parse_tristate(args.compile, "compile"), accelerator),
+            "fused": fastpath.use_fused(fastpath.parse_tristate(args.fused_optimizer, "fused_optimizer"), accelerator,
+                                        precision),
+            "naive_optimizer": False, "sync_each_step": False}
+
+
+def run_path(path: str, args, device, spec, batch) -> dict[str, Any]:
+    import contextlib
+
+    import torch
+    import torch.nn.functional as F
+
+    from fpt import fastpath
+    from fpt.backbones import load_backbone
+    from fpt.model import FPT, ModelConfig
+
+    accelerator = "gpu" if device.type == "cuda" else "cpu"
+    s = path_settings(path, args, accelerator)
+    memory = _Memory(device)
+    memory.start()
+    build_start = time.perf_counter()
+    backbone = load_backbone(args.backbone, init=args.init, layers=args.layers, seed=0, attn_implementation=s["attn"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model = FPT(backbone, spec, ModelConfig(freeze=args.freeze)).to(device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = fastpath.make_optimizer(params, args.lr, fused=s["fused"], naive=s["naive_optimizer"])
+    guard = fastpath.StepGuard(1.0, 10**9)
+    if s["compile"]:
+        fastpath.compile_in_place(model.backbone)
+    if s["precision"] == "bf16-mixed":
+        autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
+    elif s["precision"] in ("16-mixed",):
+        autocast = lambda: torch.autocast(device.type, dtype=torch.float16)  # noqa: E731
+    else:
+        autocast = contextlib.nullcontext
+    x, y, mask = batch["x"], batch["y"], batch.get("mask")
+    build_seconds = time.perf_counter() - build_start
+
+    def step():
+        with autocast():
+            logits = model(x, mask)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(logits.shape[0], -1).reshape(-1))
+        loss.backward()
+        if s["sync_each_step"]:
+            norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+            if not bool(torch.isfinite(norm)):  # the 2021 loop: checked (and logged) on the host
+                for p in params:
+                    p.grad = None
+            optimizer.step()
+            float(loss.item())
+        else:
+            guard.before_step(optimizer, params)
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    cuda = device.type == "cuda"
+    warm_start = time.perf_counter()
+    for _ in range(args.warmup):
+        step()
+    if cuda:
+        torch.cuda.synchronize(device)
+    warmup_seconds = time.perf_counter() - warm_start
+    times = []
+    if cuda:
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(args.steps)]
+        for start, end in events:
+            start.record()
+            step()
+            end.record()
+        torch.cuda.synchronize(device)
+        times = [start.elapsed_time(end) / 1000 for start, end in events]
+    else:
+        for _ in range(args.steps):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times)
+    tokens = int(x.shape[1])
+    flops = flops_per_step(model, args.batch_size, tokens)
+    result = {
+        "precision": s["precision"], "attention": s["attn"], "compile": s["compile"],
+        "optimizer": "adam (for-loop)" if s["naive_optimizer"] else ("adam fused" if s["fused"] else "adam foreach"),
+        "host_sync_each_step": s["sync_each_step"],
+        "step_ms": step_s * 1000, "step_ms_min": min(times) * 1000, "step_ms_max": max(times) * 1000,
+        "samples_per_s": args.batch_size / step_s, "tokens_per_s": args.batch_size * tokens / step_s,
+        "matmul_tflop_per_step": flops / 1e12, "tflops": flops / step_s / 1e12,
+        "peak_memory_mb": memory.peak_mb(), "build_seconds": build_seconds, "warmup_seconds": warmup_seconds,
+        "timed_steps": len(times), "trainable_params": sum(p.numel() for p in params),
+        "backbone_matmul_params": matmul_params(model)[0],
+    }
+    del model, backbone, optimizer, params
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    return result
+
+
+def bench(args) -> dict[str, Any]:
+    import torch
+
+    from fpt import fastpath
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but torch sees no CUDA device")
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+    if not use_cuda:
+        torch.set_num_threads(fastpath.cpu_threads(args.num_threads))
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    bad = [p for p in paths if p not in PATHS]
+    if bad or not paths:
+        raise ValueError(f"--paths: unknown {bad}; choose from {', '.join(PATHS)}")
+    if args.batch_size < 1 or args.steps < 1 or args.warmup < 0:
+        raise ValueError("--batch-size and --steps must be >= 1, --warmup >= 0")
+    spec, batch, shape = _spec_and_batch(args, device)
+    out: dict[str, Any] = {
+        "backbone": args.backbone, "init": args.init, "layers": args.layers, "freeze": args.freeze, "shape": shape,
+        "tokens": int(batch["x"].shape[1]), "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
+        "device": torch.cuda.get_device_name(device) if use_cuda else f"cpu ({torch.get_num_threads()} threads)",
+        "torch": torch.__version__, "paths": {},
+    }
+    if use_cuda:
+        out["bf16_matmul_peak_tflops"] = measured_bf16_peak_tflops(device)
+    for path in paths:
+        out["paths"][path] = run_path(path, args, device, spec, batch)
+    if "naive" in out["paths"] and "fast" in out["paths"]:
+        out["speedup_fast_over_naive"] = out["paths"]["naive"]["step_ms"] / out["paths"]["fast"]["step_ms"]
+    if use_cuda:
+        for r in out["paths"].values():
+            r["fraction_of_bf16_peak"] = r["tflops"] / out["bf16_matmul_peak_tflops"]
+    return out
+
+
+def format_table(out: dict[str, Any]) -> str:
+    layers = out["layers"] if out["layers"] is not None else "all"
+    lines = [f"fpt bench: {out['backbone']} ({out['init']}, {layers} layers, freeze {out['freeze']}), {out['shape']}, "
+             f"batch {out['batch_size']}, {out['device']}, torch {out['torch']}; "
+             f"median of {out['steps']} steps after {out['warmup']} warm-up"]
+    head = ["path", "precision", "attention", "optimizer", "compile", "step ms", "samples/s", "tokens/s",
+            "TFLOP/s", "peak MB"]
+    peak = out.get("bf16_matmul_peak_tflops")
+    if peak:
+        head.append("of bf16 peak")
+    rows = []
+    for name, r in out["paths"].items():
+        row = [name, r["precision"], r["attention"], r["optimizer"], "on" if r["compile"] else "off",
+               f"{r['step_ms']:.1f}", f"{r['samples_per_s']:.1f}", f"{r['tokens_per_s']:.0f}", f"{r['tflops']:.3f}",
+               "-" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"]
+        if peak:
+            row.append(f"{100 * r['fraction_of_bf16_peak']:.1f}%")
+        rows.append(row)
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
+    fmt = "  ".join("{:<%d}" % w for w in widths)
+    lines.append(fmt.format(*head))
+    lines += [fmt.format(*row) for row in rows]
+    if "speedup_fast_over_naive" in out:
+        n, f = out["paths"]["naive"], out["paths"]["fast"]
+        mem = ""
+        if n["peak_memory_mb"] and f["peak_memory_mb"]:
+            mem = f", peak memory x{f['peak_memory_mb'] / n['peak_memory_mb']:.2f}"
+        lines.append(f"fast / naive: x{out['speedup_fast_over_naive']:.2f} samples/s{mem}")
+    if peak:
+        lines.append(f"measured bf16 matmul peak of this GPU: {peak:.0f} TFLOP/s (8192^3)")
+    lines.append("TFLOP/s counts backbone matmuls only: 4 x frozen matmul params x tokens per sample "
+                 "(forward + activation gradients; 2 x under output-only); see fpt/bench.py")
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    out = bench(args)
+    print(format_table(out))
+    if args.json:
+        from fpt.io import atomic_write_json
+
+        atomic_write_json(Path(args.json), out)
+        print(f"wrote {args.json}")
+    sys.stdout.flush()
+    return 0

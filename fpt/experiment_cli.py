@@ -1,0 +1,101 @@
+"""Command-line parts of ``fpt sweep``, ``fpt report`` and ``fpt plot`` (wired into :mod:`fpt.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _assignment(many: bool):
+    def parse(text: str):
+        from fpt.sweep import parse_assignment
+
+        try:
+            return parse_assignment(text, many)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
+
+
+def add_parsers(sub) -> None:
+    sweep = sub.add_parser(
+        "sweep", help="many runs of a preset (grid x seeds x experiment variants), best setting chosen on validation",
+        description="One run directory per trial under the sweep directory; the best setting is chosen on mean "
+                    "validation accuracy over seeds and its test accuracy reported as mean +- std. Re-running the "
+                    "same command skips finished trials and resumes interrupted ones.",
+        epilog="Examples: fpt sweep bit-xor-small --lr 1e-4,1e-3,1e-2 --seeds 3 | "
+               "fpt sweep bit-xor-small --experiment table1 | "
+               "fpt sweep bit-xor-small --grid init=pretrained,random --grid layers=1,2 --set steps=300. "
+               "Experiments: fpt list.")
+    sweep.add_argument("preset", help="a shipped preset (fpt list) or a YAML config file")
+    sweep.add_argument("--experiment", "-e", help="named variants from fpt/presets/experiments (fpt list), e.g. table1")
+    sweep.add_argument("--lr", help="learning rates, comma separated (shorthand for --grid lr=...)")
+    sweep.add_argument("--grid", action="append", default=[], type=_assignment(True), metavar="KEY=V1,V2",
+                       help="sweep any option (repeatable; cartesian product), e.g. --grid init=pretrained,random, "
+                            "--grid task_options.n_bits=5,10")
+    sweep.add_argument("--set", dest="sets", action="append", default=[], type=_assignment(False), metavar="KEY=VALUE",
+                       help="fix an option for every trial, e.g. --set steps=300 --set task_options.n_bits=8")
+    sweep.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 per setting (default 1, or the experiment's)")
+    sweep.add_argument("--sweep-dir", help="where trials go (default runs/sweeps/<preset>[-<experiment>])")
+    sweep.add_argument("--parallel", type=int, default=1, help="trials run at once, each in its own process")
+    sweep.add_argument("--threads", type=int, default=None,
+                       help="CPU threads per trial (default: physical cores / --parallel)")
+    sweep.add_argument("--dry-run", action="store_true", help="print the trials and their state; run nothing")
+
+    report = sub.add_parser("report", help="markdown/CSV table of runs next to the paper's numbers, plus figures")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, sweeps or folders of runs")
+    report.add_argument("--out", default="report", help="output directory (report.md, report.csv, *.png)")
+    report.add_argument("--no-attention", action="store_true", help="skip the Bit XOR attention maps")
+
+    plot = sub.add_parser("plot", help="figures of one run: learning curve, attention maps for Bit XOR")
+    plot.add_argument("run_dir", metavar="RUN_DIR")
+    plot.add_argument("--out", default=None, help="output directory (default RUN_DIR/figures)")
+
+
+def sweep_main(args) -> int:
+    from fpt.sweep import describe_plan, make_plan, parse_assignment, run_plan
+
+    grid = dict(args.grid)
+    if args.lr:
+        if "lr" in grid:
+            raise ValueError("give learning rates with --lr or --grid lr=..., not both")
+        grid["lr"] = parse_assignment(f"lr={args.lr}", True)[1]
+    if args.parallel < 1:
+        raise ValueError("--parallel must be >= 1")
+    argv = sys.argv[1:] if sys.argv and sys.argv[0].endswith("fpt") else None
+    command = "fpt " + " ".join(argv) if argv else ""
+    plan = make_plan(args.preset, experiment=args.experiment, grid=grid, seeds=args.seeds, sets=dict(args.sets),
+                     sweep_dir=args.sweep_dir, threads=args.threads, parallel=args.parallel, command=command)
+    print(describe_plan(plan))
+    if args.dry_run:
+        return 0
+    summary = run_plan(plan, parallel=args.parallel)
+    print()
+    print((plan.sweep_dir / "sweep.md").read_text())
+    print(f"sweep directory: {plan.sweep_dir} (sweep.json, sweep.md; fpt report {plan.sweep_dir} for figures)")
+    return 0 if summary["complete"] else 1
+
+
+def report_main(args) -> int:
+    from fpt.report import write_report
+
+    out = write_report(args.runs, args.out, attention=not args.no_attention)
+    print(open(out["markdown"]).read())
+    for path in out["figures"].values():
+        print(f"figure: {path}")
+    for line in out["skipped"]:
+        print(f"no attention map for {line}", file=sys.stderr)
+    print(f"report: {out['markdown']}, {out['csv']}")
+    return 0
+
+
+def plot_main(args) -> int:
+    from fpt.report import plot_run
+
+    for name, path in plot_run(args.run_dir, args.out).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+HANDLERS = {"sweep": sweep_main, "report": report_main, "plot": plot_main}

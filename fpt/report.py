@@ -1,0 +1,439 @@
+"""``fpt report`` and ``fpt plot``: our results next to the published ones, and figures.
+
+::
+
+    fpt report runs/xor-pretrained runs/xor-random runs/xor-lstm --out reports/xor
+    fpt report runs/sweeps/bit-xor-small-table1 --out reports/table1    # a sweep (or any folder of runs)
+    fpt plot runs/xor-pretrained                                         # -> runs/xor-pretrained/figures/
+
+``fpt report`` writes, in ``--out`` (default ``report/``):
+
+* ``report.md`` and ``report.csv``: one row per run: task, backbone, init, freeze, layers, our test
+  accuracy and the paper's for the same setting (matched on task + init + freeze + backbone kind,
+  :mod:`fpt.reference`), validation accuracy, steps to the target accuracy (ours, first validation
+  at or above ``target_accuracy``) and the paper's steps to converge, trainable parameters, time,
+  device, and the run's label (``-small`` runs are not the paper's setting and say so);
+* ``curves-<task>.png``: validation accuracy against optimizer steps, one line per run, pretrained
+  and random (and LSTM) on the same axes;
+* ``convergence.png``: steps to target, ours next to the paper's, per task and setting;
+* ``attention-<run>.png`` for every Bit XOR transformer run: attention weights from each output
+  token to every input token, per layer and head (as the paper's Bit XOR figure), averaged over
+  held-out examples. The model is rebuilt with ``attn_implementation="eager"`` (SDPA returns no
+  weights).
+
+Steps: Lightning's ``metrics.csv`` ``step`` column holds the index of the last training batch,
+so the validation after 50 optimizer steps is logged at step 49; curves use optimizer steps (the
+``results.json`` convention, e.g. ``val.first_step_at_target``).
+
+Plotting functions return ``matplotlib.figure.Figure`` objects (no pyplot, no global state; PNGs
+are written with the Agg canvas).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+from fpt import reference
+
+# -- finding runs -------------------------------------------------------------------------------
+
+
+def find_runs(paths: Iterable[str | Path]) -> list[Path]:
+    """Run directories (holding results.json) given directly, or found under the given folders
+    (sweeps, folders of runs); directories moved aside (``*.old-*``) are skipped."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"{p} does not exist")
+        if (p / "results.json").exists():
+            found.append(p)
+            continue
+        if not p.is_dir():
+            raise ValueError(f"{p} is not a run directory")
+        below = sorted(r.parent for r in p.rglob("results.json") if ".old-" not in str(r.parent))
+        if not below:
+            hint = " (the run has not finished: fpt fit --resume it)" if (p / "config.yaml").exists() else ""
+            raise FileNotFoundError(f"no finished run (results.json) in {p}{hint}")
+        found.extend(below)
+    unique = []
+    for p in found:
+        if p.resolve() not in {u.resolve() for u in unique}:
+            unique.append(p)
+    return unique
+
+
+def read_results(run_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / "results.json").read_text())
+
+
+def _eval_every(run_dir: Path) -> int | None:
+    try:
+        import yaml
+
+        return int((yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}).get("eval_every") or 0) or None
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def read_curve(run_dir: str | Path, metric: str = "val/accuracy") -> tuple[list[int], list[float]]:
+    """(optimizer steps, values) of a logged metric from ``metrics.csv`` (one value per step, the last
+    logged; see the module doc for the step convention)."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.exists():
+        return [], []
+    by_step: dict[int, float] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            value, step = row.get(metric), row.get("step")
+            if value not in (None, "") and step not in (None, ""):
+                by_step[int(float(step))] = float(value)
+    steps = sorted(by_step)
+    every = _eval_every(Path(run_dir))
+    # Lightning logs the validation after k*eval_every optimizer steps at step k*eval_every - 1.
+    offset = 1
+    if every and every > 1 and steps and all(s % every == 0 for s in steps) \
+            and not all((s + 1) % every == 0 for s in steps):
+        offset = 0
+    return [s + offset for s in steps], [by_step[s] for s in steps]
+
+
+# -- the table ------------------------------------------------------------------------------------
+def _short_backbone(results: dict[str, Any]) -> str:
+    backbone = str(results.get("backbone", ""))
+    if backbone.startswith("run:"):
+        ident = results.get("backbone_identity") or {}
+        source = str(ident.get("source_backbone", ""))
+        source = Path(source).name if Path(source).is_absolute() or Path(source).exists() else source
+        return f"run:{Path(backbone[4:]).name} ({ident.get('source_task', '?')}-trained {source})"
+    if Path(backbone).is_absolute() or backbone.startswith("."):
+        return Path(backbone).name
+    return backbone
+
+
+def _freeze_text(freeze: Any) -> str:
+    return freeze if isinstance(freeze, str) else "+".join(freeze)
+
+
+def run_row(run_dir: Path, results: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One report row: our numbers and the paper's for the same setting."""
+    r = results or read_results(run_dir)
+    task = r.get("task", "")
+    setting = reference.setting_of(r)
+    ref = reference.paper_accuracy(task, setting, r.get("backbone"))
+    others = [x for x in reference.lookup(task, setting, r.get("backbone")) if x is not ref]
+    val = r.get("val") or {}
+    test = r.get("test") or {}
+    if task in reference.NO_PAPER_NUMBER:
+        paper_note = reference.NO_PAPER_NUMBER[task]
+    elif setting is None:
+        paper_note = "no published setting matches (task + init + freeze + backbone kind)"
+    elif ref is None:
+        paper_note = f"the paper reports no {setting} number for {task}"
+    else:
+        paper_note = "; ".join([f"{ref.where}: {ref.note}"] if ref.note else []
+                               + [f"{o.source} {o.where} ({o.model}): {o.accuracy:g}" for o in others])
+    return {
+        "run": str(run_dir),
+        "label": r.get("label", ""),
+        "task": task,
+        "backbone": _short_backbone(r),
+        "init": r.get("init"),
+        "freeze": _freeze_text(r.get("freeze", "")),
+        "layers": r.get("layers"),
+        "seed": r.get("seed"),
+        "setting": setting or "",
+        "test_accuracy": None if test.get("accuracy") is None else 100 * test["accuracy"],
+        "paper_accuracy": ref.accuracy if ref else None,
+        "paper_source": f"{ref.source} {ref.where}" if ref else "",
+        "paper_note": paper_note,
+        "val_best_accuracy": None if val.get("best_accuracy") is None else 100 * val["best_accuracy"],
+        "target_accuracy": None if val.get("target_accuracy") is None else 100 * val["target_accuracy"],
+        "steps_to_target": val.get("first_step_at_target"),
+        "paper_steps_to_converge": reference.paper_steps(task, setting),
+        "steps": r.get("steps"),
+        "trainable_params": r.get("trainable_params"),
+        "total_params": r.get("total_params"),
+        "seconds": r.get("seconds"),
+        "device": r.get("device", ""),
+    }
+
+
+COLUMNS = ("run", "label", "task", "backbone", "init", "freeze", "layers", "seed", "setting", "test_accuracy",
+           "paper_accuracy", "paper_source", "val_best_accuracy", "target_accuracy", "steps_to_target",
+           "paper_steps_to_converge", "steps", "trainable_params", "total_params", "seconds", "device", "paper_note")
+
+
+def _num(x: Any, digits: int = 1) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _steps(x: Any) -> str:
+    if x is None:
+        return "-"
+    x = float(x)
+    return f"{x:.0e}".replace("e+0", "e") if x >= 1e4 else f"{x:.0f}"
+
+
+def render_markdown(rows: list[dict[str, Any]], figures: dict[str, str] | None = None) -> str:
+    lines = ["# fpt report", "",
+             "Test accuracy in %, ours next to the published number for the same setting "
+             "(task + init + freeze + backbone kind; `fpt/reference.py`). "
+             "Steps to target: our first validation at or above the run's target accuracy; the paper's: steps to converge.",
+             ""]
+    if any(str(r["label"]).startswith("-small") for r in rows):
+        lines += ["Runs labelled `-small` are scaled down for a CPU (fewer layers, steps, shorter inputs): "
+                  "they are **not** the paper's setting, so their numbers are not expected to match it.", ""]
+    lines += ["| task | run | label | backbone | init | freeze | layers | setting | test acc (ours) | paper | "
+              "val acc | steps to target (target) | paper steps | trainable params | time (s) | device |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        target = f"{_steps(r['steps_to_target'])} ({_num(r['target_accuracy'], 0)}%)" if r["steps_to_target"] is not None \
+            else f"not reached in {r['steps']} ({_num(r['target_accuracy'], 0)}%)"
+        paper = _num(r["paper_accuracy"]) + (f" ({r['paper_source']})" if r["paper_source"] else "")
+        lines.append(
+            f"| {r['task']} | {r.get('name') or Path(r['run']).name} | {r['label'] or '-'} | {r['backbone']} | {r['init']} | {r['freeze']} | "
+            f"{r['layers']} | {r['setting'] or '-'} | {_num(r['test_accuracy'])} | {paper} | {_num(r['val_best_accuracy'])} | "
+            f"{target} | {_steps(r['paper_steps_to_converge'])} | {_num(r['trainable_params'])} | "
+            f"{_num(r['seconds'], 0)} | {r['device']} |")
+    notes = sorted({(r["task"], r["setting"], r["paper_note"]) for r in rows if r["paper_note"]})
+    if notes:
+        lines += ["", "Notes on the published numbers:", ""]
+        lines += [f"- {task} / {setting or 'no setting'}: {note}" for task, setting, note in notes]
+    lines += ["", "Sources:", ""] + [f"- `{k}`: {v}" for k, v in reference.CITATIONS.items()]
+    if figures:
+        lines += ["", "Figures:", ""] + [f"- {name}: `{path}`" for name, path in figures.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: r.get(k) for k in COLUMNS})
+
+
+# -- figures ---------------------------------------------------------------------------------------
+def _figure(width: float = 6.4, height: float = 4.2):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def run_legend(r: dict[str, Any]) -> str:
+    backbone = _short_backbone(r)
+    return f"{backbone} {r.get('init')} {_freeze_text(r.get('freeze', ''))} s{r.get('seed')}"
+
+
+def learning_curve_figure(run_dirs: list[Path], title: str | None = None):
+    """Validation accuracy (%) against optimizer steps, one line per run (x, y: ``read_curve``)."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    tasks = set()
+    for run_dir in run_dirs:
+        steps, acc = read_curve(run_dir)
+        if not steps:
+            continue
+        r = read_results(run_dir) if (Path(run_dir) / "results.json").exists() else {}
+        tasks.add(r.get("task", ""))
+        style = "-" if r.get("init") == "pretrained" and reference.backbone_kind(r) != "lstm" else "--"
+        ax.plot(steps, [100 * a for a in acc], style, marker="o", markersize=3, label=run_legend(r) if r else str(run_dir))
+    ax.set_xlabel("optimizer steps")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(title or ("learning curves: " + ", ".join(sorted(t for t in tasks if t))))
+    ax.grid(True, alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=7)
+    return fig
+
+
+def convergence_figure(rows: list[dict[str, Any]]):
+    """Steps to the target accuracy (ours; hatched where not reached, drawn at the steps trained)
+    next to the paper's steps to converge, per task and setting (log scale)."""
+    import numpy as np
+
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["setting"] or f"{r['init']}/{r['freeze']}"), []).append(r)
+    keys = sorted(groups)
+    ours, reached, paper = [], [], []
+    for key in keys:
+        rs = groups[key]
+        hit = [float(r["steps_to_target"]) for r in rs if r["steps_to_target"] is not None]
+        ours.append(float(np.mean(hit)) if hit else float(max(r["steps"] or 0 for r in rs)))
+        reached.append(bool(hit) and len(hit) == len(rs))
+        paper.append(rs[0]["paper_steps_to_converge"])
+    fig = _figure(max(6.4, 1.1 * len(keys) + 2), 4.4)
+    ax = fig.add_subplot()
+    x = np.arange(len(keys))
+    bars = ax.bar(x - 0.2, ours, 0.4, label="ours: steps to target (hatched: not reached)", color="tab:blue")
+    for bar, ok in zip(bars, reached):
+        if not ok:
+            bar.set_hatch("//")
+            bar.set_alpha(0.5)
+    ax.bar(x + 0.2, [p if p is not None else 0 for p in paper], 0.4, label="paper: steps to converge", color="tab:orange")
+    ax.set_xticks(x, [f"{t}\n{s}" for t, s in keys], fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("optimizer steps")
+    ax.set_title("convergence speed")
+    ax.legend(fontsize=7)
+    fig.fpt_data = {"keys": keys, "ours": ours, "reached": reached, "paper": paper}  # for tests and callers
+    return fig
+
+
+def attention_maps(run_dir: str | Path, examples: int = 64):
+    """Attention from the read-out (output) tokens to every token, averaged over held-out examples:
+    a tensor ``[layers, heads, output tokens, tokens]`` and the run's config."""
+    import numpy as np
+    import torch
+
+    from fpt.config import load_config
+    from fpt.training import build_model, load_trained
+
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / "config.yaml")
+    config.attn_implementation = "eager"  # SDPA returns no attention weights
+    model = build_model(config)
+    load_trained(model, run_dir / "model.safetensors")
+    model.eval()
+    if model.backbone.arch == "lstm":
+        raise ValueError(f"{run_dir}: an LSTM has no attention")
+    from fpt.tasks import make_task
+
+    task = make_task(config.task, config.task_options, seed=config.seed, data_dir=config.data_dir)
+    split = task.val()
+    batch = split.batch(np.arange(min(examples, len(split))))
+    with torch.no_grad():
+        h = model.embed(batch["x"])
+        out = model.backbone.model(inputs_embeds=h, attention_mask=batch.get("mask"), output_attentions=True,
+                                   use_cache=False)
+    if not out.attentions or out.attentions[0] is None:
+        raise ValueError(f"{run_dir}: the backbone returned no attention weights")
+    att = torch.stack([a.float().mean(0) for a in out.attentions])  # [L, H, T, T]
+    n_out = model.readout_tokens
+    return att[:, :, -n_out:, :].numpy(), config
+
+
+def attention_figure(maps, config=None, title: str | None = None):
+    """A grid of heat maps, layers x heads: rows = output tokens, columns = input tokens (``maps``:
+    ``[layers, heads, output tokens, tokens]`` from :func:`attention_maps`)."""
+    layers, heads, n_out, n_tokens = maps.shape
+    fig = _figure(max(6.0, 1.7 * heads), max(2.6, 1.8 * layers + 0.8))
+    axes = fig.subplots(layers, heads, squeeze=False)
+    xlabels = ylabels = None
+    subtitle = ""
+    if config is not None and config.task == "bit-xor":
+        patch = int(config.task_options.get("patch_size", 1))
+        half = n_tokens // 2
+        if n_tokens <= 24:
+            xlabels = [f"a{i + 1}" for i in range(half)] + [f"b{i + 1}" for i in range(n_tokens - half)]
+            ylabels = [f"out{i + 1}" for i in range(n_out)]
+        subtitle = (f"Bit XOR ({patch} bit(s) per token): tokens a1-a{half} hold string a, b1-b{n_tokens - half} string b; "
+                    "output i should attend to a_i and b_i")
+    vmax = float(maps.max()) if maps.size else 1.0
+    image = None
+    for l in range(layers):
+        for h in range(heads):
+            ax = axes[l][h]
+            image = ax.imshow(maps[l, h], vmin=0, vmax=vmax, cmap="viridis", aspect="auto")
+            ax.set_title(f"layer {l + 1} head {h + 1}", fontsize=7)
+            if xlabels and l == layers - 1:
+                ax.set_xticks(range(n_tokens), xlabels, fontsize=5, rotation=90)
+            else:
+                ax.set_xticks([])
+            if ylabels and h == 0:
+                ax.set_yticks(range(n_out), ylabels, fontsize=5)
+            else:
+                ax.set_yticks([])
+            if h == 0:
+                ax.set_ylabel("output token", fontsize=7)
+            if l == layers - 1:
+                ax.set_xlabel("input token", fontsize=7)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
+    fig.suptitle((title or "attention from output tokens") + ("\n" + subtitle if subtitle else ""), fontsize=8)
+    return fig
+
+
+# -- entry points ----------------------------------------------------------------------------------
+def _save(fig, path: Path) -> str:
+    fig.savefig(path, dpi=110)
+    return str(path)
+
+
+def write_report(paths: Iterable[str | Path], out_dir: str | Path = "report", attention: bool = True) -> dict[str, Any]:
+    """Table (md + csv) and figures for the runs in ``paths``; returns what was written."""
+    run_dirs = find_runs(paths)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {d: read_results(d) for d in run_dirs}
+    rows = [run_row(d, results[d]) for d in run_dirs]
+    names = _short_names(run_dirs)
+    for row, d in zip(rows, run_dirs):
+        row["name"] = names[d]
+    rows.sort(key=lambda r: (r["task"], r["label"], r["setting"], r["run"]))
+    figures: dict[str, str] = {}
+    for task in sorted({r["task"] for r in rows}):
+        dirs = [d for d in run_dirs if results[d].get("task") == task]
+        figures[f"learning curves, {task}"] = _save(learning_curve_figure(dirs, f"{task}: validation accuracy"),
+                                                    out / f"curves-{task}.png")
+    figures["convergence speed"] = _save(convergence_figure(rows), out / "convergence.png")
+    skipped = []
+    if attention:
+        for d in run_dirs:
+            r = results[d]
+            if r.get("task") != "bit-xor" or reference.backbone_kind(r) == "lstm":
+                continue
+            try:
+                maps, config = attention_maps(d)
+            except Exception as err:  # e.g. a backbone that is not available here any more
+                skipped.append(f"{d}: {err}")
+                continue
+            name = _slug_path(d)
+            figures[f"attention, {name}"] = _save(attention_figure(maps, config, f"attention: {run_legend(r)}"),
+                                                  out / f"attention-{name}.png")
+    (out / "report.md").write_text(render_markdown(rows, {k: Path(v).name for k, v in figures.items()}))
+    write_csv(rows, out / "report.csv")
+    return {"rows": rows, "figures": figures, "markdown": str(out / "report.md"), "csv": str(out / "report.csv"),
+            "skipped": skipped}
+
+
+def _short_names(run_dirs: list[Path]) -> dict[Path, str]:
+    """Each run's path relative to the deepest folder holding all of them (``sweep/lr=0.001/s0``)."""
+    import os
+
+    resolved = [str(Path(d).resolve()) for d in run_dirs]
+    if len(resolved) == 1:
+        return {run_dirs[0]: Path(resolved[0]).name}
+    root = os.path.commonpath(resolved)
+    return {d: os.path.relpath(r, root) for d, r in zip(run_dirs, resolved)}
+
+
+def _slug_path(run_dir: Path) -> str:
+    parts = [p for p in Path(run_dir).parts[-3:] if p not in ("/", "")]
+    return "-".join(parts).replace(" ", "_")
+
+
+def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, str]:
+    """``fpt plot``: learning curve (and attention maps for Bit XOR) of one run, in RUN_DIR/figures."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+    out = Path(out_dir) if out_dir else run_dir / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"learning curve": _save(learning_curve_figure([run_dir], f"{run_dir.name}: validation accuracy"),
+                                       out / "curve.png")}
+    results = read_results(run_dir) if (run_dir / "results.json").exists() else {}
+    if results.get("task") == "bit-xor" and reference.backbone_kind(results) != "lstm":
+        maps, config = attention_maps(run_dir)
+        written["attention"] = _save(attention_figure(maps, config, f"attention: {run_legend(results)}"),
+                                     out / "attention.png")
+    return written

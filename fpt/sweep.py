@@ -1,0 +1,575 @@
+"""``fpt sweep``: many runs of one preset, one run directory per trial, best setting picked on validation.
+
+::
+
+    fpt sweep bit-xor-small --lr 1e-4,1e-3,1e-2 --seeds 3            # a learning-rate sweep, 3 seeds each
+    fpt sweep bit-xor-small --experiment table1                       # FPT vs full transformer vs full LSTM
+    fpt sweep mnist-small --experiment rothermel --parallel 2         # lr x {frozen, unfrozen} x 3 seeds
+    fpt sweep bit-xor-small --grid init=pretrained,random --grid layers=1,2 --set steps=300
+
+A sweep is a *base config* (a preset or YAML file, plus ``--set KEY=VALUE`` overrides), optionally
+an *experiment* (named variants, each a set of overrides, from ``fpt/presets/experiments/NAME.yaml``),
+a *grid* (``--grid KEY=V1,V2,...`` and its shorthand ``--lr``; cartesian product) and *seeds*
+(``--seeds N``: seeds 0..N-1). Every combination is one trial, written to
+``SWEEP_DIR/<setting>/s<seed>/`` (a normal run directory: ``fpt test``, ``fpt report`` work on it).
+
+Model selection is on **validation** accuracy (``results.json`` ``val.best_accuracy``), averaged
+over seeds: within each experiment variant, the grid setting with the best mean validation
+accuracy is *chosen*, and its test accuracy is reported as mean and standard deviation over seeds
+(per setting too). Test numbers never choose anything.
+
+Re-running the same command skips finished trials (``results.json`` present), resumes a trial that
+was interrupted after its first checkpoint (``fit(..., resume=True)``) and restarts one that was
+interrupted before it (the partial directory is moved aside to ``<dir>.old-<timestamp>``). A trial
+directory that holds a run with *different* settings is an error, never silently reused.
+``SWEEP_DIR/sweep.json`` and ``sweep.md`` are rewritten after every trial; each trial's output
+goes to ``SWEEP_DIR/<setting>/s<seed>.log``.
+
+Experiments may name *sources*: runs trained once before the trials, whose directory a variant
+uses as ``backbone: run:@NAME`` (the bit-memory-pretrained initialisation). A source is a preset
+(its ``-small`` version when the swept preset is a ``-small`` one) with the experiment's overrides,
+on the swept config's backbone, depth and LSTM width, seed 0, in ``SWEEP_DIR/sources/NAME``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import re
+import sys
+import time
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+# Options that only say *how* a trial runs (not what it computes): they may differ between the
+# command that started a trial and the one that resumes or re-checks it.
+MACHINERY = {"run_dir", "num_threads", "num_workers", "device", "devices", "num_nodes", "strategy", "precision",
+             "compile", "fused_optimizer", "eval_batch_size"}
+# What a source run takes over from the swept config, so that its backbone fits the trials.
+INHERITED_BY_SOURCES = ("backbone", "layers", "lstm_width", "attn_implementation", "trust_remote_code", "device",
+                        "precision", "num_threads")
+
+
+# -- experiments -------------------------------------------------------------------------------
+@dataclass
+class Experiment:
+    name: str
+    description: str
+    variants: dict[str, dict[str, Any]]
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    seeds: int | None = None
+
+
+def experiment_dir():
+    return resources.files("fpt") / "presets" / "experiments"
+
+
+def list_experiments() -> dict[str, str]:
+    """Shipped experiments: name -> first line of the file's description."""
+    out = {}
+    root = experiment_dir()
+    if not root.is_dir():
+        return out
+    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".yaml"):
+            text = entry.read_text()
+            first = next((ln[1:].strip() for ln in text.splitlines() if ln.startswith("#") and ln[1:].strip()), "")
+            out[entry.name[:-5]] = first
+    return out
+
+
+def load_experiment(name_or_path: str) -> Experiment:
+    path = Path(name_or_path)
+    if path.is_file():
+        text, name = path.read_text(), path.stem
+    else:
+        entry = experiment_dir() / f"{name_or_path}.yaml"
+        if not entry.is_file():
+            from fpt.tasks.base import suggest
+
+            known = list_experiments()
+            raise FileNotFoundError(f"no experiment named {name_or_path!r}.{suggest(name_or_path, known)} "
+                                    f"Experiments: {', '.join(known)}.")
+        text, name = entry.read_text(), name_or_path
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict) or not isinstance(data.get("variants"), dict) or not data["variants"]:
+        raise ValueError(f"experiment {name!r} must be a mapping with a non-empty 'variants' mapping")
+    unknown = sorted(set(data) - {"variants", "sources", "grid", "seeds", "description"})
+    if unknown:
+        raise ValueError(f"experiment {name!r}: unknown keys {unknown} (variants, sources, grid, seeds)")
+    variants = {str(k): dict(v or {}) for k, v in data["variants"].items()}
+    description = next((ln[1:].strip() for ln in text.splitlines() if ln.startswith("#") and ln[1:].strip()), "")
+    grid = {str(k): list(v) if isinstance(v, list) else [v] for k, v in (data.get("grid") or {}).items()}
+    return Experiment(name, description, variants, dict(data.get("sources") or {}), grid, data.get("seeds"))
+
+
+# -- parsing ------------------------------------------------------------------------------------
+def parse_value(text: str) -> Any:
+    """A command-line value as YAML reads it, except that numbers YAML 1.1 leaves as strings
+    (``1e-3``) are numbers."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def parse_assignment(text: str, many: bool) -> tuple[str, Any]:
+    """``KEY=VALUE`` (``many=False``) or ``KEY=V1,V2,...`` (``many=True``; values split on commas)."""
+    if "=" not in text:
+        raise ValueError(f"expected KEY=VALUE{',VALUE...' if many else ''}, got {text!r}")
+    key, value = text.split("=", 1)
+    key = key.strip().replace("-", "_")
+    if many:
+        values = [parse_value(v.strip()) for v in value.split(",") if v.strip()]
+        if not values:
+            raise ValueError(f"{key}: no values given")
+        return key, values
+    return key, parse_value(value)
+
+
+def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``overrides`` into a flat config dict; ``task_options.KEY`` and a ``task_options``
+    mapping update the task options instead of replacing them."""
+    out = dict(values)
+    for key, value in overrides.items():
+        key = key.replace("-", "_")
+        if key.startswith("task_options."):
+            out["task_options"] = {**out.get("task_options", {}), key.split(".", 1)[1]: value}
+        elif key == "task_options" and isinstance(value, dict):
+            out["task_options"] = {**out.get("task_options", {}), **value}
+        else:
+            out[key] = value
+    return out
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "+".join(_fmt(v) for v in value)
+    return "null" if value is None else str(value)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+-]", "_", text) or "base"
+
+
+# -- the plan -----------------------------------------------------------------------------------
+@dataclass
+class Trial:
+    variant: str | None
+    params: dict[str, Any]  # the grid values of this trial
+    seed: int
+    values: dict[str, Any]  # the full flat config
+    setting: str  # variant + grid values, the name of the settings directory
+    run_dir: Path
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir.with_name(self.run_dir.name + ".log")
+
+
+@dataclass
+class Plan:
+    preset: str
+    base: dict[str, Any]
+    experiment: Experiment | None
+    grid: dict[str, list[Any]]
+    seeds: list[int]
+    sweep_dir: Path
+    sources: dict[str, tuple[dict[str, Any], Path]]
+    trials: list[Trial]
+    command: str = ""
+
+
+def _source_preset(preset: str, small: bool) -> str:
+    from fpt.config import preset_dir
+
+    if small and not preset.endswith("-small") and (preset_dir() / f"{preset}-small.yaml").is_file():
+        return f"{preset}-small"
+    return preset
+
+
+def _is_small(preset: str, base: dict[str, Any]) -> bool:
+    return Path(preset).stem.endswith("-small") or str(base.get("label", "")).startswith("-small")
+
+
+def _resolve_sources(value: Any, sources: dict[str, tuple[dict[str, Any], Path]]) -> Any:
+    if isinstance(value, str) and value.startswith("run:@"):
+        name = value[len("run:@"):]
+        if name not in sources:
+            raise ValueError(f"{value!r} names no source of this experiment (sources: {', '.join(sources) or 'none'})")
+        return f"run:{sources[name][1].resolve()}"
+    return value
+
+
+def make_plan(preset: str, *, experiment: str | None = None, grid: dict[str, list[Any]] | None = None,
+              seeds: int | list[int] | None = None, sets: dict[str, Any] | None = None,
+              sweep_dir: str | Path | None = None, threads: int | None = None, parallel: int = 1,
+              command: str = "") -> Plan:
+    """Every trial of a sweep, each config validated (a typo fails here, before anything runs)."""
+    from fpt.config import build_config, read_yaml
+
+    base = apply_overrides(read_yaml(preset), sets or {})
+    for key in ("description", "reproduces", "expected"):
+        base.pop(key, None)
+    exp = load_experiment(experiment) if experiment else None
+    full_grid: dict[str, list[Any]] = dict(exp.grid) if exp else {}
+    full_grid.update({k.replace("-", "_"): v for k, v in (grid or {}).items()})
+    if seeds is None:
+        seeds = exp.seeds if exp and exp.seeds else 1
+    seed_list = list(range(int(seeds))) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seed_list:
+        raise ValueError("--seeds must be at least 1")
+    if "seed" in full_grid:
+        raise ValueError("sweep seeds with --seeds N, not --grid seed=...")
+    name = Path(preset).stem + (f"-{exp.name}" if exp else "")
+    root = Path(sweep_dir) if sweep_dir else Path("runs") / "sweeps" / name
+    if threads is None and parallel > 1 and "num_threads" not in base:
+        from fpt.fastpath import physical_cores
+
+        threads = max(1, physical_cores() // parallel)
+    machinery = {"num_threads": threads} if threads else {}
+
+    sources: dict[str, tuple[dict[str, Any], Path]] = {}
+    for source_name, spec in (exp.sources if exp else {}).items():
+        spec = dict(spec or {})
+        if "preset" not in spec:
+            raise ValueError(f"experiment {exp.name!r}: source {source_name!r} needs a 'preset'")
+        source_preset = _source_preset(str(spec.pop("preset")), _is_small(preset, base))
+        values = read_yaml(source_preset)
+        for key in ("description", "reproduces", "expected"):
+            values.pop(key, None)
+        values = apply_overrides(values, {k: base[k] for k in INHERITED_BY_SOURCES if k in base})
+        for key in INHERITED_BY_SOURCES:
+            if key not in base:
+                values.pop(key, None)  # the swept config uses the default: so does its source
+        values = apply_overrides(values, {**spec, "seed": 0, **machinery})
+        values["run_dir"] = str(root / "sources" / source_name)
+        values["label"] = (str(values.get("label", "")) + f" [source {source_name} of {name}]").strip()
+        build_config(values)
+        sources[source_name] = (values, root / "sources" / source_name)
+
+    variants: list[tuple[str | None, dict[str, Any]]] = list(exp.variants.items()) if exp else [(None, {})]
+    keys = list(full_grid)
+    trials = []
+    for variant, overrides in variants:
+        overrides = {k: _resolve_sources(v, sources) for k, v in overrides.items()}
+        for combo in itertools.product(*(full_grid[k] for k in keys)):
+            params = dict(zip(keys, combo))
+            parts = ([variant] if variant else []) + [f"{k}={_fmt(v)}" for k, v in params.items()]
+            setting = _slug("_".join(parts)) if parts else "base"
+            for seed in seed_list:
+                values = apply_overrides(apply_overrides(base, overrides), params)
+                values = apply_overrides(values, {"seed": seed, **machinery})
+                run_dir = root / setting / f"s{seed}"
+                values["run_dir"] = str(run_dir)
+                build_config(values)
+                trials.append(Trial(variant, params, seed, values, setting, run_dir))
+    if len({t.run_dir for t in trials}) != len(trials):
+        raise ValueError("two trials of this sweep map to the same directory; give the variants distinct names")
+    return Plan(preset, base, exp, full_grid, seed_list, root, sources, trials, command)
+
+
+# -- running trials -----------------------------------------------------------------------------
+def _comparable(values: dict[str, Any]) -> dict[str, Any]:
+    from fpt.config import build_config
+
+    return {k: v for k, v in build_config(values).to_dict().items() if k not in MACHINERY}
+
+
+def trial_state(values: dict[str, Any], run_dir: Path) -> str:
+    """``done`` (results.json), ``resume`` (a checkpoint), ``restart`` (partial, no checkpoint) or ``new``.
+
+    Raises if the directory holds a run with other settings than ``values``.
+    """
+    from fpt.config import read_yaml
+
+    if (run_dir / "config.yaml").exists():
+        stored = _comparable(read_yaml(str(run_dir / "config.yaml")))
+        planned = _comparable(values)
+        diffs = {k: (stored.get(k), planned.get(k)) for k in set(stored) | set(planned) if stored.get(k) != planned.get(k)}
+        if diffs:
+            listed = "; ".join(f"{k}: there {a!r}, now {b!r}" for k, (a, b) in sorted(diffs.items())[:6])
+            raise ValueError(f"{run_dir} holds a run with other settings ({listed}). Use another --sweep-dir, "
+                             "or remove that directory to run it again.")
+        if (run_dir / "results.json").exists():
+            return "done"
+        if (run_dir / "checkpoints" / "last.ckpt").exists():
+            return "resume"
+        return "restart"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        return "restart"
+    return "new"
+
+
+def _move_aside(run_dir: Path) -> Path:
+    aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while aside.exists():
+        aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+        n += 1
+    os.rename(run_dir, aside)
+    return aside
+
+
+def execute_trial(values: dict[str, Any], log_path: str | None = None) -> dict[str, Any]:
+    """Run (or resume, or restart) one trial; returns ``{"state", "results" | "error", "seconds"}``.
+
+    Module-level so that worker processes (``--parallel``) can call it.
+    """
+    from fpt.config import build_config
+    from fpt.training import fit
+
+    run_dir = Path(values["run_dir"])
+    state = trial_state(values, run_dir)
+    if state == "done":
+        return {"state": "done", "results": json.loads((run_dir / "results.json").read_text()), "seconds": 0.0}
+    if state == "restart":
+        _move_aside(run_dir)
+    start = time.time()
+    config = build_config(values)
+    log = open(log_path, "a") if log_path else None
+    try:
+        if log is not None:
+            log.write(f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')} {state} {run_dir}\n")
+            log.flush()
+            with redirect_stdout(log), redirect_stderr(log):
+                results = fit(config, resume=state == "resume", enable_progress_bar=False)
+        else:
+            results = fit(config, resume=state == "resume", enable_progress_bar=False)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as err:  # a failed trial is recorded; the sweep goes on with the others
+        if type(err).__name__ == "TrainingInterrupted":
+            raise
+        return {"state": "failed", "error": f"{type(err).__name__}: {err}", "seconds": time.time() - start}
+    finally:
+        if log is not None:
+            log.close()
+    return {"state": {"new": "ran", "resume": "resumed", "restart": "restarted"}[state], "results": results,
+            "seconds": time.time() - start}
+
+
+def _init_worker(threads: int | None) -> None:
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def run_plan(plan: Plan, parallel: int = 1, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train the sources, then every trial (skipping finished ones); returns the summary (sweep.json)."""
+    plan.sweep_dir.mkdir(parents=True, exist_ok=True)
+    outcomes: dict[str, dict[str, Any]] = {}
+    total = len(plan.trials)
+
+    def record(name: str, outcome: dict[str, Any], index: int | None = None) -> None:
+        outcomes[name] = outcome
+        where = f"[{index}/{total}] " if index else ""
+        if outcome["state"] == "failed":
+            echo(f"{where}{name}: FAILED ({outcome['error']})")
+        else:
+            r = outcome["results"]
+            echo(f"{where}{name}: {outcome['state']}  val {_pct(r.get('val', {}).get('best_accuracy'))}  "
+                 f"test {_pct(r.get('test', {}).get('accuracy'))}  ({r.get('steps')} steps, {r.get('seconds', 0):.0f} s)")
+        write_summary(plan, outcomes)
+
+    for name, (values, run_dir) in plan.sources.items():
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        outcome = execute_trial(values, str(run_dir.with_name(run_dir.name + ".log")))
+        record(f"sources/{name}", outcome)
+        if outcome["state"] == "failed":
+            raise RuntimeError(f"source {name} failed ({outcome['error']}); its log: {run_dir}.log")
+    pending = []
+    for i, trial in enumerate(plan.trials, 1):
+        trial.run_dir.parent.mkdir(parents=True, exist_ok=True)
+        name = f"{trial.setting}/s{trial.seed}"
+        if trial_state(trial.values, trial.run_dir) == "done":
+            record(name, execute_trial(trial.values), i)
+        else:
+            pending.append((i, trial, name))
+    if parallel <= 1:
+        for i, trial, name in pending:
+            echo(f"[{i}/{total}] {name}: running (log: {trial.log_path})")
+            record(name, execute_trial(trial.values, str(trial.log_path)), i)
+    elif pending:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = next((t.values.get("num_threads") for _, t, _ in pending), None)
+        pool = ProcessPoolExecutor(max_workers=parallel, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(threads,))
+        try:
+            futures = {pool.submit(execute_trial, t.values, str(t.log_path)): (i, name) for i, t, name in pending}
+            echo(f"running {len(futures)} trials, {parallel} at a time (logs: {plan.sweep_dir}/<setting>/s<seed>.log)")
+            for future in as_completed(futures):
+                i, name = futures[future]
+                try:
+                    outcome = future.result()
+                except Exception as err:
+                    outcome = {"state": "failed", "error": f"{type(err).__name__}: {err}", "seconds": 0.0}
+                record(name, outcome, i)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return write_summary(plan, outcomes)
+
+
+# -- the summary --------------------------------------------------------------------------------
+def _pct(x: Any) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * float(x):.1f}"
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"mean": None, "std": None, "n": 0, "values": []}
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return {"mean": mean, "std": std, "n": len(values), "values": values}
+
+
+def _read_results(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "results.json"
+    try:
+        return json.loads(path.read_text()) if path.exists() else None
+    except (OSError, ValueError):
+        return None
+
+
+def summarize(plan: Plan, outcomes: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Per-setting validation / test statistics over seeds and the setting chosen on validation."""
+    from fpt import reference
+
+    outcomes = outcomes or {}
+    settings: dict[str, dict[str, Any]] = {}
+    trials = []
+    for trial in plan.trials:
+        name = f"{trial.setting}/s{trial.seed}"
+        results = _read_results(trial.run_dir)
+        outcome = outcomes.get(name, {})
+        status = "done" if results else outcome.get("state", "pending")
+        if results is None and status not in ("failed",):
+            status = "pending" if not trial.run_dir.exists() else "incomplete"
+        entry = {"setting": trial.setting, "variant": trial.variant, "params": trial.params, "seed": trial.seed,
+                 "run_dir": str(trial.run_dir), "status": status}
+        if outcome.get("error"):
+            entry["error"] = outcome["error"]
+        if results:
+            entry.update(val_accuracy=results.get("val", {}).get("best_accuracy"),
+                         test_accuracy=results.get("test", {}).get("accuracy"),
+                         test_exact_accuracy=results.get("test", {}).get("exact_accuracy"),
+                         first_step_at_target=results.get("val", {}).get("first_step_at_target"),
+                         steps=results.get("steps"), seconds=results.get("seconds"))
+        trials.append(entry)
+        s = settings.setdefault(trial.setting, {"setting": trial.setting, "variant": trial.variant,
+                                                "params": trial.params, "seeds": [], "results": []})
+        s["seeds"].append(trial.seed)
+        if results:
+            s["results"].append(results)
+    for s in settings.values():
+        res = s.pop("results")
+        s["done"] = len(res)
+        s["val"] = _stats([r["val"]["best_accuracy"] for r in res if r.get("val", {}).get("best_accuracy") is not None])
+        s["test"] = _stats([r["test"]["accuracy"] for r in res if r.get("test", {}).get("accuracy") is not None])
+        s["seconds"] = sum(float(r.get("seconds") or 0) for r in res)
+        reached = [r["val"]["first_step_at_target"] for r in res if r.get("val", {}).get("first_step_at_target") is not None]
+        s["steps_to_target"] = _stats([float(x) for x in reached])
+        if res:
+            r0 = res[0]
+            setting = reference.setting_of(r0)
+            ref = reference.paper_accuracy(r0["task"], setting, r0.get("backbone"))
+            s["reference"] = ({"setting": setting, "accuracy": ref.accuracy, "source": ref.source, "where": ref.where,
+                               "model": ref.model} if ref else {"setting": setting})
+    chosen: dict[str, str] = {}
+    for s in settings.values():
+        key = s["variant"] or "all"
+        if s["val"]["mean"] is None:
+            continue
+        best = settings.get(chosen.get(key, ""))
+        if best is None or s["val"]["mean"] > best["val"]["mean"]:
+            chosen[key] = s["setting"]
+    for s in settings.values():
+        s["chosen"] = chosen.get(s["variant"] or "all") == s["setting"]
+    return {
+        "preset": plan.preset, "experiment": plan.experiment.name if plan.experiment else None,
+        "command": plan.command, "sweep_dir": str(plan.sweep_dir), "grid": plan.grid, "seeds": plan.seeds,
+        "selection": "per variant, the setting with the best mean validation accuracy (val.best_accuracy) over seeds",
+        "sources": {n: str(d) for n, (_, d) in plan.sources.items()},
+        "chosen": chosen, "settings": list(settings.values()), "trials": trials,
+        "complete": all(t["status"] == "done" for t in trials),
+        "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def _mean_std(stats: dict[str, Any]) -> str:
+    if stats["mean"] is None:
+        return "-"
+    text = f"{100 * stats['mean']:.1f}"
+    return text + (f" ± {100 * stats['std']:.1f}" if stats["n"] > 1 else "")
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    exp = f", experiment `{summary['experiment']}`" if summary["experiment"] else ""
+    lines = [f"# Sweep of `{summary['preset']}`{exp}", ""]
+    if summary.get("command"):
+        lines += [f"Command: `{summary['command']}`", ""]
+    lines += [f"Seeds: {', '.join(map(str, summary['seeds']))}. Selection: {summary['selection']}; "
+              "the chosen setting of each variant is marked **bold**. Accuracy in %, mean ± std over seeds.", ""]
+    lines += ["| variant | setting | seeds done | val accuracy | test accuracy | steps to target | paper | time (s) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for s in summary["settings"]:
+        ref = s.get("reference") or {}
+        paper = f"{ref['accuracy']:g} ({ref['where']})" if ref.get("accuracy") is not None else "-"
+        name = f"**{s['setting']}**" if s["chosen"] else s["setting"]
+        steps = s["steps_to_target"]
+        reached = f"{steps['mean']:.0f} ({steps['n']}/{s['done']})" if steps["mean"] is not None else "-"
+        lines.append(f"| {s['variant'] or '-'} | {name} | {s['done']}/{len(s['seeds'])} | {_mean_std(s['val'])} | "
+                     f"{_mean_std(s['test'])} | {reached} | {paper} | {s['seconds']:.0f} |")
+    lines += ["", "Chosen on validation:", ""]
+    by_name = {s["setting"]: s for s in summary["settings"]}
+    for variant, setting in summary["chosen"].items():
+        s = by_name[setting]
+        lines.append(f"- {variant}: `{setting}`: test {_mean_std(s['test'])} ({s['test']['n']} seeds), "
+                     f"val {_mean_std(s['val'])}")
+    failed = [t for t in summary["trials"] if t["status"] == "failed"]
+    if failed:
+        lines += ["", "Failed trials:", ""] + [f"- {t['run_dir']}: {t.get('error', '')}" for t in failed]
+    if not summary["complete"]:
+        lines += ["", "Not complete: run the same command again to finish (finished trials are skipped)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(plan: Plan, outcomes: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    from fpt.io import atomic_write_json, atomic_write_text
+
+    summary = summarize(plan, outcomes)
+    plan.sweep_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(plan.sweep_dir / "sweep.json", summary)
+    atomic_write_text(plan.sweep_dir / "sweep.md", render_markdown(summary))
+    return summary
+
+
+def describe_plan(plan: Plan) -> str:
+    lines = [f"sweep of {plan.preset}" + (f", experiment {plan.experiment.name}" if plan.experiment else "")
+             + f": {len(plan.trials)} trials in {plan.sweep_dir}"]
+    for name, (_, run_dir) in plan.sources.items():
+        lines.append(f"  source {name}: {run_dir} [{trial_state(*plan.sources[name])}]")
+    for t in plan.trials:
+        lines.append(f"  {t.setting}/s{t.seed} [{trial_state(t.values, t.run_dir)}]")
+    return "\n".join(lines)
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    return "fpt " + " ".join(argv if argv is not None else sys.argv[1:])

