@@ -3,7 +3,7 @@
 One process, one table::
 
     fpt bench --backbone smollm2-135m --layers 12 --task bit-xor --batch-size 32
-    fpt bench --backbone smollm2-135m --layers 12 --tokens 64 --input-dim 16 --batch-size 64 --device cuda --json b.json
+    fpt bench --backbone smollm2-135m --layers 12,30 --tokens 64 --input-dim 16 --batch-size 64,256 --device cuda --json b.json
 
 A step is what training does: forward through the real ``FPT`` module (with its real freezing, so
 frozen weights get no weight gradients), cross-entropy, backward, gradient-norm clip with the
@@ -16,10 +16,12 @@ non-finite check, optimizer step. Paths:
   attention, ``torch.compile`` of the backbone, fused Adam with the sync-free step guard; on CPU
   fp32, SDPA attention, no compile, unfused Adam, threads = physical cores.
 
-Reported per path: median step time over the timed steps after warm-up (CUDA events on GPU,
-``perf_counter`` on CPU), samples/s, tokens/s, matmul TFLOP/s, peak memory
-(``torch.cuda.max_memory_allocated`` on GPU; on CPU the growth of the process's resident set while
-the path is built and run: approximate, allocator-dependent).
+Both paths are built and warmed up one after the other, then timed in alternation (one step of
+each, ``--steps`` times), so that a shared machine whose load changes slows both alike. Reported
+per path: median step time (CUDA events on GPU, ``perf_counter`` on CPU), samples/s, tokens/s,
+matmul TFLOP/s, and the peak memory the path adds while it is built and warmed up
+(``torch.cuda.max_memory_allocated`` above what was already allocated, on GPU; on CPU the growth
+of the process's resident set: approximate, allocator-dependent).
 
 Matmul FLOPs per step = ``B x T x (2 P + 2 P [activation gradients] + 2 P_trained)`` with ``P`` the
 backbone's matmul weights (``Linear``/``Conv1D``; embedding tables excluded), ``P_trained`` those
@@ -28,7 +30,8 @@ parameters x tokens** per sample: forward plus activation gradients, no weight g
 ``output-only`` no gradient enters the backbone: 2 x. Attention's score and context products
 (``4 T^2 H`` per layer forward) and the new input/output layers are not counted. On a GPU the
 table also gives each path's share of the card's bf16 matmul peak, measured in the same process
-(an 8192^3 bf16 matmul). It is a benchmark: it never fails on time.
+(an 8192^3 bf16 matmul), and the host synchronisations in one step (``torch.cuda.set_sync_debug_mode``;
+the fast path should have none). It is a benchmark: it never fails on time.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def add_bench_parser(sub, parse_task_option) -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     b.add_argument("--backbone", default="smollm2-135m", help="as for fpt fit")
     b.add_argument("--init", default="pretrained", help="pretrained | random")
-    b.add_argument("--layers", type=int, default=None, help="keep only the first K blocks")
+    b.add_argument("--layers", default=None, help="keep only the first K blocks; a list (12,30) runs each")
     b.add_argument("--freeze", default="fpt", help="freeze preset")
     b.add_argument("--task", default=None, help="take shape and one real batch from this task (default: bit-xor, "
                                                  "unless --tokens is given)")
@@ -58,7 +61,7 @@ def add_bench_parser(sub, parse_task_option) -> argparse.ArgumentParser:
                    help="task option, e.g. -o n_bits=32 (repeatable)")
     b.add_argument("--tokens", type=int, default=None, help="synthetic continuous input: tokens per sample")
     b.add_argument("--input-dim", type=int, default=16, help="synthetic continuous input: features per token")
-    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--batch-size", default="32", help="a list (64,256) runs each, with every --layers value")
     b.add_argument("--device", default="auto", help="auto | cpu | cuda")
     b.add_argument("--steps", type=int, default=10, help="timed steps per path")
     b.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
@@ -92,7 +95,18 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def _malloc_trim() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class _Memory:
+    """Peak memory a path adds: CUDA allocator peak, or on CPU the resident-set high-water mark."""
+
     def __init__(self, device):
         import torch
 
@@ -103,14 +117,15 @@ class _Memory:
         if self.cuda:
             self.torch.cuda.empty_cache()
             self.torch.cuda.reset_peak_memory_stats()
-            self.base = 0
+            self.base = self.torch.cuda.memory_allocated()  # what earlier paths still hold
         else:
+            _malloc_trim()  # hand freed heap back to the OS, so this path's growth is its own
             self.hwm_reset = _reset_peak_rss()
             self.base = _proc_status_kb("VmRSS") or 0
 
     def peak_mb(self) -> float | None:
         if self.cuda:
-            return self.torch.cuda.max_memory_allocated() / 2**20
+            return (self.torch.cuda.max_memory_allocated() - self.base) / 2**20
         peak = _proc_status_kb("VmHWM") if self.hwm_reset else _proc_status_kb("VmRSS")
         return None if peak is None else max(0, peak - self.base) / 1024
 
@@ -189,6 +204,25 @@ def measured_bf16_peak_tflops(device, n: int = 8192, iters: int = 10) -> float:
     return 2 * n**3 / seconds / 1e12
 
 
+def count_host_syncs(step, device) -> int | None:
+    """Host synchronisations in one call of ``step`` (CUDA's sync debug mode; None on CPU)."""
+    if device.type != "cuda":
+        return None
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize(device)
+    return sum("synchroniz" in str(w.message).lower() for w in caught)
+
+
 def path_settings(path: str, args, accelerator: str) -> dict[str, Any]:
     from fpt import fastpath
 
@@ -205,97 +239,105 @@ def path_settings(path: str, args, accelerator: str) -> dict[str, Any]:
             "naive_optimizer": False, "sync_each_step": False}
 
 
-def run_path(path: str, args, device, spec, batch) -> dict[str, Any]:
-    import contextlib
+class _Path:
+    """One path's model, optimizer and step function, built and warmed up (memory measured meanwhile)."""
 
-    import torch
-    import torch.nn.functional as F
+    def __init__(self, name: str, args, device, spec, batch):
+        import contextlib
 
-    from fpt import fastpath
-    from fpt.backbones import load_backbone
-    from fpt.model import FPT, ModelConfig
+        import torch
+        import torch.nn.functional as F
 
-    accelerator = "gpu" if device.type == "cuda" else "cpu"
-    s = path_settings(path, args, accelerator)
-    memory = _Memory(device)
-    memory.start()
-    build_start = time.perf_counter()
-    backbone = load_backbone(args.backbone, init=args.init, layers=args.layers, seed=0, attn_implementation=s["attn"])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        model = FPT(backbone, spec, ModelConfig(freeze=args.freeze)).to(device)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = fastpath.make_optimizer(params, args.lr, fused=s["fused"], naive=s["naive_optimizer"])
-    guard = fastpath.StepGuard(1.0, 10**9)
-    if s["compile"]:
-        fastpath.compile_in_place(model.backbone)
-    if s["precision"] == "bf16-mixed":
-        autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
-    elif s["precision"] in ("16-mixed",):
-        autocast = lambda: torch.autocast(device.type, dtype=torch.float16)  # noqa: E731
-    else:
-        autocast = contextlib.nullcontext
-    x, y, mask = batch["x"], batch["y"], batch.get("mask")
-    build_seconds = time.perf_counter() - build_start
+        from fpt import fastpath
+        from fpt.backbones import load_backbone
+        from fpt.model import FPT, ModelConfig
 
-    def step():
-        with autocast():
-            logits = model(x, mask)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(logits.shape[0], -1).reshape(-1))
-        loss.backward()
-        if s["sync_each_step"]:
-            norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-            if not bool(torch.isfinite(norm)):  # the 2021 loop: checked (and logged) on the host
-                for p in params:
-                    p.grad = None
-            optimizer.step()
-            float(loss.item())
+        self.name, self.device = name, device
+        accelerator = "gpu" if device.type == "cuda" else "cpu"
+        s = self.settings = path_settings(name, args, accelerator)
+        memory = _Memory(device)
+        memory.start()
+        t0 = time.perf_counter()
+        backbone = load_backbone(args.backbone, init=args.init, layers=args.layers, seed=0, attn_implementation=s["attn"])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            model = FPT(backbone, spec, ModelConfig(freeze=args.freeze)).to(device)
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = fastpath.make_optimizer(params, args.lr, fused=s["fused"], naive=s["naive_optimizer"])
+        guard = fastpath.StepGuard(1.0, 10**9)
+        if s["compile"]:
+            fastpath.compile_in_place(model.backbone)
+        if s["precision"] == "bf16-mixed":
+            autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
+        elif s["precision"] == "16-mixed":
+            autocast = lambda: torch.autocast(device.type, dtype=torch.float16)  # noqa: E731
         else:
-            guard.before_step(optimizer, params)
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+            autocast = contextlib.nullcontext
+        x, y, mask = batch["x"], batch["y"], batch.get("mask")
+        self.build_seconds = time.perf_counter() - t0
 
-    cuda = device.type == "cuda"
-    warm_start = time.perf_counter()
-    for _ in range(args.warmup):
-        step()
-    if cuda:
-        torch.cuda.synchronize(device)
-    warmup_seconds = time.perf_counter() - warm_start
-    times = []
-    if cuda:
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(args.steps)]
-        for start, end in events:
+        def step():
+            with autocast():
+                logits = model(x, mask)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(logits.shape[0], -1).reshape(-1))
+            loss.backward()
+            if s["sync_each_step"]:
+                norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+                if not bool(torch.isfinite(norm)):  # the 2021 loop: checked (and logged) on the host
+                    for p in params:
+                        p.grad = None
+                optimizer.step()
+                float(loss.item())
+            else:
+                guard.before_step(optimizer, params)
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        self.step = step
+        t0 = time.perf_counter()
+        for _ in range(args.warmup):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        self.warmup_seconds = time.perf_counter() - t0
+        self.peak_memory_mb = memory.peak_mb()
+        self.host_syncs = count_host_syncs(step, device)
+        self.model, self.tokens = model, int(x.shape[1])
+        self.flops = flops_per_step(model, args.batch_size, self.tokens)
+        self.trainable = sum(p.numel() for p in params)
+        self.times: list[float] = []
+
+    def timed_step(self):
+        import torch
+
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            step()
+            self.step()
             end.record()
-        torch.cuda.synchronize(device)
-        times = [start.elapsed_time(end) / 1000 for start, end in events]
-    else:
-        for _ in range(args.steps):
+            end.synchronize()  # after the interval: the events time the device's work
+            self.times.append(start.elapsed_time(end) / 1000)
+        else:
             t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-    step_s = statistics.median(times)
-    tokens = int(x.shape[1])
-    flops = flops_per_step(model, args.batch_size, tokens)
-    result = {
-        "precision": s["precision"], "attention": s["attn"], "compile": s["compile"],
-        "optimizer": "adam (for-loop)" if s["naive_optimizer"] else ("adam fused" if s["fused"] else "adam foreach"),
-        "host_sync_each_step": s["sync_each_step"],
-        "step_ms": step_s * 1000, "step_ms_min": min(times) * 1000, "step_ms_max": max(times) * 1000,
-        "samples_per_s": args.batch_size / step_s, "tokens_per_s": args.batch_size * tokens / step_s,
-        "matmul_tflop_per_step": flops / 1e12, "tflops": flops / step_s / 1e12,
-        "peak_memory_mb": memory.peak_mb(), "build_seconds": build_seconds, "warmup_seconds": warmup_seconds,
-        "timed_steps": len(times), "trainable_params": sum(p.numel() for p in params),
-        "backbone_matmul_params": matmul_params(model)[0],
-    }
-    del model, backbone, optimizer, params
-    gc.collect()
-    if cuda:
-        torch.cuda.empty_cache()
-    return result
+            self.step()
+            self.times.append(time.perf_counter() - t0)
+
+    def result(self, batch_size: int) -> dict[str, Any]:
+        s, times = self.settings, self.times
+        step_s = statistics.median(times)
+        return {
+            "precision": s["precision"], "attention": s["attn"], "compile": s["compile"],
+            "optimizer": "adam (for-loop)" if s["naive_optimizer"] else ("adam fused" if s["fused"] else "adam foreach"),
+            "host_sync_each_step": s["sync_each_step"],
+            "host_syncs_per_step": self.host_syncs,  # CUDA only: torch.cuda.set_sync_debug_mode counts
+            "step_ms": step_s * 1000, "step_ms_min": min(times) * 1000, "step_ms_max": max(times) * 1000,
+            "samples_per_s": batch_size / step_s, "tokens_per_s": batch_size * self.tokens / step_s,
+            "matmul_tflop_per_step": self.flops / 1e12, "tflops": self.flops / step_s / 1e12,
+            "peak_memory_mb": self.peak_memory_mb, "build_seconds": self.build_seconds,
+            "warmup_seconds": self.warmup_seconds, "timed_steps": len(times), "trainable_params": self.trainable,
+            "backbone_matmul_params": matmul_params(self.model)[0],
+        }
 
 
 def bench(args) -> dict[str, Any]:
@@ -323,9 +365,24 @@ def bench(args) -> dict[str, Any]:
         "torch": torch.__version__, "paths": {},
     }
     if use_cuda:
-        out["bf16_matmul_peak_tflops"] = measured_bf16_peak_tflops(device)
-    for path in paths:
-        out["paths"][path] = run_path(path, args, device, spec, batch)
+        if getattr(args, "_peak", None) is None:
+            args._peak = measured_bf16_peak_tflops(device)
+        out["bf16_matmul_peak_tflops"] = args._peak
+    # Built and warmed up one after the other (each path's peak memory is what it adds), then timed
+    # in alternation, step by step, so that a machine whose load changes slows both paths alike.
+    if not use_cuda:
+        # One throwaway 1-block load first: imports and one-off allocations would otherwise count
+        # in the resident-set growth of whichever path is built first.
+        from fpt.backbones import load_backbone
+
+        del_me = load_backbone(args.backbone, init=args.init, layers=1, seed=0)
+        del del_me
+    built = [_Path(path, args, device, spec, batch) for path in paths]
+    for _ in range(args.steps):
+        for p in built:
+            p.timed_step()
+    for p in built:
+        out["paths"][p.name] = p.result(args.batch_size)
     if "naive" in out["paths"] and "fast" in out["paths"]:
         out["speedup_fast_over_naive"] = out["paths"]["naive"]["step_ms"] / out["paths"]["fast"]["step_ms"]
     if use_cuda:
@@ -343,14 +400,14 @@ def format_table(out: dict[str, Any]) -> str:
             "TFLOP/s", "peak MB"]
     peak = out.get("bf16_matmul_peak_tflops")
     if peak:
-        head.append("of bf16 peak")
+        head += ["of bf16 peak", "syncs/step"]
     rows = []
     for name, r in out["paths"].items():
         row = [name, r["precision"], r["attention"], r["optimizer"], "on" if r["compile"] else "off",
                f"{r['step_ms']:.1f}", f"{r['samples_per_s']:.1f}", f"{r['tokens_per_s']:.0f}", f"{r['tflops']:.3f}",
                "-" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"]
         if peak:
-            row.append(f"{100 * r['fraction_of_bf16_peak']:.1f}%")
+            row += [f"{100 * r['fraction_of_bf16_peak']:.1f}%", str(r.get("host_syncs_per_step"))]
         rows.append(row)
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
     fmt = "  ".join("{:<%d}" % w for w in widths)
@@ -369,13 +426,45 @@ def format_table(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _int_list(text, name: str, allow_none: bool = False) -> list:
+    if text is None and allow_none:
+        return [None]
+    try:
+        values = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--{name} takes integers separated by commas, got {text!r}") from None
+    if not values:
+        raise ValueError(f"--{name}: no value given")
+    return values
+
+
 def main(args) -> int:
-    out = bench(args)
-    print(format_table(out))
+    """Every combination of --layers and --batch-size, one table each (and one JSON file for all)."""
+    import torch
+
+    runs = []
+    combos = [(layers, batch) for layers in _int_list(args.layers, "layers", allow_none=True)
+              for batch in _int_list(args.batch_size, "batch-size")]
+    for layers, batch_size in combos:
+        one = argparse.Namespace(**vars(args))
+        one.layers, one.batch_size = layers, batch_size
+        try:
+            out = bench(one)
+        except torch.OutOfMemoryError as err:  # a benchmark reports, it does not fail
+            out = {"layers": layers, "batch_size": batch_size, "error": f"out of memory: {str(err).splitlines()[0]}"}
+            print(f"fpt bench: {layers} layers, batch {batch_size}: {out['error']}")
+        else:
+            print(format_table(out))
+        args._peak = getattr(one, "_peak", None)
+        runs.append(out)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        print(flush=True)
     if args.json:
         from fpt.io import atomic_write_json
 
-        atomic_write_json(Path(args.json), out)
+        atomic_write_json(Path(args.json), runs[0] if len(runs) == 1 else {"runs": runs})
         print(f"wrote {args.json}")
     sys.stdout.flush()
     return 0

@@ -21,7 +21,8 @@ import yaml
 # Command-line flags that map one-to-one onto RunConfig fields: flag -> (type, help).
 _FIT_FLAGS: dict[str, tuple[Any, str]] = {
     "task": (str, "task name (fpt list)"),
-    "backbone": (str, "smollm2-135m (offline default), lstm, a Hugging Face id (gpt2, EleutherAI/pythia-160m) or a local dir"),
+    "backbone": (str, "smollm2-135m (offline default), lstm, a Hugging Face id (gpt2, EleutherAI/pythia-160m), a local dir, "
+                      "or run:RUN_DIR (a finished run's trained backbone, e.g. trained on bit-memory with --freeze full)"),
     "init": (str, "pretrained | random"),
     "layers": (int, "keep only the first K blocks"),
     "freeze": (str, "freeze preset: fpt, output-only, +ln, +input, +pos, +ff, +attn, full"),
@@ -143,6 +144,10 @@ def _fit(args) -> int:
         config = build_config(merge(base, flags))
         results = fit(config, enable_progress_bar=not args.no_progress_bar and None, overwrite=args.overwrite)
     test = results.get("test", {})
+    from fpt.distributed import global_rank_from_env
+
+    if global_rank_from_env() != 0:  # torchrun / srun: every process gets here; rank 0 speaks
+        return 0
     print(f"test accuracy {test.get('accuracy', float('nan')):.4f}  exact {test.get('exact_accuracy', float('nan')):.4f}  "
           f"({results['steps']} steps, {results['seconds']:.0f} s, "
           f"{results['trainable_params']:,} trainable / {results['total_params']:,} params)")
@@ -193,6 +198,22 @@ def _list(args) -> int:
     return 0
 
 
+def _interrupted():  # an except clause's types are evaluated only when an exception arrives
+    from fpt.health import TrainingInterrupted
+
+    return TrainingInterrupted
+
+
+def _run_failures() -> tuple[type, ...]:
+    from fpt.data.cifar import UnsafePickleError
+    from fpt.data.store import DownloadError
+    from fpt.health import OutOfMemory
+    from fpt.rundir import RunLockedError
+    from fpt.training import NonFiniteGradientError
+
+    return (NonFiniteGradientError, OutOfMemory, RunLockedError, DownloadError, UnsafePickleError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from fpt.bench import main as _bench
@@ -201,18 +222,15 @@ def main(argv: list[str] | None = None) -> int:
 
     handler = {"fit": _fit, "test": _test, "predict": _predict, "list": _list, "bench": _bench,
                **_experiment_handlers}[args.command]
-    from fpt.health import OutOfMemory, TrainingInterrupted
-    from fpt.rundir import RunLockedError
-    from fpt.training import NonFiniteGradientError
-
     try:
         return handler(args)
-    except TrainingInterrupted as stop:
+    except _interrupted() as stop:
         # Stopped by Ctrl-C / SIGTERM after writing a checkpoint: 128 + signal (130 / 143), like a shell.
         print(f"fpt {args.command}: {stop}", file=sys.stderr)
         return stop.exit_code
-    except (NonFiniteGradientError, OutOfMemory, RunLockedError) as err:
-        # The run failed (diverged, out of memory) or could not start (directory in use): no traceback.
+    except _run_failures() as err:
+        # The run failed (diverged, out of memory, a download failed its checksum, an unsafe pickle)
+        # or could not start (run directory in use): say so, without a traceback.
         print(f"fpt {args.command}: error: {err}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError, FileExistsError, OSError) as err:

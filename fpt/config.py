@@ -207,6 +207,16 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Names other tools use for fpt's options (spelling suggestions cannot find these).
+_ALIASES = {
+    "learning_rate": "lr", "lr_rate": "lr", "epochs": "steps", "max_steps": "steps", "num_steps": "steps",
+    "train_steps": "steps", "bs": "batch_size", "batch": "batch_size", "num_layers": "layers", "n_layers": "layers",
+    "depth": "layers", "model": "backbone", "model_name": "backbone", "output_dir": "run_dir", "out_dir": "run_dir",
+    "accumulate": "accumulate_grad_batches", "gradient_accumulation_steps": "accumulate_grad_batches",
+    "max_grad_norm": "grad_clip", "gradient_clip_val": "grad_clip", "val_check_interval": "eval_every",
+}
+
+
 def build_config(values: dict[str, Any]) -> RunConfig:
     """A validated ``RunConfig`` from a flat mapping, with a message naming any unknown or ill-typed option."""
     kwargs = {}
@@ -215,7 +225,8 @@ def build_config(values: dict[str, Any]) -> RunConfig:
         if name in ("description", "reproduces", "expected"):  # documentation keys of preset files
             continue
         if name not in FIELDS:
-            raise ValueError(f"unknown option {key!r}.{suggest(name, FIELDS)} See `fpt fit --help`.")
+            hint = f" Did you mean {_ALIASES[name]!r}?" if name in _ALIASES else suggest(name, FIELDS)
+            raise ValueError(f"unknown option {key!r}.{hint} See `fpt fit --help`.")
         kwargs[name] = _check_type(name, value)
     return RunConfig(**kwargs).validate()
 

@@ -37,7 +37,7 @@ def add_parsers(sub) -> None:
     sweep.add_argument("--set", dest="sets", action="append", default=[], type=_assignment(False), metavar="KEY=VALUE",
                        help="fix an option for every trial, e.g. --set steps=300 --set task_options.n_bits=8")
     sweep.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 per setting (default 1, or the experiment's)")
-    sweep.add_argument("--sweep-dir", help="where trials go (default runs/sweeps/<preset>[-<experiment>])")
+    sweep.add_argument("--sweep-dir", help="where trials go (default runs/sweeps/<preset>[-<experiment>][-<swept keys>])")
     sweep.add_argument("--parallel", type=int, default=1, help="trials run at once, each in its own process")
     sweep.add_argument("--threads", type=int, default=None,
                        help="CPU threads per trial (default: physical cores / --parallel)")

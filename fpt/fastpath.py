@@ -1,14 +1,10 @@
 """The fast path: what fpt does beyond a plain PyTorch loop, each part switchable from the config.
 
-=====================  =========================================================  ======================
-RunConfig field        what it does                                               ``auto`` means
-=====================  =========================================================  ======================
-``precision``          bf16 autocast (``bf16-mixed``) or fp32 (``32-true``)        bf16-mixed on CUDA, fp32 on CPU
-``attn_implementation`` ``sdpa`` (fused attention kernels) or ``eager``            (sdpa is the default)
-``compile``            ``torch.compile`` of the backbone, in place                 on on CUDA, off on CPU
-``fused_optimizer``    fused Adam/AdamW kernel + sync-free skipping of bad steps   on on CUDA, off on CPU
-``num_threads``        CPU intra-op threads                                         physical cores / local processes
-=====================  =========================================================  ======================
+* ``precision``: bf16 autocast (``bf16-mixed``) or fp32; auto: bf16-mixed on CUDA, fp32 on CPU;
+* ``attn_implementation``: ``sdpa`` (fused attention kernels, the default) or ``eager``;
+* ``compile``: ``torch.compile`` of the backbone, in place; auto: on on CUDA;
+* ``fused_optimizer``: fused Adam/AdamW + sync-free skipping of bad steps; auto: on on CUDA;
+* ``num_threads``: CPU intra-op threads; default: physical cores / local processes.
 
 No host synchronisation per step: the gradient norm, the "skip this step" decision and the
 bad-step counters stay on the device (:class:`StepGuard`); the host reads them every

@@ -185,24 +185,42 @@ class GracefulStop(Callback):
         trainer.save_checkpoint(self.last, weights_only=False)
         self.saved_step = int(trainer.global_step)
         # Leave by an exception, not trainer.should_stop: stopping "normally" runs the epoch-end and
-        # train-end hooks, and ModelCheckpoint.on_train_end would overwrite last.ckpt with the state of
-        # a finished epoch (which resumes with every logged step one late).
+        # train-end hooks (a checkpoint callback's on_train_end would overwrite last.ckpt with the
+        # state of a finished epoch, which resumes with every logged step one late).
         raise StopForSignal(self.signum, self.saved_step)
 
+    def _requested(self, trainer, sync_point: bool) -> bool:
+        """Whether to stop here. With several processes every rank must decide alike (they save and
+        leave together), so the flag is reduced across ranks, only at ``sync_point``s: steps where
+        fpt reads device values anyway (every ``log_every_n_steps``) and validation ends."""
+        if self.saved_step is not None:
+            return False
+        if trainer.world_size <= 1:
+            return self.signum is not None
+        if not sync_point:
+            return False
+        if trainer.strategy.reduce_boolean_decision(self.signum is not None, all=False):
+            self.signum = self.signum or int(signal.SIGTERM)  # another rank received it
+            return True
+        return False
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.signum is None or self.saved_step is not None:
+        if self.signum is None and trainer.world_size <= 1:
             return
         if trainer.fit_loop.epoch_loop._should_accumulate():
             return  # mid-accumulation: stop at the optimizer step
         step = int(trainer.global_step)
-        if step % self.eval_every == 0 and not (trainer.max_steps > 0 and step >= trainer.max_steps):
-            return  # a validation runs after this batch: save after it (as Lightning's checkpoints do)
-        self._stop(trainer)
+        if step % self.eval_every == 0:
+            return  # a validation runs after this batch: save after it (where fpt's checkpoints are taken)
+        final = trainer.max_steps > 0 and step >= trainer.max_steps
+        if self._requested(trainer, sync_point=final or step % max(1, trainer.log_every_n_steps) == 0):
+            self._stop(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or self.signum is None or self.saved_step is not None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        self._stop(trainer)
+        if self._requested(trainer, sync_point=True):
+            self._stop(trainer)
 
 
 # -- memory -----------------------------------------------------------------------------------------

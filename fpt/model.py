@@ -14,6 +14,7 @@ Usable without Lightning::
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from fpt.backbones import Backbone
-from fpt.backbones.freeze import apply_freeze
+from fpt.backbones.freeze import apply_freeze, resolve_preset
 from fpt.tasks.base import TaskSpec
 
 
@@ -96,6 +97,11 @@ class FPT(nn.Module):
         nn.init.zeros_(self.head.bias)
 
         self.group_counts = apply_freeze(self, backbone.arch, config.freeze, config.freeze_rules)
+        missing = [g for g in resolve_preset(config.freeze) if g not in self.group_counts]
+        if missing and config.freeze != "full":  # "full" means everything there is
+            # e.g. "+ln" on the LSTM (no norms) trains exactly what "output-only" trains: say so.
+            warnings.warn(f"freeze {config.freeze!r} trains {', '.join(missing)}, but this model ({backbone.arch}) "
+                          "has no such parameters; the preset trains the same as one without them", stacklevel=2)
 
     # -- parameter bookkeeping ------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:

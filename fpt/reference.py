@@ -141,7 +141,7 @@ def _others() -> list[Reference]:
 
 REFERENCES: list[Reference] = _table1() + _ladder() + _others()
 STEPS_TO_CONVERGE: list[Reference] = _steps()
-_SOURCE_ORDER = {"Table 1": 0, "parameter-group ladder": 1, "Table 1 / model size": 2, "lr-swept": 3, "blog": 4}
+_SOURCE_ORDER = {"Table 1": 0, "Table 1 / model size": 1, "parameter-group ladder": 2, "lr-swept": 3, "blog": 4}
 
 
 def backbone_kind(results: dict[str, Any]) -> str:
@@ -183,8 +183,8 @@ def setting_of(results: dict[str, Any]) -> str | None:
 
 
 def lookup(task: str, setting: str | None, backbone: str | None = None) -> list[Reference]:
-    """Published accuracies for this task and setting: an entry for our exact backbone first, then
-    Table 1, the ladder, the model-size entry, Rothermel et al., the blog."""
+    """Published accuracies for this task and setting: entries for our exact backbone first, then in
+    the order Table 1, the model-size entry, the ladder, Rothermel et al., the blog."""
     if setting is None:
         return []
     found = [r for r in REFERENCES if r.task == task and r.setting == setting]

@@ -69,9 +69,42 @@ class RunLock:
         except (OSError, ValueError):
             return {}
 
+    def _judge(self, owner: dict[str, Any], me: dict[str, Any]) -> None:
+        """Returns if ``owner`` is stale (its process is gone); raises RunLockedError otherwise."""
+        if owner.get("host") == me["host"] and isinstance(owner.get("pid"), int):
+            if owner["pid"] == me["pid"]:
+                raise RunLockedError(f"{self.run_dir} is already locked by this process")
+            if not _pid_alive(owner["pid"]):
+                return  # stale: the process that wrote it is gone (killed, crashed, machine rebooted)
+            raise RunLockedError(
+                f"{self.run_dir} is in use by another fpt run (pid {owner['pid']} on this host, started "
+                f"{owner.get('started', '?')}). Two runs must not write one directory: wait for it to "
+                f"finish, stop it (kill {owner['pid']}; it saves a checkpoint), or choose another --run-dir."
+            )
+        if owner == {}:
+            raise RunLockedError(
+                f"{self.path} exists but is unreadable, so fpt cannot tell whether another run is using "
+                f"{self.run_dir}. If no run is, delete {self.path} and try again."
+            )
+        raise RunLockedError(
+            f"{self.run_dir} is locked by pid {owner.get('pid')} on host {owner.get('host')!r} (started "
+            f"{owner.get('started', '?')}); fpt cannot check a process on another host. If that run is no "
+            f"longer running, delete {self.path} and try again."
+        )
+
+    @staticmethod
+    def _me() -> dict[str, Any]:
+        return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    def check(self) -> None:
+        """Raise now if a live run holds the lock (before slow work); acquire() still decides."""
+        owner = self._owner()
+        if owner is not None:
+            self._judge(owner, self._me())
+
     def acquire(self) -> "RunLock":
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        me = self._me()
         tmp = self.run_dir / f".lock.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(me))
         try:
@@ -82,32 +115,20 @@ class RunLock:
                     return self
                 except FileExistsError:
                     pass
+                try:
+                    inode = self.path.stat().st_ino
+                except FileNotFoundError:
+                    continue  # released meanwhile: try again
                 owner = self._owner()
                 if owner is None:
-                    continue  # released meanwhile: try again
-                if owner.get("host") == me["host"] and isinstance(owner.get("pid"), int):
-                    if owner["pid"] == me["pid"]:
-                        raise RunLockedError(f"{self.run_dir} is already locked by this process")
-                    if not _pid_alive(owner["pid"]):
-                        # Stale: the process that wrote it is gone (killed, crashed, machine rebooted).
+                    continue
+                self._judge(owner, me)  # raises unless the owner is dead
+                try:  # remove the stale lock, unless another process replaced it meanwhile
+                    if self.path.stat().st_ino == inode:
+                        self.path.unlink()
                         self.took_over = owner
-                        self.path.unlink(missing_ok=True)
-                        continue
-                    raise RunLockedError(
-                        f"{self.run_dir} is in use by another fpt run (pid {owner['pid']} on this host, started "
-                        f"{owner.get('started', '?')}). Two runs must not write one directory: wait for it to "
-                        f"finish, stop it (kill {owner['pid']}; it saves a checkpoint), or choose another --run-dir."
-                    )
-                if owner == {}:
-                    raise RunLockedError(
-                        f"{self.path} exists but is unreadable, so fpt cannot tell whether another run is using "
-                        f"{self.run_dir}. If no run is, delete {self.path} and try again."
-                    )
-                raise RunLockedError(
-                    f"{self.run_dir} is locked by pid {owner.get('pid')} on host {owner.get('host')!r} (started "
-                    f"{owner.get('started', '?')}); fpt cannot check a process on another host. If that run is no "
-                    f"longer running, delete {self.path} and try again."
-                )
+                except FileNotFoundError:
+                    pass
             raise RunLockedError(f"could not lock {self.run_dir}: {self.path} keeps changing; is another run starting?")
         finally:
             tmp.unlink(missing_ok=True)

@@ -11,7 +11,8 @@ A sweep is a *base config* (a preset or YAML file, plus ``--set KEY=VALUE`` over
 an *experiment* (named variants, each a set of overrides, from ``fpt/presets/experiments/NAME.yaml``),
 a *grid* (``--grid KEY=V1,V2,...`` and its shorthand ``--lr``; cartesian product) and *seeds*
 (``--seeds N``: seeds 0..N-1). Every combination is one trial, written to
-``SWEEP_DIR/<setting>/s<seed>/`` (a normal run directory: ``fpt test``, ``fpt report`` work on it).
+``SWEEP_DIR/<setting>/s<seed>/`` (a normal run directory: ``fpt test``, ``fpt report`` work on it);
+the default ``SWEEP_DIR`` is ``runs/sweeps/<preset>[-<experiment>][-<swept keys>]``.
 
 Model selection is on **validation** accuracy (``results.json`` ``val.best_accuracy``), averaged
 over seeds: within each experiment variant, the grid setting with the best mean validation
@@ -237,7 +238,8 @@ def make_plan(preset: str, *, experiment: str | None = None, grid: dict[str, lis
         raise ValueError("--seeds must be at least 1")
     if "seed" in full_grid:
         raise ValueError("sweep seeds with --seeds N, not --grid seed=...")
-    name = Path(preset).stem + (f"-{exp.name}" if exp else "")
+    cli_keys = [k.replace("-", "_") for k in (grid or {}) if not (exp and k.replace("-", "_") in exp.grid)]
+    name = Path(preset).stem + (f"-{exp.name}" if exp else "") + "".join(f"-{k}" for k in cli_keys)
     root = Path(sweep_dir) if sweep_dir else Path("runs") / "sweeps" / name
     if threads is None and parallel > 1 and "num_threads" not in base:
         from fpt.fastpath import physical_cores

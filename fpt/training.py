@@ -32,7 +32,7 @@ import torchmetrics
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fpt import fastpath
@@ -232,6 +232,9 @@ class FPTModule(L.LightningModule):
         self.eval_loss[prefix].update(loss, weight=y.shape[0])
 
     def _log_eval(self, prefix: str):
+        # Global over all ranks: each rank evaluates its share of the batches (EvalBatchSampler) and
+        # torchmetrics' compute() reduces the metric states across processes (sum of counts, weighted
+        # means) before computing, so no sync_dist is needed (it would average the ranks' numbers).
         values = {
             f"{prefix}/accuracy": self.acc[prefix].compute(),
             f"{prefix}/exact_accuracy": self.exact[prefix].compute(),
@@ -381,7 +384,7 @@ def build_model(config: RunConfig, task=None) -> FPT:
 def resolve_device(config: RunConfig) -> tuple[str, str]:
     """(accelerator, precision) for Lightning."""
     if config.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch sees no CUDA device; use --device cpu")
+        raise ValueError("device 'cuda' requested but torch sees no CUDA device; use --device cpu (or auto)")
     accelerator = "gpu" if (config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())) else "cpu"
     precision = config.precision
     if precision == "auto":
@@ -538,6 +541,8 @@ def _trainer(config: RunConfig, run_dir: Path, enable_progress_bar: bool | None 
 def _quiet_lightning():
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*infinite.*")
+    # _log_eval logs values torchmetrics already reduced across ranks; Lightning cannot tell.
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*when logging on epoch level in distributed.*")
     warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__`.*")
     import logging
 
@@ -573,6 +578,8 @@ def fit(config: RunConfig, resume: bool = False, enable_progress_bar: bool | Non
         checkpoint = read_checkpoint(last)  # missing, truncated, foreign: a clear error before any work
     elif rank_zero:
         prepare_run_dir(run_dir, resume=False, overwrite=overwrite, move=False)  # only checks, moves nothing yet
+    if rank_zero:
+        RunLock(run_dir).check()  # a live run in this directory: say so before the slow model build
     L.seed_everything(config.seed, workers=True, verbose=False)
     start = time.time()
     # Build task and model before writing anything: a bad option (task, preset, --layers) must not
@@ -655,7 +662,9 @@ def _fit_locked(config, module, run_dir: Path, resume: bool, resumed_step, enabl
         if is_out_of_memory(err):
             raise out_of_memory_error(err, phases.phase, config) from err
         raise
-    if stopper.signum is not None:  # the signal came after the last step's checkpoint: stop before testing
+    # A signal after the last checkpoint: stop before testing (one process; with several, the ranks could
+    # disagree here, so they test together: the run is complete and the test takes seconds).
+    if stopper.signum is not None and trainer.world_size <= 1:
         raise TrainingInterrupted(
             f"stopped by {signal.Signals(stopper.signum).name} after the last training step ({trainer.global_step}); "
             f"checkpoint written to {last}, the test did not run.\nResume with: {resume_command}",

