@@ -271,3 +271,13 @@ def test_run_backbone_errors(tmp_path, bit_memory_source, tiny_dirs, run_values)
     fit(build_config(run_values(tiny_dirs["gpt2"], head_only, freeze="output-only", steps=2)), enable_progress_bar=False)
     with pytest.raises(ValueError, match="trained no backbone weight"):
         load_backbone(f"run:{head_only}")
+
+
+def test_run_backbone_keeps_the_backbone_layer_free_of_lightning(bit_memory_source):
+    import subprocess
+    import sys
+
+    code = (f"import sys\nfrom fpt.backbones import load_backbone\nload_backbone('run:{bit_memory_source}')\n"
+            "print(','.join(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

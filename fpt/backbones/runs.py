@@ -76,9 +76,14 @@ def load_run_backbone(name: str, *, init: str = "pretrained", layers: int | None
         tensors = load_file(str(weights))
     except Exception as err:  # safetensors raises its own error types for broken files
         raise ValueError(f"{weights} is not a readable safetensors file ({err})") from None
-    from fpt.training import check_identity  # late: fpt.training imports this package
-
-    check_identity(metadata, source_identity)  # the rebuilt backbone is the one the run trained on
+    # The rebuilt backbone must be the one the run trained on (the same keys fpt.training.check_identity
+    # compares; not imported from there, so that the backbone layer stays free of Lightning).
+    diffs = [f"{k}: run {metadata.get(k)!r} vs rebuilt {source_identity.get(k)!r}"
+             for k in ("backbone", "arch", "init", "layers", "hidden_size", "fingerprint")
+             if metadata.get(k) != source_identity.get(k)]
+    if diffs:
+        raise ValueError(f"--backbone {name}: the run's backbone cannot be rebuilt as it was trained ("
+                         + "; ".join(diffs) + "); was its source model changed since?")
     prefix = "backbone."
     trained = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     if not trained:
