@@ -148,6 +148,17 @@ class RunLock:
 
 
 # -- the run directory ----------------------------------------------------------------------------
+def move_aside(run_dir: Path) -> Path:
+    """Rename ``run_dir`` to ``<name>.old-<timestamp>[-n]`` (nothing is deleted); returns the new path."""
+    aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while aside.exists():
+        aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+        n += 1
+    os.rename(run_dir, aside)
+    return aside
+
+
 def is_run_dir(path: Path) -> bool:
     return (Path(path) / "config.yaml").is_file()
 
@@ -175,12 +186,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, move: bool = T
         if not move:
             return None
         with RunLock(run_dir):  # refuse to move a run that a live process is writing
-            aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-            n = 1
-            while aside.exists():
-                aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
-                n += 1
-            os.rename(run_dir, aside)
+            aside = move_aside(run_dir)
         (aside / LOCK_NAME).unlink(missing_ok=True)
         return aside
     leftovers = [p.name for p in run_dir.iterdir() if p.name != LOCK_NAME and not p.name.startswith(".lock.")]

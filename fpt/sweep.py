@@ -319,22 +319,13 @@ def trial_state(values: dict[str, Any], run_dir: Path) -> str:
     return "new"
 
 
-def _move_aside(run_dir: Path) -> Path:
-    aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-    n = 1
-    while aside.exists():
-        aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
-        n += 1
-    os.rename(run_dir, aside)
-    return aside
-
-
 def execute_trial(values: dict[str, Any], log_path: str | None = None) -> dict[str, Any]:
     """Run (or resume, or restart) one trial; returns ``{"state", "results" | "error", "seconds"}``.
 
     Module-level so that worker processes (``--parallel``) can call it.
     """
     from fpt.config import build_config
+    from fpt.rundir import LOCK_NAME, RunLock, move_aside
     from fpt.training import fit
 
     run_dir = Path(values["run_dir"])
@@ -342,7 +333,10 @@ def execute_trial(values: dict[str, Any], log_path: str | None = None) -> dict[s
     if state == "done":
         return {"state": "done", "results": json.loads((run_dir / "results.json").read_text()), "seconds": 0.0}
     if state == "restart":
-        _move_aside(run_dir)
+        # Under the run lock: a folder that a live parallel worker is writing is refused, never moved.
+        with RunLock(run_dir):
+            aside = move_aside(run_dir)
+        (aside / LOCK_NAME).unlink(missing_ok=True)
     start = time.time()
     config = build_config(values)
     log = open(log_path, "a") if log_path else None

@@ -544,6 +544,8 @@ def _quiet_lightning():
     # _log_eval logs values torchmetrics already reduced across ranks; Lightning cannot tell.
     warnings.filterwarnings("ignore", message=".*sync_dist=True.*when logging on epoch level in distributed.*")
     warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__`.*")
+    # Lightning 2.6 calls a deprecated torch pytree API internally; nothing for a user to act on.
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
     import logging
 
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fpt.data.patching import check_patch_size, patchify
+from fpt.data.patching import channel_stats, check_patch_size, patchify
 
 KINDS = ("auto", "tokens", "discrete", "image")
 SPLIT_KEYS = {"train": ("x_train", "y_train"), "val": ("x_val", "y_val"), "test": ("x_test", "y_test")}
@@ -255,20 +255,9 @@ class ArrayLayout:
         return x.contiguous()
 
 
-def feature_stats(x: np.ndarray, scale: float, chunk: int = 4096) -> tuple[list[float], list[float]]:
+def feature_stats(x: np.ndarray, scale: float) -> tuple[list[float], list[float]]:
     """Mean and std of the last axis of ``x / scale`` (float64, chunked); constant features get std 1."""
-    d = x.shape[-1]
-    s = np.zeros(d)
-    ss = np.zeros(d)
-    count = 0
-    for i in range(0, len(x), chunk):
-        b = x[i: i + chunk].reshape(-1, d).astype(np.float64) / scale
-        s += b.sum(0)
-        ss += (b * b).sum(0)
-        count += b.shape[0]
-    mean = s / count
-    std = np.sqrt(np.maximum(ss / count - mean * mean, 0.0))
-    std[std < 1e-8] = 1.0
+    mean, std = channel_stats(x, scale)
     return mean.tolist(), std.tolist()
 
 

@@ -43,7 +43,7 @@ def unpatchify(tokens, patch_size: int, height: int, width: int):
 
 
 def channel_stats(images: np.ndarray, scale: float = 255.0, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std of ``images / scale`` (``[N, H, W, C]``), in float64, chunked."""
+    """Per-channel (last-axis) mean and std of ``images / scale`` (``[N, ..., C]``), in float64, chunked."""
     c = images.shape[-1]
     total = np.zeros(c)
     total_sq = np.zeros(c)
