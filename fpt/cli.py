@@ -1,4 +1,4 @@
-"""The ``fpt`` command line: ``fpt fit``, ``fpt test``, ``fpt list``.
+"""The ``fpt`` command line: fit, test, predict, bench, sweep, report, plot, list.
 
 Examples::
 
@@ -6,6 +6,7 @@ Examples::
     fpt fit --config bit-xor-small              # a shipped preset (fpt list shows them)
     fpt fit --resume runs/xor --steps 2000      # continue a run, e.g. to a later step count
     fpt test --run-dir runs/xor
+    fpt predict --run-dir runs/mine --data new.npz --out preds.csv
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def _parse_task_option(text: str) -> tuple[str, Any]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fpt", description="Frozen Pretrained Transformers: train, test, list.")
+    parser = argparse.ArgumentParser(prog="fpt", description="Frozen Pretrained Transformers: fit, test, predict, bench, sweep, report, plot, list.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     fit = sub.add_parser("fit", help="train a model, then test it", formatter_class=argparse.ArgumentDefaultsHelpFormatter)

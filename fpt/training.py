@@ -588,9 +588,10 @@ def fit(config: RunConfig, resume: bool = False, enable_progress_bar: bool | Non
     # leave a config.yaml behind that makes the run directory refuse the corrected command.
     module = FPTModule(config)
     counts = module.model.parameter_counts()
-    rank_zero and print(f"fpt: {config.task} on {config.backbone} ({config.init}, {module.model.backbone.num_layers} layers), "
-          f"freeze={config.freeze}: {counts['trainable']:,} trainable of {counts['total']:,} parameters "
-          f"({100 * counts['trainable'] / counts['total']:.3f}%)", flush=True)
+    if rank_zero:
+        print(f"fpt: {config.task} on {config.backbone} ({config.init}, {module.model.backbone.num_layers} layers), "
+              f"freeze={config.freeze}: {counts['trainable']:,} trainable of {counts['total']:,} parameters "
+              f"({100 * counts['trainable'] / counts['total']:.3f}%)", flush=True)
     resumed_step = None
     if checkpoint is not None:  # refuse another backbone or task shape before config.yaml is overwritten
         check_identity(checkpoint["fpt"].get("identity", {}), module.model.backbone.identity())
