@@ -106,3 +106,15 @@ def run_values():
         return base
 
     return values
+
+
+@pytest.fixture
+def offline_data(monkeypatch, tmp_path):
+    """Dataset code may not touch the network, and sees an empty cache and no $FPT_DATA_DIR."""
+
+    def refuse(*a, **k):
+        raise AssertionError("tests must not touch the network")
+
+    monkeypatch.setattr("fpt.data.store.urlopen", refuse)
+    monkeypatch.setenv("FPT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("FPT_DATA_DIR", raising=False)

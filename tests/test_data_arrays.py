@@ -10,14 +10,8 @@ from fpt.data.arrays import ArrayDataError, ArrayLayout, load_arrays_for_predict
 from fpt.tasks import make_task
 
 
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch, tmp_path):
-    def refuse(*a, **k):
-        raise AssertionError("tests must not touch the network")
-
-    monkeypatch.setattr("fpt.data.store.urlopen", refuse)
-    monkeypatch.setenv("FPT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("FPT_DATA_DIR", raising=False)
+# Datasets never come from the network here, and each test gets its own empty cache.
+pytestmark = pytest.mark.usefixtures("offline_data")
 
 
 def _save(tmp_path, name="d.npz", **arrays):

@@ -20,14 +20,8 @@ from fpt.data.fixtures import (
 from fpt.data.patching import patchify, random_crop_flip, unpatchify
 
 
-@pytest.fixture(autouse=True)
-def _no_network(monkeypatch, tmp_path):
-    def refuse(*a, **k):
-        raise AssertionError("tests must not touch the network")
-
-    monkeypatch.setattr("fpt.data.store.urlopen", refuse)
-    monkeypatch.setenv("FPT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("FPT_DATA_DIR", raising=False)
+# Datasets never come from the network here, and each test gets its own empty cache.
+pytestmark = pytest.mark.usefixtures("offline_data")
 
 
 # -- IDX -----------------------------------------------------------------------------------------

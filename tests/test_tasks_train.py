@@ -13,14 +13,8 @@ from fpt.data.fixtures import write_cifar10, write_listops_files, write_mnist_li
 from fpt.training import fit
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path):
-    def refuse(*a, **k):
-        raise AssertionError("tests must not touch the network")
-
-    monkeypatch.setattr("fpt.data.store.urlopen", refuse)
-    monkeypatch.setenv("FPT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("FPT_DATA_DIR", raising=False)
+# Datasets never come from the network here, and each test gets its own empty cache.
+pytestmark = pytest.mark.usefixtures("offline_data")
 
 
 def _fixture_data(task: str, root):
