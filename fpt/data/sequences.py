@@ -103,3 +103,12 @@ def apply_length_policy(lengths: dict[str, np.ndarray], max_tokens: int, policy:
             raise ValueError(f"{task}: too_long=skip dropped every sequence of split {name!r} "
                              f"(max_tokens={max_tokens}); raise max_tokens")
     return keep, counts
+
+
+def drop_too_long(raw: dict[str, tuple[PackedSequences, np.ndarray]], max_tokens: int, policy: str, task: str,
+                  where: dict[str, str] | None = None):
+    """``apply_length_policy`` on ``{split: (sequences, labels)}``; returns the kept data and the counts dropped."""
+    keep, skipped = apply_length_policy({s: seqs.lengths for s, (seqs, _) in raw.items()}, max_tokens, policy,
+                                        task, where=where)
+    data = {s: ((seqs.subset(keep[s]), y[keep[s]]) if skipped.get(s) else (seqs, y)) for s, (seqs, y) in raw.items()}
+    return data, skipped

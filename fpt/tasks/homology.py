@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fpt.data import sources, tape
-from fpt.data.sequences import apply_length_policy, check_too_long_option
+from fpt.data.sequences import check_too_long_option, drop_too_long
 from fpt.data.store import ensure_files
 from fpt.tasks.base import Task, TaskSpec, register_task
 from fpt.tasks.listops import PackedSequenceSplit
@@ -62,15 +62,8 @@ class RemoteHomology(Task):
                                  download_ok=self.options.download)
             paths = {ours: files[tape.SPLIT_FILES[theirs]] for ours, theirs in SPLITS.items()}
             raw = {ours: tape.read_tape_json(p) for ours, p in paths.items()}
-            keep, self.skipped = apply_length_policy(
-                {s: seqs.lengths for s, (seqs, _) in raw.items()}, self.options.max_tokens, self.options.too_long,
-                self.name, where={s: str(p) for s, p in paths.items()},
-            )
-            self._data = {}
-            for s, (seqs, y) in raw.items():
-                if self.skipped.get(s):
-                    seqs, y = seqs.subset(keep[s]), y[keep[s]]
-                self._data[s] = (seqs, y)
+            self._data, self.skipped = drop_too_long(raw, self.options.max_tokens, self.options.too_long, self.name,
+                                                     where={s: str(p) for s, p in paths.items()})
         return self._data
 
     def _split(self, name: str, training: bool = False) -> PackedSequenceSplit:

@@ -27,7 +27,7 @@ import torch
 
 from fpt.data import listops as lo
 from fpt.data import sources
-from fpt.data.sequences import PackedSequences, apply_length_policy, check_too_long_option, pad_batch
+from fpt.data.sequences import PackedSequences, check_too_long_option, drop_too_long, pad_batch
 from fpt.data.store import ensure_files
 from fpt.tasks.base import ArraySplit, GeneratedSplit, Task, TaskSpec, register_task, sample_rng
 
@@ -136,15 +136,8 @@ class ListOps(Task):
         if self._data is None:
             files = ensure_files(sources.LISTOPS, self.data_dir, task=self.name)
             raw = {split: lo.read_listops_tsv(files[name]) for split, name in lo.FILES.items()}
-            keep, self.skipped = apply_length_policy(
-                {s: seqs.lengths for s, (seqs, _) in raw.items()}, self.options.max_tokens, self.options.too_long,
-                self.name, where={s: str(files[n]) for s, n in lo.FILES.items()},
-            )
-            self._data = {}
-            for s, (seqs, y) in raw.items():
-                if self.skipped.get(s):
-                    seqs, y = seqs.subset(keep[s]), y[keep[s]]
-                self._data[s] = (seqs, y)
+            self._data, self.skipped = drop_too_long(raw, self.options.max_tokens, self.options.too_long, self.name,
+                                                     where={s: str(files[n]) for s, n in lo.FILES.items()})
         return self._data
 
     # -- splits ------------------------------------------------------------------------------
