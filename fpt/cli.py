@@ -223,8 +223,11 @@ def main(argv: list[str] | None = None) -> int:
 
     handler = {"fit": _fit, "test": _test, "predict": _predict, "list": _list, "bench": _bench,
                **_experiment_handlers}[args.command]
+    finished = False
     try:
-        return handler(args)
+        code = handler(args)
+        finished = True
+        return code
     except _interrupted() as stop:
         # Stopped by Ctrl-C / SIGTERM after writing a checkpoint: 128 + signal (130 / 143), like a shell.
         print(f"fpt {args.command}: {stop}", file=sys.stderr)
@@ -241,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fpt: interrupted", file=sys.stderr)
         return 130
+    finally:
+        from fpt.distributed import shutdown_process_group
+
+        shutdown_process_group(wait_for_peers=finished)
 
 
 if __name__ == "__main__":

@@ -59,3 +59,23 @@ def local_processes(config: RunConfig) -> int:
     if os.environ.get("LOCAL_WORLD_SIZE", "").isdigit():
         return int(os.environ["LOCAL_WORLD_SIZE"])
     return config.devices
+
+
+def shutdown_process_group(wait_for_peers: bool = True) -> None:
+    """End a torchrun/SLURM process group cleanly before the interpreter exits.
+
+    Lightning leaves the group it created open. A rank that exits while its peers still write
+    their files tears down gloo's connections under them, and an open group at interpreter exit
+    can abort the process ("terminate called without an active exception"). After a successful
+    command every rank waits for the others, then the group is destroyed; after a failure there
+    is no wait (a peer may never arrive), only the destroy.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if wait_for_peers:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
