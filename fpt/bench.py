@@ -71,6 +71,8 @@ def add_bench_parser(sub, parse_task_option) -> argparse.ArgumentParser:
     b.add_argument("--precision", default="auto", help="fast path: auto | 32-true | bf16-mixed")
     b.add_argument("--attn-implementation", default="sdpa", help="fast path: sdpa | eager")
     b.add_argument("--num-threads", type=int, default=None, help="CPU threads (unset: physical cores)")
+    b.add_argument("--profile", type=int, default=3, help="steps per path under torch.profiler after the timed ones, "
+                                                        "for the 'where the time goes' table (0: skip)")
     b.add_argument("--lr", type=float, default=1e-3)
     b.add_argument("--json", metavar="FILE", help="also write the numbers to FILE")
     return b
@@ -223,6 +225,104 @@ def count_host_syncs(step, device) -> int | None:
     return sum("synchroniz" in str(w.message).lower() for w in caught)
 
 
+OPTIMIZER_RANGE = "fpt::optimizer"  # profiler range around clipping, the optimizer step and zero_grad
+
+
+def _no_mark(phase: str) -> None:
+    pass
+
+
+# Where the time goes: profiled operators (CPU) or kernels (GPU) sorted into these, first match wins.
+# Names are matched lower-cased; GPU kernel names come from cuBLAS/cuDNN/flash/Triton and vary by
+# version, so the patterns are broad. "optimizer" is decided first, by the profiler range the work ran in.
+CATEGORIES = (
+    ("attention", r"scaled_dot_product|flash|fmha|attention|softmax"),  # fused kernels (eager's are matmuls)
+    ("matmul", r"^aten::(mm|addmm|bmm|baddbmm|_addmm_activation|_int_mm)$|gemm|cutlass|xmma|nvjet|cublas|wgmma"),
+    ("elementwise/norms", r"^triton_"),  # torch.compile's fusions (norms, RoPE, SiLU, and the casts inside them)
+    ("copies/casts", r"copy|memcpy|memset|^aten::(to|_to_copy|clone|contiguous|cat)$"),
+    ("elementwise/norms", r"."),
+)
+HOST_CATEGORY = "host"  # Python, dispatch, autograd engine: time between operators
+
+
+def categorize(name: str, in_optimizer: bool, cpu: bool) -> str:
+    """The category of one profiled CPU operator or GPU kernel (see ``CATEGORIES``)."""
+    import re
+
+    if in_optimizer:
+        return "optimizer+clip"
+    lowered = name.lower()
+    if cpu and lowered.startswith("## call compiledfxgraph"):
+        return "elementwise/norms"  # a compiled graph's own time is its fused C++ kernels (matmuls are aten::mm)
+    if cpu and not lowered.startswith("aten::"):
+        return HOST_CATEGORY  # ranges, autograd-engine and module wrappers: time between operators
+    for category, pattern in CATEGORIES:
+        if re.search(pattern, lowered):
+            return category
+    return "elementwise/norms"
+
+
+def _in_optimizer(event) -> bool:
+    while event is not None:
+        if event.name == OPTIMIZER_RANGE or event.name.startswith("Optimizer."):
+            return True
+        event = event.cpu_parent
+    return False
+
+
+def profile_breakdown(step, device, steps: int, step_ms: float) -> dict[str, Any]:
+    """Where a step's time goes: ``steps`` steps under ``torch.profiler``, in ms per step by category.
+
+    On a GPU the categories are kernel time (the device's busy time, which the profiler barely
+    inflates) and the rest of the median step is ``device idle``: the GPU waiting for the host
+    (Python, dispatch, kernel launches, synchronisations). On a CPU they are operators' self time;
+    time outside any operator is ``host``. The profiler slows the host side, so the CPU numbers
+    are shares of the profiled steps, scaled to the unprofiled median step ``step_ms``.
+    """
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    if cuda:
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if cuda:
+            torch.cuda.synchronize(device)
+    profiled_ms = (time.perf_counter() - t0) * 1000 / steps
+    events = prof.events()
+    totals: dict[str, float] = {}
+    if cuda:
+        cpu_by_id = {e.id: e for e in events if e.device_type == DeviceType.CPU}
+        for e in events:
+            if e.device_type != DeviceType.CUDA:
+                continue
+            owner = cpu_by_id.get(getattr(e, "linked_correlation_id", 0))
+            category = categorize(e.name, _in_optimizer(owner), cpu=False)
+            totals[category] = totals.get(category, 0.0) + (e.time_range.end - e.time_range.start) / 1000 / steps
+        busy = sum(totals.values())
+        totals["device idle"] = max(0.0, step_ms - busy)
+        basis = "GPU kernel time per step; device idle = median step - kernel time"
+    else:
+        for e in events:
+            if e.device_type != DeviceType.CPU or e.self_cpu_time_total <= 0:
+                continue
+            category = categorize(e.name, _in_optimizer(e), cpu=True)
+            totals[category] = totals.get(category, 0.0) + e.self_cpu_time_total / 1000 / steps
+        traced = sum(totals.values())
+        totals[HOST_CATEGORY] = totals.get(HOST_CATEGORY, 0.0) + max(0.0, profiled_ms - traced)
+        scale = step_ms / profiled_ms if profiled_ms > 0 else 1.0
+        totals = {k: v * scale for k, v in totals.items()}
+        basis = "CPU operators' self time, scaled from the profiled steps to the median step"
+    order = list(dict.fromkeys(["matmul"] + [c for c, _ in CATEGORIES] + ["optimizer+clip", HOST_CATEGORY, "device idle"]))
+    ms = {c: totals[c] for c in order if totals.get(c, 0.0) > 0}
+    return {"ms_per_step": ms, "profiled_steps": steps, "profiled_step_ms": profiled_ms, "basis": basis}
+
+
 def path_settings(path: str, args, accelerator: str) -> dict[str, Any]:
     from fpt import fastpath
 
@@ -277,22 +377,32 @@ class _Path:
         x, y, mask = batch["x"], batch["y"], batch.get("mask")
         self.build_seconds = time.perf_counter() - t0
 
-        def step():
-            with autocast():
-                logits = model(x, mask)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(logits.shape[0], -1).reshape(-1))
-            loss.backward()
-            if s["sync_each_step"]:
-                norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-                if not bool(torch.isfinite(norm)):  # the 2021 loop: checked (and logged) on the host
-                    for p in params:
-                        p.grad = None
-                optimizer.step()
-                float(loss.item())
-            else:
-                guard.before_step(optimizer, params)
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        record = torch.profiler.record_function
+
+        def step(mark=_no_mark):
+            """One training step; ``mark(phase)`` is called as each phase ends (for the phase timings)."""
+            with record("fpt::forward"):
+                with autocast():
+                    logits = model(x, mask)
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                       y.reshape(logits.shape[0], -1).reshape(-1))
+            mark("forward")
+            with record("fpt::backward"):
+                loss.backward()
+            mark("backward")
+            with record(OPTIMIZER_RANGE):
+                if s["sync_each_step"]:
+                    norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+                    if not bool(torch.isfinite(norm)):  # the 2021 loop: checked (and logged) on the host
+                        for p in params:
+                            p.grad = None
+                    optimizer.step()
+                    float(loss.item())
+                else:
+                    guard.before_step(optimizer, params)
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            mark("optimizer")
 
         self.step = step
         t0 = time.perf_counter()
@@ -307,21 +417,30 @@ class _Path:
         self.flops = flops_per_step(model, args.batch_size, self.tokens)
         self.trainable = sum(p.numel() for p in params)
         self.times: list[float] = []
+        self.phase_times: dict[str, list[float]] = {}
+        self.breakdown: dict[str, Any] | None = None
 
     def timed_step(self):
+        """One step, timed whole and by phase (CUDA events on the GPU: no host sync until it ends)."""
         import torch
 
         if self.device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            self.step()
-            end.record()
-            end.synchronize()  # after the interval: the events time the device's work
-            self.times.append(start.elapsed_time(end) / 1000)
+            def event():
+                e = torch.cuda.Event(enable_timing=True)
+                e.record()
+                return e
         else:
-            t0 = time.perf_counter()
-            self.step()
-            self.times.append(time.perf_counter() - t0)
+            event = time.perf_counter
+        marks = [("start", event())]
+        self.step(lambda phase: marks.append((phase, event())))
+        if self.device.type == "cuda":
+            marks[-1][1].synchronize()  # after the interval: the events time the device's work
+            elapsed = lambda a, b: a.elapsed_time(b) / 1000  # noqa: E731
+        else:
+            elapsed = lambda a, b: b - a  # noqa: E731
+        self.times.append(elapsed(marks[0][1], marks[-1][1]))
+        for (_, a), (phase, b) in zip(marks, marks[1:]):
+            self.phase_times.setdefault(phase, []).append(elapsed(a, b))
 
     def result(self, batch_size: int) -> dict[str, Any]:
         s, times = self.settings, self.times
@@ -337,6 +456,12 @@ class _Path:
             "peak_memory_mb": self.peak_memory_mb, "build_seconds": self.build_seconds,
             "warmup_seconds": self.warmup_seconds, "timed_steps": len(times), "trainable_params": self.trainable,
             "backbone_matmul_params": matmul_params(self.model)[0],
+            # median time of each phase (the medians need not add up to the median step exactly)
+            "phase_ms": {k: statistics.median(v) * 1000 for k, v in self.phase_times.items()},
+            "breakdown": self.breakdown,
+            # the matmul work over the time of the matmul kernels (operators on CPU) alone
+            "matmul_kernel_tflops": (self.flops / (self.breakdown["ms_per_step"]["matmul"] / 1000) / 1e12
+                                     if self.breakdown and self.breakdown["ms_per_step"].get("matmul") else None),
         }
 
 
@@ -355,8 +480,8 @@ def bench(args) -> dict[str, Any]:
     bad = [p for p in paths if p not in PATHS]
     if bad or not paths:
         raise ValueError(f"--paths: unknown {bad}; choose from {', '.join(PATHS)}")
-    if args.batch_size < 1 or args.steps < 1 or args.warmup < 0:
-        raise ValueError("--batch-size and --steps must be >= 1, --warmup >= 0")
+    if args.batch_size < 1 or args.steps < 1 or args.warmup < 0 or args.profile < 0:
+        raise ValueError("--batch-size and --steps must be >= 1, --warmup and --profile >= 0")
     spec, batch, shape = _spec_and_batch(args, device)
     out: dict[str, Any] = {
         "backbone": args.backbone, "init": args.init, "layers": args.layers, "freeze": args.freeze, "shape": shape,
@@ -381,6 +506,9 @@ def bench(args) -> dict[str, Any]:
     for _ in range(args.steps):
         for p in built:
             p.timed_step()
+    if args.profile > 0:  # after the timing, so that the profiler cannot disturb it
+        for p in built:
+            p.breakdown = profile_breakdown(p.step, device, args.profile, statistics.median(p.times) * 1000)
     for p in built:
         out["paths"][p.name] = p.result(args.batch_size)
     if "naive" in out["paths"] and "fast" in out["paths"]:
@@ -421,9 +549,38 @@ def format_table(out: dict[str, Any]) -> str:
         lines.append(f"fast / naive: x{out['speedup_fast_over_naive']:.2f} samples/s{mem}")
     if peak:
         lines.append(f"measured bf16 matmul peak of this GPU: {peak:.0f} TFLOP/s (8192^3)")
+    lines += _time_table(out)
     lines.append("TFLOP/s counts backbone matmuls only: 4 x frozen matmul params x tokens per sample "
                  "(forward + activation gradients; 2 x under output-only); see fpt/bench.py")
     return "\n".join(lines)
+
+
+def _time_table(out: dict[str, Any]) -> list[str]:
+    """Where the time goes: phases (always) and profiled categories (``--profile``), ms per step."""
+    paths = out["paths"]
+    categories: list[str] = []
+    for r in paths.values():
+        for c in (r.get("breakdown") or {}).get("ms_per_step", {}):
+            if c not in categories:
+                categories.append(c)
+    phases = ["forward", "backward", "optimizer"]
+    head = ["ms per step"] + phases + categories + (["matmul-only TFLOP/s"] if categories else [])
+    rows = []
+    for name, r in paths.items():
+        phase_ms = r.get("phase_ms", {})
+        ms = (r.get("breakdown") or {}).get("ms_per_step", {})
+        row = [name] + [f"{phase_ms[p]:.1f}" if p in phase_ms else "-" for p in phases]
+        row += [f"{ms[c]:.1f} ({100 * ms[c] / r['step_ms']:.0f}%)" if c in ms else "-" for c in categories]
+        if categories:
+            row.append("-" if r.get("matmul_kernel_tflops") is None else f"{r['matmul_kernel_tflops']:.2f}")
+        rows.append(row)
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
+    fmt = "  ".join("{:<%d}" % w for w in widths)
+    lines = ["where the time goes:", fmt.format(*head)] + [fmt.format(*row) for row in rows]
+    basis = next(((r.get("breakdown") or {}).get("basis") for r in paths.values() if r.get("breakdown")), None)
+    if basis:
+        lines.append(f"(phases: median of the timed steps; categories: {basis})")
+    return lines
 
 
 def _int_list(text, name: str, allow_none: bool = False) -> list:

@@ -108,6 +108,14 @@ class EvalBatchSampler(Sampler):
         return len(self._starts())
 
 
+def _mean_metric() -> torchmetrics.MeanMetric:
+    """A mean without the per-update NaN check, which reads the device (a host sync per batch)."""
+    try:
+        return torchmetrics.MeanMetric(nan_strategy="disable")
+    except ValueError:  # torchmetrics before "disable" existed
+        return torchmetrics.MeanMetric(nan_strategy="ignore")
+
+
 # -- the Lightning module ---------------------------------------------------------------------
 class FPTModule(L.LightningModule):
     """Wraps an ``FPT`` model and a task for Lightning. Checkpoints hold trained parameters only."""
@@ -124,12 +132,12 @@ class FPTModule(L.LightningModule):
         self.test_names = list(self.task.test().keys())
         self.metric_prefixes = ["val"] + self.test_names
         self.acc = torch.nn.ModuleDict({
-            p: torchmetrics.classification.MulticlassAccuracy(spec.num_classes, average="micro")
+            # validate_args=False: the argument checks call torch.unique and read it on the host every batch
+            p: torchmetrics.classification.MulticlassAccuracy(spec.num_classes, average="micro", validate_args=False)
             for p in self.metric_prefixes
         })
-        self.exact = torch.nn.ModuleDict({p: torchmetrics.MeanMetric() for p in self.metric_prefixes})
-        self.eval_loss = torch.nn.ModuleDict({p: torchmetrics.MeanMetric() for p in self.metric_prefixes})
-        # validate_args=False: the argument checks call torch.unique and read it on the host every step
+        self.exact = torch.nn.ModuleDict({p: _mean_metric() for p in self.metric_prefixes})
+        self.eval_loss = torch.nn.ModuleDict({p: _mean_metric() for p in self.metric_prefixes})
         self.train_acc = torchmetrics.classification.MulticlassAccuracy(spec.num_classes, average="micro",
                                                                          validate_args=False)
         # clip + skip non-finite steps; counters live on the device (fpt.fastpath.StepGuard)
@@ -220,8 +228,10 @@ class FPTModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         logits, y, loss = self._logits_and_loss(batch)
         self.train_acc(logits.detach().argmax(-1).reshape(-1), y.reshape(-1))
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        self.log("train/accuracy", self.train_acc, prog_bar=True, on_step=True, on_epoch=False)
+        # prog_bar=False: Lightning turns progress-bar metrics into Python numbers after every batch
+        # (a host sync per step on a GPU); _ProgressBar shows them, read only when it refreshes.
+        self.log("train/loss", loss, on_step=True, on_epoch=False)
+        self.log("train/accuracy", self.train_acc, on_step=True, on_epoch=False)
         return loss
 
     def _eval_step(self, batch, prefix: str):
@@ -493,6 +503,22 @@ class _Progress(Callback):
                   f"exact {float(m['val/exact_accuracy']):.4f}  loss {float(m['val/loss']):.4f}", flush=True)
 
 
+def _progress_bar(refresh_rate: int) -> Callback:
+    """Lightning's tqdm bar, also showing the train loss and accuracy, read when it refreshes."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    class _ProgressBar(TQDMProgressBar):
+        def get_metrics(self, trainer, pl_module):
+            metrics = super().get_metrics(trainer, pl_module)
+            for name in ("train/loss", "train/accuracy"):
+                value = trainer.callback_metrics.get(name)  # device tensors: reading them is the sync
+                if value is not None:
+                    metrics[name.split("/")[1]] = f"{float(value):.3f}"
+            return metrics
+
+    return _ProgressBar(refresh_rate=refresh_rate)
+
+
 # -- the two entry points -----------------------------------------------------------------------
 def _trainer(config: RunConfig, run_dir: Path, enable_progress_bar: bool | None = None,
              resumed_step: int | None = None, extra_callbacks: list[Callback] | None = None) -> L.Trainer:
@@ -505,11 +531,9 @@ def _trainer(config: RunConfig, run_dir: Path, enable_progress_bar: bool | None 
     ]
     if enable_progress_bar is None:
         enable_progress_bar = os.isatty(2)
-    if enable_progress_bar and accelerator == "gpu":
-        # The bar reads its metrics on the host; refreshing every step would sync every step.
-        from lightning.pytorch.callbacks import TQDMProgressBar
-
-        callbacks.append(TQDMProgressBar(refresh_rate=min(50, config.eval_every)))
+    if enable_progress_bar:
+        # The bar reads its metrics on the host; on a GPU, refreshing every step would sync every step.
+        callbacks.append(_progress_bar(1 if accelerator == "cpu" else min(50, config.eval_every)))
     # checkpoints/last.ckpt after each validation and the final step (fpt.rundir.ResumeCheckpoint says why
     # not ModelCheckpoint); last, so that it includes every callback's state after a validation.
     callbacks += [ResumeCheckpoint(run_dir / "checkpoints" / "last.ckpt", config.eval_every),

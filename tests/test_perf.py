@@ -132,6 +132,62 @@ def test_fit_fused_matches_plain_path(tiny_llama, tmp_path):
     assert "train/grad_norm" in rows and "train/skipped_steps" in rows
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_training_steps_do_not_read_the_device(tiny_llama, tmp_path, monkeypatch, fused):
+    """The sync-free path reads device values on the host only at log intervals and validation.
+
+    Every host read of a tensor (``item``, ``bool``, ``float``, ``int``, ``tolist``) on the main thread
+    is counted per training step. On a GPU each is a synchronisation; counting them on the CPU finds
+    the same calls. transformers' eager mask code reads once per forward (its packed-sequence check,
+    skipped under ``torch.compile``, which fpt turns on on GPUs): not counted here.
+    """
+    import threading
+    import traceback
+
+    import lightning as L
+
+    from fpt import training
+
+    reads_at: list[int] = []  # reads so far, at the start of each training step
+    state = {"reads": 0, "on": False}
+
+    def counting(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            if state["on"] and threading.current_thread() is threading.main_thread():
+                if not any(f.filename.endswith("masking_utils.py") for f in traceback.extract_stack(limit=12)):
+                    state["reads"] += 1
+            return original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, read)
+
+    for name in ("item", "__bool__", "__float__", "__int__", "__index__", "tolist"):
+        counting(name)
+
+    class Count(L.Callback):
+        def on_train_batch_start(self, *args):
+            state["on"] = True
+            reads_at.append(state["reads"])
+
+        def on_train_end(self, *args):
+            reads_at.append(state["reads"])
+            state["on"] = False
+
+    make_trainer = training._trainer
+    monkeypatch.setattr(training, "_trainer", lambda *a, extra_callbacks=(), **k: make_trainer(
+        *a, extra_callbacks=[*extra_callbacks, Count()], **k))
+    steps, eval_every = 60, 20  # Lightning writes logs every min(50, eval_every) steps, validation every eval_every
+    fit(_config(tiny_llama, tmp_path, f"reads-{fused}", steps=steps, eval_every=eval_every, fused_optimizer=fused),
+        enable_progress_bar=False)
+    per_step = [b - a for a, b in zip(reads_at, reads_at[1:])]
+    assert len(per_step) == steps
+    steps_reading = [i + 1 for i, n in enumerate(per_step) if n]
+    if fused:  # the bad-step counters, the logged metrics and validation: every 20 steps, nothing in between
+        assert steps_reading == [20, 40, 60]
+    else:  # the plain path reads the gradient norm every step (free on a CPU, the check that this counts)
+        assert steps_reading == list(range(1, steps + 1))
+
+
 def test_compile_in_place_keeps_parameter_names(tiny_llama):
     model = build_model(_config(tiny_llama, Path("/tmp"), "unused"))
     keys, trained = list(model.state_dict()), list(model.trainable_state_dict())
@@ -265,7 +321,86 @@ def test_bench_cli_prints_table_and_json(tiny_llama, tmp_path, capsys):
     p = L * (2 * h * h + 2 * h * kv + 3 * h * f)
     assert naive["backbone_matmul_params"] == p
     assert naive["matmul_tflop_per_step"] == pytest.approx(4 * p * 16 * 4 / 1e12)
+    # where the time goes: phases always, profiled categories by default
+    assert "where the time goes" in text
+    for r in data["paths"].values():
+        assert set(r["phase_ms"]) == {"forward", "backward", "optimizer"}
+        assert sum(r["phase_ms"].values()) == pytest.approx(r["step_ms"], rel=0.5)
+        ms = r["breakdown"]["ms_per_step"]
+        assert ms["matmul"] > 0 and "optimizer+clip" in ms and "device idle" not in ms
+        assert sum(ms.values()) >= 0.9 * r["step_ms"]  # every millisecond lands somewhere
+        assert r["matmul_kernel_tflops"] >= r["tflops"]
     assert main(["bench", "--backbone", tiny_llama, "--task", "bit-xor", "--paths", "fast,naive,x", "--device", "cpu"]) == 2
+    assert main(["bench", "--backbone", tiny_llama, "--tokens", "8", "--batch-size", "2", "--steps", "1", "--warmup", "0",
+                 "--profile", "0", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "where the time goes" in text and "matmul-only" not in text  # no profile: phases only
+
+
+def test_gpu_check_config_is_smollm2s_architecture():
+    """benchmarks/smollm2-135m-config (what the GPU check builds, weights random) = the GGUF's config."""
+    _need_smollm2()
+    from transformers import AutoConfig
+
+    from fpt.backbones.gguf import find_smollm2_gguf, llama_config_from_gguf
+
+    shipped = AutoConfig.from_pretrained(Path(__file__).parents[1] / "benchmarks" / "smollm2-135m-config").to_dict()
+    real = llama_config_from_gguf(find_smollm2_gguf()).to_dict()
+    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "head_dim", "vocab_size", "rms_norm_eps", "hidden_act", "rope_parameters", "max_position_embeddings"):
+        assert shipped[key] == real[key], key
+
+
+def test_gpu_check_script_runs(tmp_path):
+    """benchmarks/gpu_check.sh, the one command a GPU session runs, works end to end (here on the CPU, tiny)."""
+    import os
+    import subprocess
+
+    root = Path(__file__).parents[1]
+    env = {**os.environ, "CHECK_DEVICE": "cpu", "CHECK_LAYERS": "1", "CHECK_BATCH": "2", "CHECK_STEPS": "1",
+           "CHECK_FIT_STEPS": "10", "CHECK_RUN_DIR": str(tmp_path / "run")}
+    proc = subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh"), str(tmp_path / "out")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["bench-main.json", "bench-no-compile.json", "bench.txt",
+                                                     "fit-metrics.csv", "fit-results.json"]
+    assert set(json.loads((out / "bench-main.json").read_text())["paths"]) == {"naive", "fast"}
+    assert json.loads((out / "fit-results.json").read_text())["steps"] == 10
+    assert "where the time goes" in (out / "bench.txt").read_text()
+
+
+def test_bench_categories_cover_cpu_ops_and_gpu_kernels():
+    from types import SimpleNamespace
+
+    from fpt.bench import OPTIMIZER_RANGE, _in_optimizer, categorize
+
+    cpu = {"aten::mm": "matmul", "aten::addmm": "matmul", "aten::bmm": "matmul",
+           "aten::_scaled_dot_product_flash_attention_for_cpu": "attention", "aten::_softmax": "attention",
+           "aten::copy_": "copies/casts", "aten::_to_copy": "copies/casts", "aten::mul": "elementwise/norms",
+           "aten::rms_norm": "elementwise/norms", "fpt::forward": "host",
+           "## Call CompiledFxGraph fjyr6u27ngxzo5mavqndotb6u7ghbewhjefd372glaf6ndpwxd2f ##": "elementwise/norms",
+           "autograd::engine::evaluate_function: MmBackward0": "host"}
+    for name, category in cpu.items():
+        assert categorize(name, False, cpu=True) == category, name
+    gpu = {"sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64": "matmul",
+           "nvjet_hsh_256x128_64x4_1x2_h_bz_coopA_NTT": "matmul",
+           "void cutlass::Kernel2<cutlass_80_wmma_tensorop_bf16_s161616gemm_bf16_16x16_128x2_tn_align8>": "matmul",
+           "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 128, 4>>": "attention",
+           "fmha_cutlassB_bf16_aligned_64x64_k64_sm80": "attention",
+           "void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda>": "copies/casts",
+           "Memcpy HtoD (Pinned -> Device)": "copies/casts",
+           "triton_per_fused__to_copy_add_mean_mul_pow_rsqrt_0": "elementwise/norms",  # a compiled RMSNorm
+           "triton_poi_fused_mul_silu_1": "elementwise/norms"}
+    for name, category in gpu.items():
+        assert categorize(name, False, cpu=False) == category, name
+    assert categorize("aten::mm", True, cpu=True) == "optimizer+clip"
+    # the optimizer is told by the profiler range the work ran in
+    step = SimpleNamespace(name=OPTIMIZER_RANGE, cpu_parent=None)
+    adam = SimpleNamespace(name="Optimizer.step#Adam.step", cpu_parent=step)
+    mul = SimpleNamespace(name="aten::mul_", cpu_parent=adam)
+    fwd = SimpleNamespace(name="aten::mul", cpu_parent=SimpleNamespace(name="fpt::forward", cpu_parent=None))
+    assert _in_optimizer(mul) and not _in_optimizer(fwd) and not _in_optimizer(None)
 
 
 @pytest.mark.benchmark
