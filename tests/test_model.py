@@ -199,3 +199,29 @@ def test_fpt_overfits_a_fixed_batch(make_backbone):
     for n, p in model.named_parameters():
         if not p.requires_grad:
             assert torch.equal(p, frozen_before[n]), n
+
+
+def test_dropped_blocks_load_quietly_and_missing_weights_warn(tmp_path, capfd):
+    """--layers K drops blocks without transformers' "unexpected keys" report; weights missing from a
+    checkpoint (they would start random) are named in a warning."""
+    import warnings
+
+    from safetensors.torch import load_file, save_file
+
+    from conftest import save_pretrained_dir
+    from fpt.backbones import load_backbone
+
+    path = save_pretrained_dir("llama", tmp_path / "llama")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backbone = load_backbone(path, layers=1)
+    assert backbone.num_layers == 1
+    out, err = capfd.readouterr()
+    assert "UNEXPECTED" not in out + err and "LOAD REPORT" not in out + err
+    weights = tmp_path / "llama" / "model.safetensors"
+    tensors = load_file(str(weights))
+    dropped = next(k for k in tensors if k.endswith("layers.0.mlp.up_proj.weight"))
+    del tensors[dropped]
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    with pytest.warns(UserWarning, match=r"1 weights are not in its checkpoint and start random \(e\.g\. .*up_proj"):
+        load_backbone(path, layers=1)

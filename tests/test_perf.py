@@ -337,6 +337,22 @@ def test_bench_cli_prints_table_and_json(tiny_llama, tmp_path, capsys):
     assert "where the time goes" in text and "matmul-only" not in text  # no profile: phases only
 
 
+@pytest.mark.parametrize("data", [["--tokens", "12", "--input-dim", "3"], ["--task", "bit-xor"]])
+def test_bench_fit_path_times_the_whole_training_loop(tiny_llama, tmp_path, capsys, data):
+    from fpt.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--backbone", tiny_llama, *data, "--batch-size", "4", "--steps", "6", "--warmup", "2",
+                 "--paths", "naive,fit", "--device", "cpu", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["paths"]) == {"naive", "fit"}
+    fit_path = result["paths"]["fit"]
+    assert fit_path["step_ms"] > 0 and fit_path["samples_per_s"] == pytest.approx(4000 / fit_path["step_ms"])
+    assert fit_path["matmul_tflop_per_step"] == result["paths"]["naive"]["matmul_tflop_per_step"]
+    assert "fit / naive" in capsys.readouterr().out
+    assert not list(tmp_path.glob("run*"))  # its run directory was temporary
+
+
 def test_gpu_check_config_is_smollm2s_architecture():
     """benchmarks/smollm2-135m-config (what the GPU check builds, weights random) = the GGUF's config."""
     _need_smollm2()
@@ -363,8 +379,8 @@ def test_gpu_check_script_runs(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["bench-main.json", "bench-no-compile.json", "bench.txt",
-                                                     "fit-metrics.csv", "fit-results.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["bench-fit.json", "bench-main.json", "bench-no-compile.json",
+                                                     "bench.txt", "fit-metrics.csv", "fit-results.json"]
     assert set(json.loads((out / "bench-main.json").read_text())["paths"]) == {"naive", "fast"}
     assert json.loads((out / "fit-results.json").read_text())["steps"] == 10
     assert "where the time goes" in (out / "bench.txt").read_text()

@@ -188,9 +188,10 @@ def _load_hf(name: str, init: str, layers: int | None, seed: int, attn_implement
     else:
         try:
             # use_safetensors: weights are never unpickled (a .bin file is a pickle that can run code)
-            model = AutoModel.from_pretrained(name, config=config, trust_remote_code=trust_remote_code,
-                                              attn_implementation=attn_implementation, dtype=torch.float32,
-                                              use_safetensors=True)
+            with _quiet_transformers():  # its load report lists the dropped blocks' weights as "unexpected"
+                model, info = AutoModel.from_pretrained(name, config=config, trust_remote_code=trust_remote_code,
+                                                        attn_implementation=attn_implementation, dtype=torch.float32,
+                                                        use_safetensors=True, output_loading_info=True)
         except OSError as err:
             local = Path(name).is_dir()
             pickled = local and any(Path(name).glob("*.bin")) and not any(Path(name).glob("*.safetensors"))
@@ -206,7 +207,31 @@ def _load_hf(name: str, init: str, layers: int | None, seed: int, attn_implement
                 f"cannot read the weights of backbone {name!r} ({type(err).__name__}: {err}); a weight file is "
                 "truncated or corrupted: download or save it again."
             ) from None
+        if info.get("missing_keys"):
+            import warnings
+
+            missing = sorted(info["missing_keys"])
+            warnings.warn(f"backbone {name!r}: {len(missing)} weights are not in its checkpoint and start random "
+                          f"(e.g. {', '.join(missing[:5])}); the backbone is not fully pretrained.", stacklevel=2)
     return _wrap_hf(model.float(), name, init)
+
+
+class _quiet_transformers:
+    """transformers' info/warning logs and progress bars off for a block (fpt reports what matters itself)."""
+
+    def __enter__(self):
+        from transformers.utils import logging as hf_logging
+
+        self.verbosity, self.bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+    def __exit__(self, *exc):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(self.verbosity)
+        if self.bars:
+            hf_logging.enable_progress_bar()
 
 
 def _load_smollm2(init: str, layers: int | None, seed: int, attn_implementation: str,
