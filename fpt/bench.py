@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-PATHS = ("naive", "fast", "fit")
+PATHS = ("naive", "fast", "fit", "cached")
 
 
 def add_bench_parser(sub, parse_task_option) -> argparse.ArgumentParser:
@@ -65,7 +65,8 @@ def add_bench_parser(sub, parse_task_option) -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto", help="auto | cpu | cuda")
     b.add_argument("--steps", type=int, default=10, help="timed steps per path")
     b.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
-    b.add_argument("--paths", default="naive,fast", help="comma-separated: naive, fast, fit (the whole fpt fit loop)")
+    b.add_argument("--paths", default="naive,fast", help="comma-separated: naive, fast, fit (the whole fpt fit loop), "
+                                                           "cached (output-only: the head on precomputed features)")
     b.add_argument("--compile", default="auto", help="fast path: auto | true | false")
     b.add_argument("--fused-optimizer", default="auto", help="fast path: auto | true | false")
     b.add_argument("--precision", default="auto", help="fast path: auto | 32-true | bf16-mixed")
@@ -324,6 +325,7 @@ def profile_breakdown(step, device, steps: int, step_ms: float) -> dict[str, Any
 
 
 def path_settings(path: str, args, accelerator: str) -> dict[str, Any]:
+    """naive: the 2021 loop; fast (and cached, which trains the head on precomputed features): fpt's defaults."""
     from fpt import fastpath
 
     if path == "naive":
@@ -375,6 +377,22 @@ class _Path:
         else:
             autocast = contextlib.nullcontext
         x, y, mask = batch["x"], batch["y"], batch.get("mask")
+        self.feature_ms = None
+        if name == "cached":  # output-only: the frozen network's read-out features, computed once
+            moving = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
+            if moving:
+                raise ValueError(f"--paths cached trains only the head, on precomputed features: it needs --freeze "
+                                 f"output-only (under --freeze {args.freeze}, {len(moving)} parameters before the "
+                                 f"head train, e.g. {moving[0]})")
+            with torch.no_grad(), autocast():
+                model.features(x, mask)  # warm-up (and compilation)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t_features = time.perf_counter()
+                features = model.features(x, mask).float()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                self.feature_ms = (time.perf_counter() - t_features) * 1000
         self.build_seconds = time.perf_counter() - t0
 
         record = torch.profiler.record_function
@@ -382,8 +400,11 @@ class _Path:
         def step(mark=_no_mark):
             """One training step; ``mark(phase)`` is called as each phase ends (for the phase timings)."""
             with record("fpt::forward"):
-                with autocast():
-                    logits = model(x, mask)
+                if name == "cached":
+                    logits = model.head_logits(features)
+                else:
+                    with autocast():
+                        logits = model(x, mask)
                 loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
                                        y.reshape(logits.shape[0], -1).reshape(-1))
             mark("forward")
@@ -414,7 +435,8 @@ class _Path:
         self.peak_memory_mb = memory.peak_mb()
         self.host_syncs = count_host_syncs(step, device)
         self.model, self.tokens = model, int(x.shape[1])
-        self.flops = flops_per_step(model, args.batch_size, self.tokens)
+        # the cached path runs no backbone matmul per step (its one-off feature pass is feature_ms)
+        self.flops = 0.0 if name == "cached" else flops_per_step(model, args.batch_size, self.tokens)
         self.trainable = sum(p.numel() for p in params)
         self.times: list[float] = []
         self.phase_times: dict[str, list[float]] = {}
@@ -453,6 +475,7 @@ class _Path:
             "step_ms": step_s * 1000, "step_ms_min": min(times) * 1000, "step_ms_max": max(times) * 1000,
             "samples_per_s": batch_size / step_s, "tokens_per_s": batch_size * self.tokens / step_s,
             "matmul_tflop_per_step": self.flops / 1e12, "tflops": self.flops / step_s / 1e12,
+            "feature_ms": self.feature_ms,  # cached: the one-off forward that computed this batch's features
             "peak_memory_mb": self.peak_memory_mb, "build_seconds": self.build_seconds,
             "warmup_seconds": self.warmup_seconds, "timed_steps": len(times), "trainable_params": self.trainable,
             "backbone_matmul_params": matmul_params(self.model)[0],
@@ -461,7 +484,8 @@ class _Path:
             "breakdown": self.breakdown,
             # the matmul work over the time of the matmul kernels (operators on CPU) alone
             "matmul_kernel_tflops": (self.flops / (self.breakdown["ms_per_step"]["matmul"] / 1000) / 1e12
-                                     if self.breakdown and self.breakdown["ms_per_step"].get("matmul") else None),
+                                     if self.flops and self.breakdown and self.breakdown["ms_per_step"].get("matmul")
+                                     else None),
         }
 
 
@@ -615,6 +639,10 @@ def bench(args) -> dict[str, Any]:
         out["paths"]["fit"] = fit_path.result_for(built[-1], args.batch_size)
     if "naive" in out["paths"] and "fast" in out["paths"]:
         out["speedup_fast_over_naive"] = out["paths"]["naive"]["step_ms"] / out["paths"]["fast"]["step_ms"]
+    if "cached" in out["paths"]:
+        other = "fast" if "fast" in out["paths"] else ("naive" if "naive" in out["paths"] else None)
+        if other:
+            out["speedup_cached_over_" + other] = out["paths"][other]["step_ms"] / out["paths"]["cached"]["step_ms"]
     if "naive" in out["paths"] and "fit" in out["paths"]:
         out["speedup_fit_over_naive"] = out["paths"]["naive"]["step_ms"] / out["paths"]["fit"]["step_ms"]
     if use_cuda:
@@ -652,6 +680,13 @@ def format_table(out: dict[str, Any]) -> str:
         if n["peak_memory_mb"] and f["peak_memory_mb"]:
             mem = f", peak memory x{f['peak_memory_mb'] / n['peak_memory_mb']:.2f}"
         lines.append(f"fast / naive: x{out['speedup_fast_over_naive']:.2f} samples/s{mem}")
+    for other in ("fast", "naive"):
+        if f"speedup_cached_over_{other}" in out:
+            c = out["paths"]["cached"]
+            lines.append(f"cached / {other}: x{out[f'speedup_cached_over_{other}']:.0f} per training step "
+                         f"(the head on precomputed features; computing them took {c['feature_ms']:.1f} ms for this "
+                         f"batch, once)")
+            break
     if "speedup_fit_over_naive" in out:
         lines.append(f"fit / naive: x{out['speedup_fit_over_naive']:.2f} samples/s (fit: the whole `fpt fit` loop, "
                      f"mean step by wall clock, run after the others)")

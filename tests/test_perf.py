@@ -353,6 +353,23 @@ def test_bench_fit_path_times_the_whole_training_loop(tiny_llama, tmp_path, caps
     assert not list(tmp_path.glob("run*"))  # its run directory was temporary
 
 
+def test_bench_cached_path_trains_the_head_on_precomputed_features(tiny_llama, tmp_path, capsys):
+    from fpt.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--backbone", tiny_llama, "--tokens", "12", "--input-dim", "3", "--batch-size", "4",
+                 "--steps", "3", "--warmup", "1", "--freeze", "output-only", "--paths", "fast,cached", "--device", "cpu",
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    cached, fast = result["paths"]["cached"], result["paths"]["fast"]
+    assert cached["feature_ms"] > 0 and cached["tflops"] == 0 and fast["tflops"] > 0
+    assert cached["trainable_params"] == fast["trainable_params"]  # the head only, in both
+    assert result["speedup_cached_over_fast"] == pytest.approx(fast["step_ms"] / cached["step_ms"])
+    assert "cached / fast" in capsys.readouterr().out
+    assert main(["bench", "--backbone", tiny_llama, "--tokens", "12", "--paths", "cached", "--device", "cpu"]) == 2
+    assert "needs --freeze output-only" in capsys.readouterr().err
+
+
 def test_gpu_check_config_is_smollm2s_architecture():
     """benchmarks/smollm2-135m-config (what the GPU check builds, weights random) = the GGUF's config."""
     _need_smollm2()
@@ -379,8 +396,9 @@ def test_gpu_check_script_runs(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["bench-fit.json", "bench-main.json", "bench-no-compile.json",
-                                                     "bench.txt", "fit-metrics.csv", "fit-results.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["bench-cached.json", "bench-fit.json", "bench-main.json",
+                                                     "bench-no-compile.json", "bench.txt", "fit-metrics.csv",
+                                                     "fit-results.json"]
     assert set(json.loads((out / "bench-main.json").read_text())["paths"]) == {"naive", "fast"}
     assert json.loads((out / "fit-results.json").read_text())["steps"] == 10
     assert "where the time goes" in (out / "bench.txt").read_text()
