@@ -227,6 +227,7 @@ def count_host_syncs(step, device) -> int | None:
 
 
 OPTIMIZER_RANGE = "fpt::optimizer"  # profiler range around clipping, the optimizer step and zero_grad
+PHASE_RANGES = ("fpt::forward", "fpt::backward")  # also recorded by fpt.training's training step
 
 
 def _no_mark(phase: str) -> None:
@@ -264,7 +265,14 @@ def categorize(name: str, in_optimizer: bool, cpu: bool) -> str:
 
 
 def _in_optimizer(event) -> bool:
+    """Ran inside the optimizer phase: the nearest enclosing phase range is the optimizer's.
+
+    (Lightning runs the forward and backward inside ``optimizer.step(closure)``, so the
+    ``Optimizer.step`` range encloses them too: their own ranges, nearer, decide.)
+    """
     while event is not None:
+        if event.name in PHASE_RANGES:
+            return False
         if event.name == OPTIMIZER_RANGE or event.name.startswith("Optimizer."):
             return True
         event = event.cpu_parent
@@ -281,7 +289,6 @@ def profile_breakdown(step, device, steps: int, step_ms: float) -> dict[str, Any
     are shares of the profiled steps, scaled to the unprofiled median step ``step_ms``.
     """
     import torch
-    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
@@ -295,7 +302,13 @@ def profile_breakdown(step, device, steps: int, step_ms: float) -> dict[str, Any
         if cuda:
             torch.cuda.synchronize(device)
     profiled_ms = (time.perf_counter() - t0) * 1000 / steps
-    events = prof.events()
+    return breakdown_from_events(prof.events(), cuda, steps, profiled_ms, step_ms)
+
+
+def breakdown_from_events(events, cuda: bool, steps: int, profiled_ms: float, step_ms: float) -> dict[str, Any]:
+    """``profile_breakdown``'s sorting of profiled events (also used for the ``fit`` path's profile)."""
+    from torch.autograd import DeviceType
+
     totals: dict[str, float] = {}
     if cuda:
         cpu_by_id = {e.id: e for e in events if e.device_type == DeviceType.CPU}
@@ -515,20 +528,33 @@ class _FitPath:
         total, b = args.warmup + args.steps, args.batch_size
         cuda = device.type == "cuda"
 
+        timed_end = total
+        total += args.profile  # then --profile steps under torch.profiler
+
         class StepTimer(L.Callback):
-            t0 = t1 = None
+            t0 = t1 = profiler = profiled_ms = None
+
+            def _now(self):
+                if cuda:
+                    torch.cuda.synchronize(device)
+                return time.perf_counter()
 
             def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
                 if trainer.global_step == args.warmup and self.t0 is None:
-                    if cuda:
-                        torch.cuda.synchronize(device)
-                    self.t0 = time.perf_counter()
+                    self.t0 = self._now()
+                if trainer.global_step == timed_end and args.profile and self.profiler is None:
+                    from torch.profiler import ProfilerActivity, profile
+
+                    self.profiler = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []))
+                    self.p0 = self._now()
+                    self.profiler.__enter__()
 
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                if trainer.global_step == total and self.t1 is None:
-                    if cuda:
-                        torch.cuda.synchronize(device)
-                    self.t1 = time.perf_counter()
+                if trainer.global_step == timed_end and self.t1 is None:
+                    self.t1 = self._now()
+                if trainer.global_step == total and self.profiler is not None and self.profiled_ms is None:
+                    self.profiled_ms = (self._now() - self.p0) * 1000 / args.profile
+                    self.profiler.__exit__(None, None, None)
 
         with tempfile.TemporaryDirectory(prefix="fpt-bench-") as tmp:
             if args.tokens is not None and args.task is None:
@@ -563,6 +589,10 @@ class _FitPath:
             self.peak_memory_mb = memory.peak_mb()
         self.tokens = args.tokens if task == "array" else None
         self.times = [(timer.t1 - timer.t0) / args.steps]
+        self.breakdown = None
+        if timer.profiled_ms is not None:
+            self.breakdown = breakdown_from_events(timer.profiler.events(), cuda, args.profile, timer.profiled_ms,
+                                                   self.times[0] * 1000)
         self.trainable = results["trainable_params"]
         self.results = results
 
@@ -580,8 +610,10 @@ class _FitPath:
             "matmul_tflop_per_step": flops / 1e12, "tflops": flops / step_s / 1e12,
             "peak_memory_mb": self.peak_memory_mb, "build_seconds": self.build_seconds, "warmup_seconds": None,
             "timed_steps": None, "trainable_params": self.trainable,
-            "backbone_matmul_params": matmul_params(reference.model)[0], "phase_ms": {}, "breakdown": None,
-            "matmul_kernel_tflops": None,
+            "backbone_matmul_params": matmul_params(reference.model)[0], "phase_ms": {}, "breakdown": self.breakdown,
+            "matmul_kernel_tflops": (flops / (self.breakdown["ms_per_step"]["matmul"] / 1000) / 1e12
+                                     if flops and self.breakdown and self.breakdown["ms_per_step"].get("matmul")
+                                     else None),
         }
 
 
@@ -711,7 +743,7 @@ def _time_table(out: dict[str, Any]) -> list[str]:
     rows = []
     for name, r in paths.items():
         phase_ms = r.get("phase_ms", {})
-        if not phase_ms:  # the fit path: timed whole
+        if not phase_ms and not r.get("breakdown"):  # the fit path without --profile: timed whole
             continue
         ms = (r.get("breakdown") or {}).get("ms_per_step", {})
         row = [name] + [f"{phase_ms[p]:.1f}" if p in phase_ms else "-" for p in phases]

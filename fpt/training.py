@@ -226,13 +226,18 @@ class FPTModule(L.LightningModule):
         return logits, y, loss
 
     def training_step(self, batch, batch_idx):
-        logits, y, loss = self._logits_and_loss(batch)
-        self.train_acc(logits.detach().argmax(-1).reshape(-1), y.reshape(-1))
-        # prog_bar=False: Lightning turns progress-bar metrics into Python numbers after every batch
-        # (a host sync per step on a GPU); _ProgressBar shows them, read only when it refreshes.
-        self.log("train/loss", loss, on_step=True, on_epoch=False)
-        self.log("train/accuracy", self.train_acc, on_step=True, on_epoch=False)
+        with torch.profiler.record_function("fpt::forward"):  # the phases `fpt bench` reports (free unprofiled)
+            logits, y, loss = self._logits_and_loss(batch)
+            self.train_acc(logits.detach().argmax(-1).reshape(-1), y.reshape(-1))
+            # prog_bar=False: Lightning turns progress-bar metrics into Python numbers after every batch
+            # (a host sync per step on a GPU); _ProgressBar shows them, read only when it refreshes.
+            self.log("train/loss", loss, on_step=True, on_epoch=False)
+            self.log("train/accuracy", self.train_acc, on_step=True, on_epoch=False)
         return loss
+
+    def backward(self, loss, *args, **kwargs):
+        with torch.profiler.record_function("fpt::backward"):
+            super().backward(loss, *args, **kwargs)
 
     def _eval_step(self, batch, prefix: str):
         logits, y, loss = self._logits_and_loss(batch)
