@@ -112,7 +112,7 @@ def test_restricted_unpickler_refuses_code(tmp_path):
     path = tmp_path / "data_batch_1"
     with open(path, "wb") as f:
         pickle.dump({b"data": _Evil(), b"labels": [1]}, f)
-    with pytest.raises(cifar.UnsafePickleError, match=r"refusing to load (posix|os|nt)\.system"):
+    with pytest.raises(cifar.UnsafePickleError, match=r"data_batch_1: refusing to load (posix|os|nt)\.system"):
         cifar.read_cifar_batch(path)
     for payload in (pickle.dumps(print), pickle.dumps(io.BytesIO), pickle.dumps(eval)):
         with pytest.raises(cifar.UnsafePickleError, match="only numpy array reconstruction is allowed"):

@@ -79,8 +79,8 @@ def read_cifar_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     try:
         batch = restricted_load(path)
-    except UnsafePickleError:
-        raise
+    except UnsafePickleError as e:
+        raise UnsafePickleError(f"{path}: {e}") from None
     except Exception as e:  # truncated / not a pickle
         raise ValueError(f"{path}: not a readable CIFAR-10 batch ({type(e).__name__}: {e})") from None
     if not isinstance(batch, dict):

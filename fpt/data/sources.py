@@ -108,12 +108,12 @@ REMOTE_HOMOLOGY = Dataset(
     # TAPE publishes no checksum: the download is checked for completeness (Content-Length, the gzip
     # CRC while unpacking) and every JSON file must parse; a failed check deletes it.
     remotes=(
-        Remote("remote_homology.tar.gz", ("http://s3.amazonaws.com/proteindata/data_raw/remote_homology.tar.gz",),
+        Remote("remote_homology.tar.gz", ("https://s3.amazonaws.com/proteindata/data_raw/remote_homology.tar.gz",),
                extract=True),
     ),
     verify=_verify_tape,
     how_to_get="TAPE's raw (JSON) remote homology data: download "
-               "http://s3.amazonaws.com/proteindata/data_raw/remote_homology.tar.gz and unpack it "
+               "https://s3.amazonaws.com/proteindata/data_raw/remote_homology.tar.gz and unpack it "
                "(see https://github.com/songlab-cal/tape#raw-data).",
 )
 
