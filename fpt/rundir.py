@@ -48,6 +48,19 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (boot id + start time in clock ticks; Linux), or None if unknown.
+
+    A lock stores its writer's: a live process with the same pid but another start is a later
+    process that reused the pid, so the lock is stale."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"  # field 22; the name (field 2) may hold spaces
+    except (OSError, IndexError):
+        return None
+
+
 class RunLock:
     """An exclusive lock on a run directory: ``with RunLock(run_dir): ...``.
 
@@ -76,6 +89,9 @@ class RunLock:
                 raise RunLockedError(f"{self.run_dir} is already locked by this process")
             if not _pid_alive(owner["pid"]):
                 return  # stale: the process that wrote it is gone (killed, crashed, machine rebooted)
+            started = owner.get("process_start")
+            if started and _process_start(owner["pid"]) not in (None, started):
+                return  # stale: that pid now belongs to a later process
             raise RunLockedError(
                 f"{self.run_dir} is in use by another fpt run (pid {owner['pid']} on this host, started "
                 f"{owner.get('started', '?')}). Two runs must not write one directory: wait for it to "
@@ -94,7 +110,8 @@ class RunLock:
 
     @staticmethod
     def _me() -> dict[str, Any]:
-        return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "process_start": _process_start(os.getpid())}
 
     def check(self) -> None:
         """Raise now if a live run holds the lock (before slow work); acquire() still decides."""

@@ -259,6 +259,32 @@ def test_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):
         RunLock(run_dir).acquire()
 
 
+def test_lock_of_a_reused_pid_is_stale(tmp_path):
+    """A live process that has the lock's pid but started later is not the lock's writer."""
+    from fpt.rundir import _process_start
+
+    run_dir = tmp_path / "reused"
+    run_dir.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        real = _process_start(sleeper.pid)
+        if real is None:
+            pytest.skip("no /proc: process start times unknown")
+        owner = {"pid": sleeper.pid, "host": socket.gethostname(), "started": "x", "process_start": real}
+        (run_dir / ".lock").write_text(json.dumps(owner))
+        with pytest.raises(RunLockedError, match="in use by another fpt run"):
+            RunLock(run_dir).acquire()  # the writer itself: live
+        boot, ticks = real.rsplit(":", 1)
+        (run_dir / ".lock").write_text(json.dumps({**owner, "process_start": f"{boot}:{int(ticks) - 1}"}))
+        lock = RunLock(run_dir).acquire()  # same pid, another start: the writer is gone
+        assert lock.took_over["pid"] == sleeper.pid
+        assert json.loads((run_dir / ".lock").read_text())["process_start"] == _process_start(os.getpid())
+        lock.release()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
 def test_fit_refuses_a_directory_in_use(backbone, tmp_path, capsys):
     run_dir = tmp_path / "busy"
     run_dir.mkdir()
