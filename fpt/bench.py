@@ -242,8 +242,7 @@ CATEGORIES = (
     ("matmul", r"^aten::(mm|addmm|bmm|baddbmm|_addmm_activation|_int_mm)$|gemm|cutlass|xmma|nvjet|cublas|wgmma"),
     ("elementwise/norms", r"^triton_"),  # torch.compile's fusions (norms, RoPE, SiLU, and the casts inside them)
     ("copies/casts", r"copy|memcpy|memset|^aten::(to|_to_copy|clone|contiguous|cat)$"),
-    ("elementwise/norms", r"."),
-)
+)  # anything else: "elementwise/norms"
 HOST_CATEGORY = "host"  # Python, dispatch, autograd engine: time between operators
 
 
@@ -354,6 +353,24 @@ def path_settings(path: str, args, accelerator: str) -> dict[str, Any]:
             "naive_optimizer": False, "sync_each_step": False}
 
 
+def _throughput(step_s: float, batch_size: int, tokens: int, flops: float,
+                breakdown: dict[str, Any] | None) -> dict[str, Any]:
+    """The rate columns of every path, from its step time and its matmul work per step."""
+    matmul_ms = (breakdown or {}).get("ms_per_step", {}).get("matmul")
+    return {
+        "step_ms": step_s * 1000, "samples_per_s": batch_size / step_s, "tokens_per_s": batch_size * tokens / step_s,
+        "matmul_tflop_per_step": flops / 1e12, "tflops": flops / step_s / 1e12,
+        # the matmul work over the time of the matmul kernels (operators on CPU) alone
+        "matmul_kernel_tflops": flops / (matmul_ms / 1000) / 1e12 if flops and matmul_ms else None,
+    }
+
+
+def _optimizer_label(settings: dict[str, Any]) -> str:
+    if settings["naive_optimizer"]:
+        return "adam (for-loop)"
+    return "adam fused" if settings["fused"] else "adam foreach"
+
+
 class _Path:
     """One path's model, optimizer and step function, built and warmed up (memory measured meanwhile)."""
 
@@ -392,11 +409,12 @@ class _Path:
         x, y, mask = batch["x"], batch["y"], batch.get("mask")
         self.feature_ms = None
         if name == "cached":  # output-only: the frozen network's read-out features, computed once
-            moving = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
-            if moving:
-                raise ValueError(f"--paths cached trains only the head, on precomputed features: it needs --freeze "
-                                 f"output-only (under --freeze {args.freeze}, {len(moving)} parameters before the "
-                                 f"head train, e.g. {moving[0]})")
+            from fpt.features import check_cacheable
+
+            try:
+                check_cacheable(model)
+            except ValueError as err:
+                raise ValueError(f"--paths cached needs --freeze output-only: {err}") from None
             with torch.no_grad(), autocast():
                 model.features(x, mask)  # warm-up (and compilation)
                 if device.type == "cuda":
@@ -482,12 +500,10 @@ class _Path:
         step_s = statistics.median(times)
         return {
             "precision": s["precision"], "attention": s["attn"], "compile": s["compile"],
-            "optimizer": "adam (for-loop)" if s["naive_optimizer"] else ("adam fused" if s["fused"] else "adam foreach"),
-            "host_sync_each_step": s["sync_each_step"],
+            "optimizer": _optimizer_label(s), "host_sync_each_step": s["sync_each_step"],
             "host_syncs_per_step": self.host_syncs,  # CUDA only: torch.cuda.set_sync_debug_mode counts
-            "step_ms": step_s * 1000, "step_ms_min": min(times) * 1000, "step_ms_max": max(times) * 1000,
-            "samples_per_s": batch_size / step_s, "tokens_per_s": batch_size * self.tokens / step_s,
-            "matmul_tflop_per_step": self.flops / 1e12, "tflops": self.flops / step_s / 1e12,
+            **_throughput(step_s, batch_size, self.tokens, self.flops, self.breakdown),
+            "step_ms_min": min(times) * 1000, "step_ms_max": max(times) * 1000,
             "feature_ms": self.feature_ms,  # cached: the one-off forward that computed this batch's features
             "peak_memory_mb": self.peak_memory_mb, "build_seconds": self.build_seconds,
             "warmup_seconds": self.warmup_seconds, "timed_steps": len(times), "trainable_params": self.trainable,
@@ -495,10 +511,6 @@ class _Path:
             # median time of each phase (the medians need not add up to the median step exactly)
             "phase_ms": {k: statistics.median(v) * 1000 for k, v in self.phase_times.items()},
             "breakdown": self.breakdown,
-            # the matmul work over the time of the matmul kernels (operators on CPU) alone
-            "matmul_kernel_tflops": (self.flops / (self.breakdown["ms_per_step"]["matmul"] / 1000) / 1e12
-                                     if self.flops and self.breakdown and self.breakdown["ms_per_step"].get("matmul")
-                                     else None),
         }
 
 
@@ -598,22 +610,15 @@ class _FitPath:
 
     def result_for(self, reference: "_Path", batch_size: int) -> dict[str, Any]:
         """The same columns as the step paths' (FLOPs and tokens from ``reference``, which has the same shape)."""
-        step_s = self.times[0]
-        flops = reference.flops
         s = self.settings
         return {
             "precision": s["precision"], "attention": s["attn"], "compile": s["compile"],
-            "optimizer": "adam fused" if s["fused"] else "adam foreach", "host_sync_each_step": s["sync_each_step"],
-            "host_syncs_per_step": None, "step_ms": step_s * 1000, "step_ms_min": None, "step_ms_max": None,
-            "step_time": "mean over the timed steps (wall clock)",
-            "samples_per_s": batch_size / step_s, "tokens_per_s": batch_size * reference.tokens / step_s,
-            "matmul_tflop_per_step": flops / 1e12, "tflops": flops / step_s / 1e12,
+            "optimizer": _optimizer_label(s), "host_sync_each_step": s["sync_each_step"], "host_syncs_per_step": None,
+            **_throughput(self.times[0], batch_size, reference.tokens, reference.flops, self.breakdown),
+            "step_ms_min": None, "step_ms_max": None, "step_time": "mean over the timed steps (wall clock)",
             "peak_memory_mb": self.peak_memory_mb, "build_seconds": self.build_seconds, "warmup_seconds": None,
             "timed_steps": None, "trainable_params": self.trainable,
             "backbone_matmul_params": matmul_params(reference.model)[0], "phase_ms": {}, "breakdown": self.breakdown,
-            "matmul_kernel_tflops": (flops / (self.breakdown["ms_per_step"]["matmul"] / 1000) / 1e12
-                                     if flops and self.breakdown and self.breakdown["ms_per_step"].get("matmul")
-                                     else None),
         }
 
 
@@ -654,21 +659,22 @@ def bench(args) -> dict[str, Any]:
 
         del_me = load_backbone(args.backbone, init=args.init, layers=1, seed=0)
         del del_me
-    # The fit path needs a step path of the same shape for its FLOP count: the fast one (built anyway).
-    step_paths = [p for p in paths if p != "fit"] or (["fast"] if "fit" in paths else [])
-    built = [_Path(path, args, device, spec, batch) for path in step_paths]
+    step_paths = [p for p in paths if p != "fit"]
+    if "fit" in paths and not {"naive", "fast"} & set(step_paths):
+        step_paths.append("fast")  # built, not timed: the fit path takes its FLOP count and tokens from it
+    built = {name: _Path(name, args, device, spec, batch) for name in step_paths}
+    timed = [p for p in built.values() if p.name in paths]
     for _ in range(args.steps):
-        for p in built:
+        for p in timed:
             p.timed_step()
     if args.profile > 0:  # after the timing, so that the profiler cannot disturb it
-        for p in built:
+        for p in timed:
             p.breakdown = profile_breakdown(p.step, device, args.profile, statistics.median(p.times) * 1000)
-    for p in built:
-        if p.name in paths:
-            out["paths"][p.name] = p.result(args.batch_size)
+    for p in timed:
+        out["paths"][p.name] = p.result(args.batch_size)
     if "fit" in paths:
-        fit_path = _FitPath(args, device)
-        out["paths"]["fit"] = fit_path.result_for(built[-1], args.batch_size)
+        reference = built.get("fast") or built["naive"]
+        out["paths"]["fit"] = _FitPath(args, device).result_for(reference, args.batch_size)
     if "naive" in out["paths"] and "fast" in out["paths"]:
         out["speedup_fast_over_naive"] = out["paths"]["naive"]["step_ms"] / out["paths"]["fast"]["step_ms"]
     if "cached" in out["paths"]:
