@@ -12,84 +12,76 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-# Command-line flags that map one-to-one onto RunConfig fields: flag -> (type, help).
-_FIT_FLAGS: dict[str, tuple[Any, str]] = {
-    "task": (str, "task name (fpt list)"),
-    "backbone": (str, "smollm2-135m (offline default), lstm, a Hugging Face id (gpt2, EleutherAI/pythia-160m), a local dir, "
-                      "or run:RUN_DIR (a finished run's trained backbone, e.g. trained on bit-memory with --freeze full)"),
-    "init": (str, "pretrained | random"),
-    "layers": (int, "keep only the first K blocks"),
-    "freeze": (str, "freeze preset: fpt, output-only, +ln, +input, +pos, +ff, +attn, full"),
-    "steps": (int, "optimizer steps"),
-    "batch_size": (int, "global batch size"),
-    "accumulate_grad_batches": (int, "micro-batches of --batch-size per optimizer step (effective batch = batch size x this)"),
-    "lr": (float, "Adam learning rate"),
-    "weight_decay": (float, "decoupled weight decay"),
-    "grad_clip": (float, "gradient-norm clip (0: off)"),
-    "max_bad_steps": (int, "stop after this many consecutive steps with a non-finite gradient norm"),
-    "chance_warning_evals": (int, "warn if validation accuracy is at chance for the first K validations (0: never)"),
-    "seed": (int, "seed of the training stream, generated held-out sets, random init and new layers"),
-    "eval_every": (int, "steps between validations and checkpoints"),
-    "eval_batch_size": (int, "batch size for validation and test"),
-    "target_accuracy": (float, "record the first step where validation accuracy reaches this"),
-    "run_dir": (str, "where the run writes its files"),
-    "data_dir": (str, "directory holding the task's dataset files"),
-    "device": (str, "auto | cpu | cuda"),
-    "devices": (int, "devices per node (DDP when > 1)"),
-    "precision": (str, "auto | 32-true | bf16-mixed | 16-mixed"),
-    "num_workers": (int, "data loader worker processes"),
-    "readout": (str, "last | mean | tokens (default: the task's)"),
-    "lstm_width": (int, "hidden size of the lstm backbone"),
-    "attn_implementation": (str, "sdpa | eager"),
-    "label": (str, "free text shown in reports"),
-    "num_nodes": (int, "machines (launch with torchrun or srun; README: Performance and scale)"),
-    "strategy": (str, "auto | ddp | fsdp"),
-    "compile": (str, "torch.compile the backbone: auto (on CUDA) | true | false"),
-    "fused_optimizer": (str, "fused Adam with sync-free skipping of non-finite steps: auto (on CUDA) | true | false"),
-    "num_threads": (int, "CPU threads (default: physical cores / processes)"),
-    "cache_train_samples": (int, "with --cache-features on a generated task: training samples to cache (0: steps x batch size)"),
-    "cache_memory_mb": (int, "with --cache-features: larger caches go to RUN_DIR/features (memory-mapped)"),
-}
-_BOOL_FLAGS = {
-    "stop_at_target": "stop once validation accuracy reaches --target-accuracy",
-    "learned_positions": "learned position table for RoPE backbones (--no-learned-positions to turn off)",
-    "trust_remote_code": "allow running Python code shipped with a hub model",
-    "cache_features": "freeze output-only: compute the frozen outputs once and train the head on them",
-}
-
+from fpt.bench import add_bench_parser
+from fpt.bench import main as bench_main
+from fpt.config import FIELDS, RESUMABLE, RunConfig, build_config, changed_options, load_config, merge, read_yaml
+from fpt.data.cifar import UnsafePickleError
+from fpt.data.store import DownloadError
+from fpt.distributed import global_rank_from_env, shutdown_process_group
+from fpt.experiment_cli import HANDLERS as EXPERIMENT_HANDLERS
+from fpt.experiment_cli import add_parsers as add_experiment_parsers
+from fpt.health import NonFiniteGradientError, OutOfMemory, TrainingInterrupted
+from fpt.options import base_kind, default_of, parse_text
+from fpt.rundir import RunLockedError
 
 def _parse_task_option(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"task options are KEY=VALUE, got {text!r} (e.g. -o n_bits=5)")
     key, value = text.split("=", 1)
-    try:
-        parsed = yaml.safe_load(value)  # numbers and booleans as YAML reads them; never evaluated as code
-    except yaml.YAMLError:
-        parsed = value
-    return key.strip(), parsed
+    return key.strip(), parse_text(value)  # numbers and booleans as YAML reads them; never evaluated as code
+
+
+_ARGPARSE_TYPES = {"int": int, "float": float}
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def flag_help(f: dataclasses.Field) -> str:
+    """A field's help text, its choices and its default (``fpt fit --help``; the README's option table)."""
+    text = f.metadata["help"]
+    default = default_of(f)
+    if default not in (None, "", {}):
+        text += f" (default: {str(default).lower() if isinstance(default, bool) else default})"
+    return text
+
+
+def add_option_flags(parser: argparse.ArgumentParser, fields: dict[str, dataclasses.Field]) -> None:
+    """One flag per declared option (``flag=False`` ones are YAML-only); every default is None (= not given)."""
+    for name, f in fields.items():
+        if f.metadata.get("flag", True) is False:
+            continue
+        kind, _ = base_kind(f.type)
+        if kind == "bool":
+            parser.add_argument(flag_name(name), dest=name, action=argparse.BooleanOptionalAction, default=None,
+                                help=flag_help(f))
+        else:
+            choices = f.metadata.get("choices")
+            parser.add_argument(flag_name(name), dest=name, type=_ARGPARSE_TYPES.get(kind, str), default=None,
+                                choices=None, metavar=("{" + ",".join(choices) + "}") if choices else None,
+                                help=flag_help(f))
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fpt", description="Frozen Pretrained Transformers: fit, test, predict, bench, sweep, report, plot, list.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    fit = sub.add_parser("fit", help="train a model, then test it", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    fit = sub.add_parser("fit", help="train a model, then test it",
+                         description="Every option is also a YAML key (fpt/config.py declares them all).")
     fit.add_argument("--config", help="a YAML file or a shipped preset name; flags override it")
-    fit.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    fit.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint; options "
+                     "that equal the run's own are accepted, and these may change: "
+                     + ", ".join(flag_name(n) for n in sorted(RESUMABLE) if n != "run_dir"))
     fit.add_argument("-o", "--task-option", action="append", default=[], type=_parse_task_option, metavar="KEY=VALUE",
                      help="a task option, e.g. -o n_bits=5 -o patch_size=1 (repeatable)")
-    for name, (kind, help_text) in _FIT_FLAGS.items():
-        fit.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=help_text)
-    for name, help_text in _BOOL_FLAGS.items():
-        fit.add_argument("--" + name.replace("_", "-"), dest=name, action=argparse.BooleanOptionalAction, default=None,
-                         help=help_text)
+    add_option_flags(fit, FIELDS)
     fit.add_argument("--overwrite", action="store_true",
                      help="if --run-dir holds a run, move it aside to RUN_DIR.old-<timestamp> and start again")
     fit.add_argument("--no-progress-bar", action="store_true", help="no progress bar (one line per validation)")
@@ -103,50 +95,54 @@ def _parser() -> argparse.ArgumentParser:
     pred.add_argument("--out", required=True, help="CSV to write: index, prediction, p0..pC-1 (, label)")
     pred.add_argument("--x-key", default=None, help="array name of the inputs (default: x, else x_test)")
 
-    from fpt.bench import add_bench_parser
-
     add_bench_parser(sub, _parse_task_option)
-
-    from fpt.experiment_cli import add_parsers as add_experiment_parsers  # sweep, report, plot
-
-    add_experiment_parsers(sub)
+    add_experiment_parsers(sub)  # sweep, report, plot
 
     lst = sub.add_parser("list", help="tasks, backbones, freeze presets and shipped config presets")
     lst.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
-def _fit(args) -> int:
-    from fpt.config import build_config, load_config, merge, read_yaml
-    from fpt.training import fit
-
-    flags = {name: getattr(args, name) for name in list(_FIT_FLAGS) + list(_BOOL_FLAGS) if getattr(args, name) is not None}
+def given_options(args) -> dict[str, Any]:
+    """The options given on the command line: ``--config`` (a file or preset), then flags and ``-o`` on top."""
+    flags = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
     if args.task_option:
         flags["task_options"] = dict(args.task_option)
+    return merge(read_yaml(args.config), flags) if args.config else flags
+
+
+def resume_config(run_dir: Path, given: dict[str, Any]) -> RunConfig:
+    """The run's own config with ``given`` on top. Options equal to the run's are accepted (re-running the
+    original command with --resume appended works); of the others, only how and when it runs may change."""
+    if not (run_dir / "config.yaml").exists():
+        raise FileNotFoundError(f"--resume {run_dir}: no config.yaml there; is it a run directory?")
+    config = load_config(run_dir / "config.yaml")
+    if given.get("run_dir") is not None and Path(given["run_dir"]).resolve() != run_dir.resolve():
+        raise ValueError(f"--resume {run_dir} and --run-dir {given['run_dir']} name different directories: give one")
+    given = {**given, "run_dir": str(run_dir)}
+    changed = changed_options(config, given)
+    refused = {name: values for name, values in changed.items() if name not in RESUMABLE}
+    if refused:
+        listed = "; ".join(f"{name}: the run has {old!r}, given {new!r}" for name, (old, new) in sorted(refused.items()))
+        raise ValueError(f"--resume continues a run with its own config; these options differ from the run's: {listed}. "
+                         f"Only {', '.join(sorted(RESUMABLE - {'run_dir'}))} may change (start a new run with another "
+                         f"--run-dir for the others)")
+    return build_config(merge(config.to_dict(), given))
+
+
+def _fit(args) -> int:
+    from fpt.training import fit
+
+    given = given_options(args)
     if args.resume:
-        run_dir = Path(args.resume)
         if args.overwrite:
             raise ValueError("--resume continues the run in place; --overwrite starts a new one: use one of them")
-        if not (run_dir / "config.yaml").exists():
-            raise FileNotFoundError(f"--resume {run_dir}: no config.yaml there; is it a run directory?")
-        allowed = {"steps", "eval_every", "num_workers", "device", "devices", "precision", "stop_at_target",
-                   "num_nodes", "strategy", "compile", "fused_optimizer", "num_threads"}
-        changed = sorted(set(flags) - allowed)
-        if changed or args.config:
-            raise ValueError(f"--resume continues a run with its own config; only {', '.join(sorted(allowed))} "
-                             f"may change (got {', '.join(changed) or '--config'})")
-        config = load_config(run_dir / "config.yaml")
-        values = merge(config.to_dict(), flags)
-        values["run_dir"] = str(run_dir)
-        config = build_config(values)
+        config = resume_config(Path(args.resume), given)
         results = fit(config, resume=True, enable_progress_bar=not args.no_progress_bar and None)
     else:
-        base = read_yaml(args.config) if args.config else {}
-        config = build_config(merge(base, flags))
+        config = build_config(given)
         results = fit(config, enable_progress_bar=not args.no_progress_bar and None, overwrite=args.overwrite)
     test = results.get("test", {})
-    from fpt.distributed import global_rank_from_env
-
     if global_rank_from_env() != 0:  # torchrun / srun: every process gets here; rank 0 speaks
         return 0
     print(f"test accuracy {test.get('accuracy', float('nan')):.4f}  exact {test.get('exact_accuracy', float('nan')):.4f}  "
@@ -199,42 +195,25 @@ def _list(args) -> int:
     return 0
 
 
-def _interrupted():  # an except clause's types are evaluated only when an exception arrives
-    from fpt.health import TrainingInterrupted
-
-    return TrainingInterrupted
-
-
-def _run_failures() -> tuple[type, ...]:
-    from fpt.data.cifar import UnsafePickleError
-    from fpt.data.store import DownloadError
-    from fpt.health import OutOfMemory
-    from fpt.rundir import RunLockedError
-    from fpt.training import NonFiniteGradientError
-
-    return (NonFiniteGradientError, OutOfMemory, RunLockedError, DownloadError, UnsafePickleError)
+# The run failed (diverged, out of memory, a download failed its checksum, an unsafe pickle) or could
+# not start (run directory in use): exit 1 with the message.
+RUN_FAILURES = (NonFiniteGradientError, OutOfMemory, RunLockedError, DownloadError, UnsafePickleError)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from fpt.bench import main as _bench
-
-    from fpt.experiment_cli import HANDLERS as _experiment_handlers
-
-    handler = {"fit": _fit, "test": _test, "predict": _predict, "list": _list, "bench": _bench,
-               **_experiment_handlers}[args.command]
+    handler = {"fit": _fit, "test": _test, "predict": _predict, "list": _list, "bench": bench_main,
+               **EXPERIMENT_HANDLERS}[args.command]
     finished = False
     try:
         code = handler(args)
         finished = True
         return code
-    except _interrupted() as stop:
+    except TrainingInterrupted as stop:
         # Stopped by Ctrl-C / SIGTERM after writing a checkpoint: 128 + signal (130 / 143), like a shell.
         print(f"fpt {args.command}: {stop}", file=sys.stderr)
         return stop.exit_code
-    except _run_failures() as err:
-        # The run failed (diverged, out of memory, a download failed its checksum, an unsafe pickle)
-        # or could not start (run directory in use): say so, without a traceback.
+    except RUN_FAILURES as err:
         print(f"fpt {args.command}: error: {err}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError, FileExistsError, OSError) as err:
@@ -245,8 +224,6 @@ def main(argv: list[str] | None = None) -> int:
         print("fpt: interrupted", file=sys.stderr)
         return 130
     finally:
-        from fpt.distributed import shutdown_process_group
-
         shutdown_process_group(wait_for_peers=finished)
 
 

@@ -8,93 +8,116 @@ The resolved config is written to ``RUN_DIR/config.yaml`` and is all that ``fpt 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union
 
 import yaml
 
-from fpt.tasks.base import suggest
+from fpt.io import atomic_write_text
+from fpt.options import coerce, declared, how, what, when
+from fpt.text import description, suggest
+
+
+Tristate = Union[Literal["auto"], bool]  # auto | true | false
 
 
 @dataclass
 class RunConfig:
+    """Every option of a run. Each field is declared once, with its help text and its role (what the
+    run is / how it runs / when it stops and is checked; :mod:`fpt.options`): the ``fpt fit`` flags,
+    the YAML keys, ``--resume``'s rules, the sweep's comparison and the README's option table come
+    from here. Adding an option: docs/architecture.md."""
+
     # -- what to train ---------------------------------------------------------------------------
-    task: str = "bit-xor"  # a registered task (fpt list)
-    task_options: dict[str, Any] = field(default_factory=dict)  # the task's own options, e.g. {n_bits: 5}
-    data_dir: str | None = None  # where the task's dataset files are (else $FPT_DATA_DIR, then the cache)
-    backbone: str = "smollm2-135m"  # smollm2-135m (offline), lstm, a Hugging Face id or a local directory
-    init: str = "pretrained"  # pretrained | random (same architecture, seeded random weights)
-    layers: int | None = None  # keep only the first K blocks (None: all)
-    lstm_width: int = 768  # hidden size of the lstm backbone (paper: 768)
-    trust_remote_code: bool = False  # run Python code shipped with a hub model (off: never by default)
-    attn_implementation: str = "sdpa"  # sdpa (fast) | eager (needed to read attention weights)
+    task: str = what("bit-xor", "a registered task (fpt list)")
+    task_options: dict[str, Any] = what(dict, "the task's own options, e.g. {n_bits: 5} (on the command line: -o KEY=VALUE)",
+                                        flag=False)
+    data_dir: str | None = what(None, "directory holding the task's dataset files (else $FPT_DATA_DIR, then the cache)")
+    backbone: str = what("smollm2-135m", "smollm2-135m (offline default), lstm, a Hugging Face id (gpt2, "
+                         "EleutherAI/pythia-160m), a local directory, or run:RUN_DIR (a finished run's trained backbone)")
+    init: str = what("pretrained", "pretrained, or random (same architecture, seeded random weights)",
+                     choices=("pretrained", "random"))
+    layers: int | None = what(None, "keep only the first K blocks (default: all)")
+    lstm_width: int = what(768, "hidden size of the lstm backbone (paper: 768)")
+    trust_remote_code: bool = what(False, "run Python code shipped with a hub model (never by default)")
     # -- the FPT module (fpt.model.ModelConfig) ---------------------------------------------------
-    freeze: Any = "fpt"  # preset (fpt, output-only, +ln, +input, +pos, +ff, +attn, full) or list of groups
-    freeze_rules: dict[str, list[str]] | None = None  # module class names per group, for unknown architectures
-    readout: str | None = None  # last | mean | tokens; None: the task's default
-    learned_positions: bool = True  # trained position table for backbones without one (RoPE)
-    input_init: str = "embedding"  # embedding (match token-embedding scale) | paper (orthogonal, gain 1.41)
+    freeze: str | list[str] = what("fpt", "what trains: a preset (fpt, output-only, +ln, +input, +pos, +ff, +attn, full) "
+                                   "or, in YAML, a list of groups", expected="a preset name or a list of groups")
+    freeze_rules: dict[str, list[str]] | None = what(None, "module class names per group (norm, attention, feedforward), "
+                                                     "for architectures fpt does not know", flag=False)
+    readout: str | None = what(None, "last, mean or tokens (default: the task's)", choices=("last", "mean", "tokens"))
+    learned_positions: bool = what(True, "a trained position table for backbones without one (RoPE)")
+    input_init: str = what("embedding", "input layer init: embedding (orthogonal, at the token embeddings' scale) or "
+                           "paper (orthogonal, gain 1.41)", choices=("embedding", "paper"))
     # -- optimisation -----------------------------------------------------------------------------
-    steps: int = 1000  # optimizer steps
-    batch_size: int = 32  # global batch size (split across devices)
-    accumulate_grad_batches: int = 1  # micro-batches per optimizer step (batch_size each): effective batch = batch_size x this
-    lr: float = 1e-3  # Adam learning rate (paper: 1e-3)
-    weight_decay: float = 0.0  # AdamW-style decoupled weight decay (0: plain Adam, as the paper)
-    grad_clip: float = 1.0  # clip the global gradient norm (paper: 1.0); 0 disables
-    max_bad_steps: int = 10  # stop after this many consecutive steps with a non-finite gradient norm
-    seed: int = 0  # seeds the training stream, generated held-out sets (bit tasks), random init and the new layers
+    steps: int = when(1000, "optimizer steps")
+    batch_size: int = what(32, "global batch size (split across devices)")
+    accumulate_grad_batches: int = what(1, "micro-batches of --batch-size per optimizer step (effective batch = "
+                                        "batch size x this)")
+    lr: float = what(1e-3, "Adam learning rate (paper: 1e-3)")
+    weight_decay: float = what(0.0, "decoupled weight decay, AdamW-style (0: plain Adam, as the paper)")
+    grad_clip: float = what(1.0, "clip the global gradient norm (paper: 1.0); 0 disables")
+    max_bad_steps: int = what(10, "stop after this many consecutive steps with a non-finite gradient norm")
+    seed: int = what(0, "seed of the training stream, generated held-out sets, random init and the new layers")
     # -- evaluation ---------------------------------------------------------------------------------
-    eval_every: int = 100  # steps between validation passes (and checkpoints)
-    eval_batch_size: int = 256  # batch size for validation and test
-    target_accuracy: float = 1.0  # record the first step at which validation accuracy reaches this
-    stop_at_target: bool = False  # end training early once validation accuracy reaches target_accuracy
-    chance_warning_evals: int = 3  # warn when validation accuracy is at chance (1/classes) for the first K validations; 0: never
+    eval_every: int = when(100, "steps between validations (and checkpoints)")
+    eval_batch_size: int = how(256, "batch size for validation and test")
+    target_accuracy: float = what(1.0, "record the first step at which validation accuracy reaches this")
+    stop_at_target: bool = when(False, "end training once validation accuracy reaches --target-accuracy")
+    chance_warning_evals: int = what(3, "warn when validation accuracy is at chance for the first K validations (0: never)")
     # -- machinery ----------------------------------------------------------------------------------
-    device: str = "auto"  # auto (cuda if available) | cpu | cuda
-    devices: int = 1  # devices (processes) per node (Lightning DDP when devices x num_nodes > 1)
-    num_nodes: int = 1  # machines; launch one process per device with torchrun or srun (README)
-    strategy: str = "auto"  # auto (DDP when several processes) | ddp | fsdp (shards the backbone over GPUs; CUDA only)
-    precision: str = "auto"  # auto: bf16-mixed on CUDA, 32-true on CPU; or any Lightning precision
-    num_workers: int = 0  # DataLoader worker processes
+    device: str = how("auto", "auto (cuda if available), cpu or cuda", choices=("auto", "cpu", "cuda"))
+    devices: int = how(1, "devices (processes) per node; DDP when devices x num_nodes > 1")
+    num_nodes: int = how(1, "machines; launch one process per device with torchrun or srun (docs/distributed.md)")
+    strategy: str = how("auto", "auto (DDP when several processes), ddp, or fsdp (shards the backbone; CUDA only)",
+                        choices=("auto", "ddp", "fsdp"))
+    precision: str = how("auto", "auto (bf16-mixed on CUDA, 32-true on CPU), or a Lightning precision "
+                         "(32-true, bf16-mixed, 16-mixed)")
+    num_workers: int = how(0, "DataLoader worker processes")
+    attn_implementation: str = how("sdpa", "sdpa (fused kernels) or eager (needed to read attention weights)",
+                                   choices=("sdpa", "eager"))
     # -- speed (fpt/fastpath.py; `fpt bench` measures them) --------------------------------------------
-    compile: Any = "auto"  # torch.compile the backbone in place: auto (on CUDA) | true | false
-    fused_optimizer: Any = "auto"  # fused Adam/AdamW + on-device skipping of non-finite steps (no per-step host sync): auto (on CUDA) | true | false
-    num_threads: int | None = None  # CPU intra-op threads; None: physical cores / processes on this machine (or $OMP_NUM_THREADS)
-    cache_features: bool = False  # freeze output-only: run the frozen network once per sample, train the head on the cached outputs (fpt/features.py)
-    cache_train_samples: int = 0  # cache_features on a generated (endless) task: training samples to cache; 0: steps x batch_size (exactly the samples an uncached run draws); fewer are reused, so the task's training set becomes finite
-    cache_memory_mb: int = 2048  # cached features larger than this go to RUN_DIR/features/*.safetensors (memory-mapped)
-    run_dir: str | None = None  # where this run writes everything (default: runs/<task>-<backbone>-<init>-<freeze>-s<seed>)
-    label: str = ""  # free text shown in reports, e.g. "-small: 2 layers, 2k steps"
+    compile: Tristate = how("auto", "torch.compile the backbone in place: auto (on CUDA), true or false")
+    fused_optimizer: Tristate = how("auto", "fused Adam/AdamW with on-device skipping of non-finite steps (no host "
+                                    "sync per step): auto (on CUDA), true or false")
+    num_threads: int | None = how(None, "CPU intra-op threads (default: physical cores / processes, or $OMP_NUM_THREADS)")
+    cache_features: bool = what(False, "with --freeze output-only: run the frozen network once per sample and train "
+                                "the head on its cached outputs (fpt/features.py)")
+    cache_train_samples: int = what(0, "with --cache-features on a generated task: training samples to cache (0: steps "
+                                    "x batch size, the samples an uncached run draws; fewer make the training set finite)")
+    cache_memory_mb: int = how(2048, "with --cache-features: larger caches go to RUN_DIR/features (memory-mapped)")
+    run_dir: str | None = how(None, "where the run writes everything (default: runs/<task>-<backbone>-<init>-<freeze>-s<seed>)")
+    label: str = what("", "free text shown in reports, e.g. \"-small: 2 layers, 2k steps\"")
 
     def validate(self) -> "RunConfig":
+        for f in dataclasses.fields(self):  # declared choices (None is "the default" where a field may be None)
+            choices, value = f.metadata.get("choices"), getattr(self, f.name)
+            if choices and value not in choices and not (value is None and "None" in str(f.type)):
+                raise ValueError(f"{f.name} must be {_one_of(choices)}, got {value!r}")
+        positive = ("steps", "batch_size", "accumulate_grad_batches", "eval_every", "devices", "num_nodes")
+        world = self.devices * self.num_nodes if isinstance(self.devices, int) and isinstance(self.num_nodes, int) else 1
         checks = [
-            (self.init in ("pretrained", "random"), f"init must be 'pretrained' or 'random', got {self.init!r}"),
+            *((isinstance(getattr(self, n), int) and getattr(self, n) >= 1, f"{n} must be a positive integer, got "
+               f"{getattr(self, n)!r}") for n in positive),
             (self.layers is None or (isinstance(self.layers, int) and self.layers >= 1), f"layers must be >= 1, got {self.layers!r}"),
-            (isinstance(self.steps, int) and self.steps >= 1, f"steps must be a positive integer, got {self.steps!r}"),
-            (isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be a positive integer, got {self.batch_size!r}"),
-            (isinstance(self.accumulate_grad_batches, int) and self.accumulate_grad_batches >= 1, f"accumulate_grad_batches must be a positive integer, got {self.accumulate_grad_batches!r}"),
-            (isinstance(self.chance_warning_evals, int) and self.chance_warning_evals >= 0, f"chance_warning_evals must be >= 0, got {self.chance_warning_evals!r}"),
+            (self.num_threads is None or (isinstance(self.num_threads, int) and self.num_threads >= 1),
+             f"num_threads must be >= 1, got {self.num_threads!r}"),
+            (isinstance(self.chance_warning_evals, int) and self.chance_warning_evals >= 0,
+             f"chance_warning_evals must be >= 0, got {self.chance_warning_evals!r}"),
+            (isinstance(self.cache_train_samples, int) and self.cache_train_samples >= 0,
+             f"cache_train_samples must be >= 0, got {self.cache_train_samples!r}"),
             (isinstance(self.lr, (int, float)) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}"),
             (self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip!r}"),
-            (isinstance(self.eval_every, int) and self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every!r}"),
-            (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
-            (isinstance(self.devices, int) and self.devices >= 1, f"devices must be >= 1, got {self.devices!r}"),
-            (self.batch_size % self.devices == 0, f"batch_size ({self.batch_size}) must be divisible by devices ({self.devices})"),
-            (self.attn_implementation in ("sdpa", "eager"), f"attn_implementation must be sdpa or eager, got {self.attn_implementation!r}"),
-            (isinstance(self.num_nodes, int) and self.num_nodes >= 1, f"num_nodes must be >= 1, got {self.num_nodes!r}"),
-            (self.strategy in ("auto", "ddp", "fsdp"), f"strategy must be auto, ddp or fsdp, got {self.strategy!r}"),
-            (self.batch_size % (self.devices * self.num_nodes) == 0,
-             f"batch_size ({self.batch_size}) must be divisible by devices x num_nodes ({self.devices * self.num_nodes})"),
+            (0 < self.target_accuracy <= 1, f"target_accuracy must be in (0, 1], got {self.target_accuracy!r}"),
+            (self.batch_size % world == 0, f"batch_size ({self.batch_size}) must be divisible by devices x num_nodes ({world})"),
             (self.compile in ("auto", True, False), f"compile must be auto, true or false, got {self.compile!r}"),
-            (self.fused_optimizer in ("auto", True, False), f"fused_optimizer must be auto, true or false, got {self.fused_optimizer!r}"),
-            (self.num_threads is None or (isinstance(self.num_threads, int) and self.num_threads >= 1), f"num_threads must be >= 1, got {self.num_threads!r}"),
-            (isinstance(self.cache_train_samples, int) and self.cache_train_samples >= 0, f"cache_train_samples must be >= 0, got {self.cache_train_samples!r}"),
+            (self.fused_optimizer in ("auto", True, False),
+             f"fused_optimizer must be auto, true or false, got {self.fused_optimizer!r}"),
             (not self.cache_features or self.freeze in ("output-only", ["output"], ("output",)),
              f"cache_features needs freeze output-only (only the head trains, so the frozen network's outputs never "
              f"change); with freeze {self.freeze!r} they change every step. Use --freeze output-only or drop --cache-features"),
-            (0 < self.target_accuracy <= 1, f"target_accuracy must be in (0, 1], got {self.target_accuracy!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -111,7 +134,27 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+FIELDS = declared(RunConfig)
+
+
+def _one_of(choices) -> str:
+    quoted = [repr(c) for c in choices]
+    return ", ".join(quoted[:-1]) + " or " + quoted[-1] if len(quoted) > 1 else quoted[0]
+
+
+def role(name: str) -> str:
+    """``what``, ``how`` or ``when`` (see :mod:`fpt.options`)."""
+    return FIELDS[name].metadata["role"]
+
+
+def options_with_role(*roles: str) -> set[str]:
+    return {name for name, f in FIELDS.items() if f.metadata["role"] in roles}
+
+
+# Options that only say how a run executes: sweeps ignore them when comparing a trial with its directory.
+MACHINERY = frozenset(options_with_role("how"))
+# Options whose value may change when a run is resumed: how it runs, and how long / when it is checked.
+RESUMABLE = frozenset(options_with_role("how", "when"))
 
 
 def preset_dir():
@@ -119,14 +162,9 @@ def preset_dir():
 
 
 def list_presets() -> dict[str, str]:
-    """Shipped presets: name -> first line of the file's description."""
-    out = {}
-    for entry in sorted(preset_dir().iterdir(), key=lambda p: p.name):
-        if entry.name.endswith(".yaml"):
-            text = entry.read_text()
-            first = next((ln[1:].strip() for ln in text.splitlines() if ln.startswith("#") and ln[1:].strip()), "")
-            out[entry.name[:-5]] = first
-    return out
+    """Shipped presets: name -> the description paragraph at the top of the file."""
+    return {entry.name[:-5]: description(entry.read_text())
+            for entry in sorted(preset_dir().iterdir(), key=lambda p: p.name) if entry.name.endswith(".yaml")}
 
 
 def read_yaml(path_or_preset: str) -> dict[str, Any]:
@@ -154,47 +192,8 @@ def read_yaml(path_or_preset: str) -> dict[str, Any]:
     return data
 
 
-def _check_type(name: str, value: Any) -> Any:
-    """Reject values of the wrong type early, with the option's name (YAML '1e-3' is a string!)."""
-    default = FIELDS[name].default if FIELDS[name].default is not dataclasses.MISSING else FIELDS[name].default_factory()
-    kind = FIELDS[name].type
-    if value is None:
-        if "None" in str(kind):
-            return None
-        raise ValueError(f"option {name!r} cannot be empty")
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ValueError(f"option {name!r} must be true or false, got {value!r}")
-    elif isinstance(default, int) or "int" in str(kind):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"option {name!r} must be an integer, got {value!r}")
-    elif isinstance(default, float):
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise ValueError(f"option {name!r} must be a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"option {name!r} must be a number, got {value!r}")
-        value = float(value)
-    elif isinstance(default, dict):
-        if not isinstance(value, dict):
-            raise ValueError(f"option {name!r} must be a mapping, got {value!r}")
-    elif name in ("compile", "fused_optimizer"):
-        from fpt.fastpath import parse_tristate
-
-        value = parse_tristate(value, name)
-    elif name == "freeze":
-        if not isinstance(value, (str, list)):
-            raise ValueError(f"option 'freeze' must be a preset name or a list of groups, got {value!r}")
-    elif isinstance(default, str) or "str" in str(kind):
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ValueError(f"option {name!r} must be a string, got {value!r}")
-        value = str(value)
-    return value
-
-
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` on top of ``base`` (flat option dicts); ``task_options`` are merged key by key."""
     out = dict(base)
     for key, value in overrides.items():
         if key == "task_options" and isinstance(value, dict):
@@ -215,6 +214,7 @@ _ALIASES = {
     "accumulate": "accumulate_grad_batches", "gradient_accumulation_steps": "accumulate_grad_batches",
     "max_grad_norm": "grad_clip", "gradient_clip_val": "grad_clip", "val_check_interval": "eval_every",
 }
+DOCUMENTATION_KEYS = ("description", "reproduces", "expected")  # keys of preset files that are not options
 
 
 def build_config(values: dict[str, Any]) -> RunConfig:
@@ -222,18 +222,25 @@ def build_config(values: dict[str, Any]) -> RunConfig:
     kwargs = {}
     for key, value in values.items():
         name = key.replace("-", "_")
-        if name in ("description", "reproduces", "expected"):  # documentation keys of preset files
+        if name in DOCUMENTATION_KEYS:
             continue
         if name not in FIELDS:
             hint = f" Did you mean {_ALIASES[name]!r}?" if name in _ALIASES else suggest(name, FIELDS)
             raise ValueError(f"unknown option {key!r}.{hint} See `fpt fit --help`.")
-        kwargs[name] = _check_type(name, value)
+        field_ = FIELDS[name]
+        kwargs[name] = coerce(value, field_.type, name, expected=field_.metadata.get("expected"))
     return RunConfig(**kwargs).validate()
 
 
-def save_config(config: RunConfig, path: Path) -> None:
-    from fpt.io import atomic_write_text
+def changed_options(config: RunConfig, values: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The options whose value in ``values`` (merged onto ``config``) differs from ``config``'s:
+    ``{name: (config's value, the new value)}``."""
+    new = build_config(merge(config.to_dict(), values))
+    return {name: (getattr(config, name), getattr(new, name)) for name in FIELDS
+            if getattr(new, name) != getattr(config, name)}
 
+
+def save_config(config: RunConfig, path: Path) -> None:
     atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 

@@ -23,21 +23,14 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from fpt.options import coerce
+
 TRISTATE = ("auto", True, False)
 
 
 def parse_tristate(value: Any, name: str) -> Any:
     """``auto`` | true | false (YAML booleans or the strings true/false/on/off/yes/no/1/0)."""
-    if value in ("auto", True, False):
-        return value
-    text = str(value).strip().lower()
-    if text == "auto":
-        return "auto"
-    if text in ("true", "on", "yes", "1"):
-        return True
-    if text in ("false", "off", "no", "0"):
-        return False
-    raise ValueError(f"option {name!r} must be auto, true or false, got {value!r}")
+    return coerce(value, "tristate", name)
 
 
 def physical_cores() -> int:

@@ -35,7 +35,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from fpt.tasks.base import Split
+from fpt.data.splits import Split
 
 _ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
               torch.int32: "I32", torch.bool: "BOOL", torch.uint8: "U8", torch.int16: "I16", torch.int8: "I8"}

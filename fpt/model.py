@@ -23,7 +23,7 @@ from torch import nn
 
 from fpt.backbones import Backbone
 from fpt.backbones.freeze import apply_freeze, resolve_preset
-from fpt.tasks.base import TaskSpec
+from fpt.data.splits import TaskSpec
 
 
 @dataclass

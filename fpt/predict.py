@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fpt.checkpoint import load_run
+from fpt.data.arrays import load_arrays_for_prediction
 from fpt.io import atomic_write_text
 
 
@@ -24,9 +26,6 @@ from fpt.io import atomic_write_text
 def predict(run_dir: str | Path, data: str | Path, out: str | Path | None = None, batch_size: int = 256,
             x_key: str | None = None) -> dict:
     """Write one CSV row per sample: index, predicted class(es), class probabilities, and the label if given."""
-    from fpt.data.arrays import load_arrays_for_prediction
-    from fpt.training import load_run
-
     run_dir = Path(run_dir)
     config, model = load_run(run_dir)
     layout_file = run_dir / "prediction_layout.json"

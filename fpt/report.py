@@ -32,12 +32,18 @@ are written with the Agg canvas).
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
+import torch
+import yaml
+
 from fpt import reference
+from fpt.checkpoint import build_model, load_trained, read_results
+from fpt.config import load_config
+from fpt.tasks import make_task
 
 # -- finding runs -------------------------------------------------------------------------------
 
@@ -66,14 +72,8 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
     return unique
 
 
-def read_results(run_dir: Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / "results.json").read_text())
-
-
 def _eval_every(run_dir: Path) -> int | None:
     try:
-        import yaml
-
         return int((yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}).get("eval_every") or 0) or None
     except (OSError, ValueError, TypeError):
         return None
@@ -258,8 +258,6 @@ def learning_curve_figure(run_dirs: list[Path], title: str | None = None):
 def convergence_figure(rows: list[dict[str, Any]]):
     """Steps to the target accuracy (ours; hatched where not reached, drawn at the steps trained)
     next to the paper's steps to converge, per task and setting (log scale)."""
-    import numpy as np
-
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["task"], r["setting"] or f"{r['init']}/{r['freeze']}"), []).append(r)
@@ -292,12 +290,6 @@ def convergence_figure(rows: list[dict[str, Any]]):
 def attention_maps(run_dir: str | Path, examples: int = 64):
     """Attention from the read-out (output) tokens to every token, averaged over held-out examples:
     a tensor ``[layers, heads, output tokens, tokens]`` and the run's config."""
-    import numpy as np
-    import torch
-
-    from fpt.config import load_config
-    from fpt.training import build_model, load_trained
-
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.yaml")
     config.attn_implementation = "eager"  # SDPA returns no attention weights
@@ -306,8 +298,6 @@ def attention_maps(run_dir: str | Path, examples: int = 64):
     model.eval()
     if model.backbone.arch == "lstm":
         raise ValueError(f"{run_dir}: an LSTM has no attention")
-    from fpt.tasks import make_task
-
     task = make_task(config.task, config.task_options, seed=config.seed, data_dir=config.data_dir)
     split = task.val()
     batch = split.batch(np.arange(min(examples, len(split))))

@@ -5,18 +5,13 @@
   taken over (its pid no longer exists), a lock held from another host needs the user to check.
 * :func:`prepare_run_dir`: an existing run is never overwritten; ``overwrite=True`` moves it aside
   to ``RUN_DIR.old-<timestamp>`` (nothing is deleted).
-* :class:`AtomicCheckpointIO`: Lightning writes checkpoints through this plugin: serialised in
-  memory, written to a temporary file in the same directory, fsync'ed, renamed over the old file.
-  (Lightning's own ``_atomic_save`` goes through an fsspec transaction that stages the file in
-  ``/tmp`` and *moves* it: a copy, not a rename, when ``/tmp`` is another file system.)
-* :func:`read_checkpoint`: loads a resume checkpoint with ``weights_only=True`` and turns a
-  truncated, corrupted or foreign file into an error that names it and lists the alternatives.
+
+Checkpoints themselves (reading, writing, the checks) are :mod:`fpt.checkpoint`; the Lightning
+plugin and callbacks that write them, :mod:`fpt.callbacks`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import io
 import json
 import os
 import socket
@@ -24,11 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.plugins.io import TorchCheckpointIO
-
-from fpt.io import atomic_write_bytes
 
 LOCK_NAME = ".lock"
 
@@ -215,142 +205,16 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, move: bool = T
     return None
 
 
-# -- checkpoints ------------------------------------------------------------------------------------
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's CheckpointIO plugin, writing atomically (see the module doc) and reading with
-    :func:`read_checkpoint` (``weights_only=True``, clear errors for broken files)."""
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None):
-        if storage_options is not None:
-            raise TypeError("AtomicCheckpointIO takes no storage_options")
-        save_checkpoint_file(checkpoint, Path(path), keep_previous=True)
-
-    def load_checkpoint(self, path, map_location=None, weights_only=None):
-        return read_checkpoint(Path(path))
+_MOVED = {  # name -> the module it moved to; old imports from fpt.rundir keep working
+    **dict.fromkeys(("AtomicCheckpointIO", "FlushLogsOnCheckpoint", "ResumeCheckpoint"), "fpt.callbacks"),
+    **dict.fromkeys(("PREVIOUS_NAME", "check_task_spec", "earlier_checkpoints", "read_checkpoint", "save_checkpoint_file",
+                     "spec_dict"), "fpt.checkpoint"),
+}
 
 
-PREVIOUS_NAME = "previous.ckpt"
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
 
-
-def save_checkpoint_file(checkpoint: dict[str, Any], path: Path, keep_previous: bool = False) -> None:
-    """``torch.save`` to a temporary file, fsync, rename over ``path``: never a half-written checkpoint.
-
-    ``keep_previous``: the checkpoint being replaced stays as ``previous.ckpt`` beside it (hard link,
-    so ``path`` exists at every moment), a fallback should ``path`` ever be damaged.
-    """
-    path = Path(path)
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    if keep_previous and path.is_file():
-        previous = path.with_name(PREVIOUS_NAME)
-        staging = path.with_name(f".{PREVIOUS_NAME}.{os.getpid()}.tmp")
-        try:
-            staging.unlink(missing_ok=True)
-            os.link(path, staging)
-            os.replace(staging, previous)
-        except OSError:  # no hard links on this file system: keep going without the fallback copy
-            staging.unlink(missing_ok=True)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def earlier_checkpoints(path: Path) -> list[Path]:
-    """Other checkpoints of the same run (``checkpoints/step*.ckpt``...), newest first."""
-    folder = Path(path).parent
-    if not folder.is_dir():
-        return []
-    others = [p for p in folder.glob("*.ckpt") if p.name != Path(path).name]
-    return sorted(others, key=lambda p: p.stat().st_mtime, reverse=True)
-
-
-def _what_to_do(path: Path) -> str:
-    others = earlier_checkpoints(path)
-    run_dir = path.parent.parent
-    if others:
-        listing = ", ".join(str(p) for p in others[:5])
-        return (f" Earlier checkpoints of this run: {listing}. To resume from one, copy it over the broken "
-                f"file (cp {others[0]} {path}) and run fpt fit --resume {run_dir}.")
-    return (f" There is no earlier checkpoint in {path.parent}; start the run again with "
-            f"fpt fit --config {run_dir / 'config.yaml'} --run-dir {run_dir} --overwrite (the old run is moved aside).")
-
-
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """A resume checkpoint, loaded with ``weights_only=True`` (no pickled code), checked for completeness."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist." + _what_to_do(path))
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # zip / unpickling errors of every kind for truncated or foreign files
-        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-        if "Weights only load failed" in str(err):
-            reason = "it holds pickled Python objects that fpt does not load (weights_only=True)"
-        raise ValueError(f"checkpoint {path} cannot be read: it is truncated, corrupted or not a checkpoint "
-                         f"({reason})." + _what_to_do(path)) from None
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"checkpoint {path} is not a Lightning checkpoint (got {type(checkpoint).__name__})."
-                         + _what_to_do(path))
-    meta = checkpoint.get("fpt")
-    if not isinstance(meta, dict) or meta.get("format") != "fpt-1":
-        raise ValueError(f"checkpoint {path} is not an fpt checkpoint (no 'fpt' section of format fpt-1); "
-                         "fpt resumes only from checkpoints it wrote." + _what_to_do(path))
-    missing = [k for k in ("state_dict", "optimizer_states", "loops", "global_step") if k not in checkpoint]
-    if missing:
-        raise ValueError(f"checkpoint {path} is incomplete (no {', '.join(missing)}): it cannot resume training."
-                         + _what_to_do(path))
-    return checkpoint
-
-
-# -- task shape ---------------------------------------------------------------------------------------
-def spec_dict(spec) -> dict[str, Any]:
-    return dataclasses.asdict(spec)
-
-
-def check_task_spec(saved: dict[str, Any] | None, current, where: str) -> None:
-    """A checkpoint's task shape must match the task it is loaded for (skipped for checkpoints without one)."""
-    if not saved:
-        return
-    now = spec_dict(current)
-    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {now.get(k)!r}" for k in now if k in saved and saved[k] != now[k]]
-    if diffs:
-        raise ValueError(f"{where} was trained for a task of another shape: " + "; ".join(diffs)
-                         + ". Use the task options (-o KEY=VALUE) and dataset it was trained with.")
-
-
-class FlushLogsOnCheckpoint(Callback):
-    """Writes the loggers' buffered rows (metrics.csv) whenever a checkpoint is taken, so a run killed
-    after a checkpoint still has every row up to it (a resumed run re-logs only the later steps)."""
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.save()
-
-
-class ResumeCheckpoint(Callback):
-    """Writes ``checkpoints/last.ckpt``, the resume state: after every validation inside ``fit`` (every
-    ``eval_every`` steps) and after the final step when no validation follows it.
-
-    Why not Lightning's ModelCheckpoint: it saves at the end of the training batch, *before* that
-    step's validation, and skips its validation-end save (already saved at this step). A run killed
-    after that checkpoint resumes without the validation's effects (best accuracy, first step at the
-    target, early-stopping and chance-level counters) and Lightning does not run it again. Saved after
-    the validation, a checkpoint includes it; killed during it, the run resumes from the previous
-    checkpoint and repeats the (deterministic) steps. Its ``on_train_end`` would also overwrite a
-    stop-on-signal checkpoint with a finished-epoch state that resumes with logged steps one late.
-
-    Add it after every callback whose state changes at a validation (its checkpoint includes them).
-    """
-
-    def __init__(self, path: Path, eval_every: int):
-        self.path = Path(path)
-        self.eval_every = eval_every
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = int(trainer.global_step)
-        if trainer.max_steps > 0 and step >= trainer.max_steps and step % self.eval_every != 0:
-            trainer.save_checkpoint(self.path, weights_only=False)  # final step, no validation after it
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit":  # not fpt test / trainer.validate
-            return
-        trainer.save_checkpoint(self.path, weights_only=False)
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -35,7 +35,6 @@ on the swept config's backbone, depth and LSTM width, seed 0, in ``SWEEP_DIR/sou
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import re
@@ -49,10 +48,17 @@ from typing import Any, Callable
 
 import yaml
 
-# Options that only say *how* a trial runs (not what it computes): they may differ between the
-# command that started a trial and the one that resumes or re-checks it.
-MACHINERY = {"run_dir", "num_threads", "num_workers", "device", "devices", "num_nodes", "strategy", "precision",
-             "compile", "fused_optimizer", "eval_batch_size"}
+from fpt import reference
+from fpt.checkpoint import read_results, results_or_none
+from fpt.config import DOCUMENTATION_KEYS, MACHINERY, build_config, preset_dir, read_yaml
+from fpt.fastpath import physical_cores
+from fpt.io import atomic_write_json, atomic_write_text
+from fpt.options import parse_text as parse_value
+from fpt.rundir import LOCK_NAME, RunLock, move_aside
+from fpt.text import description, suggest
+
+# MACHINERY (fpt.config): options that only say *how* a trial runs (declared with role "how"): they may
+# differ between the command that started a trial and the one that resumes or re-checks it.
 # What a source run takes over from the swept config, so that its backbone fits the trials.
 INHERITED_BY_SOURCES = ("backbone", "layers", "lstm_width", "attn_implementation", "trust_remote_code", "device",
                         "precision", "num_threads")
@@ -74,17 +80,12 @@ def experiment_dir():
 
 
 def list_experiments() -> dict[str, str]:
-    """Shipped experiments: name -> first line of the file's description."""
-    out = {}
+    """Shipped experiments: name -> the description paragraph at the top of the file."""
     root = experiment_dir()
     if not root.is_dir():
-        return out
-    for entry in sorted(root.iterdir(), key=lambda p: p.name):
-        if entry.name.endswith(".yaml"):
-            text = entry.read_text()
-            first = next((ln[1:].strip() for ln in text.splitlines() if ln.startswith("#") and ln[1:].strip()), "")
-            out[entry.name[:-5]] = first
-    return out
+        return {}
+    return {entry.name[:-5]: description(entry.read_text())
+            for entry in sorted(root.iterdir(), key=lambda p: p.name) if entry.name.endswith(".yaml")}
 
 
 def load_experiment(name_or_path: str) -> Experiment:
@@ -94,8 +95,6 @@ def load_experiment(name_or_path: str) -> Experiment:
     else:
         entry = experiment_dir() / f"{name_or_path}.yaml"
         if not entry.is_file():
-            from fpt.tasks.base import suggest
-
             known = list_experiments()
             raise FileNotFoundError(f"no experiment named {name_or_path!r}.{suggest(name_or_path, known)} "
                                     f"Experiments: {', '.join(known)}.")
@@ -107,27 +106,11 @@ def load_experiment(name_or_path: str) -> Experiment:
     if unknown:
         raise ValueError(f"experiment {name!r}: unknown keys {unknown} (variants, sources, grid, seeds)")
     variants = {str(k): dict(v or {}) for k, v in data["variants"].items()}
-    description = next((ln[1:].strip() for ln in text.splitlines() if ln.startswith("#") and ln[1:].strip()), "")
     grid = {str(k): list(v) if isinstance(v, list) else [v] for k, v in (data.get("grid") or {}).items()}
-    return Experiment(name, description, variants, dict(data.get("sources") or {}), grid, data.get("seeds"))
+    return Experiment(name, description(text), variants, dict(data.get("sources") or {}), grid, data.get("seeds"))
 
 
 # -- parsing ------------------------------------------------------------------------------------
-def parse_value(text: str) -> Any:
-    """A command-line value as YAML reads it, except that numbers YAML 1.1 leaves as strings
-    (``1e-3``) are numbers."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
 def parse_assignment(text: str, many: bool) -> tuple[str, Any]:
     """``KEY=VALUE`` (``many=False``) or ``KEY=V1,V2,...`` (``many=True``; values split on commas)."""
     if "=" not in text:
@@ -198,8 +181,6 @@ class Plan:
 
 
 def _source_preset(preset: str, small: bool) -> str:
-    from fpt.config import preset_dir
-
     if small and not preset.endswith("-small") and (preset_dir() / f"{preset}-small.yaml").is_file():
         return f"{preset}-small"
     return preset
@@ -223,10 +204,8 @@ def make_plan(preset: str, *, experiment: str | None = None, grid: dict[str, lis
               sweep_dir: str | Path | None = None, threads: int | None = None, parallel: int = 1,
               command: str = "") -> Plan:
     """Every trial of a sweep, each config validated (a typo fails here, before anything runs)."""
-    from fpt.config import build_config, read_yaml
-
     base = apply_overrides(read_yaml(preset), sets or {})
-    for key in ("description", "reproduces", "expected"):
+    for key in DOCUMENTATION_KEYS:
         base.pop(key, None)
     exp = load_experiment(experiment) if experiment else None
     full_grid: dict[str, list[Any]] = dict(exp.grid) if exp else {}
@@ -242,8 +221,6 @@ def make_plan(preset: str, *, experiment: str | None = None, grid: dict[str, lis
     name = Path(preset).stem + (f"-{exp.name}" if exp else "") + "".join(f"-{k}" for k in cli_keys)
     root = Path(sweep_dir) if sweep_dir else Path("runs") / "sweeps" / name
     if threads is None and parallel > 1 and "num_threads" not in base:
-        from fpt.fastpath import physical_cores
-
         threads = max(1, physical_cores() // parallel)
     machinery = {"num_threads": threads} if threads else {}
 
@@ -254,7 +231,7 @@ def make_plan(preset: str, *, experiment: str | None = None, grid: dict[str, lis
             raise ValueError(f"experiment {exp.name!r}: source {source_name!r} needs a 'preset'")
         source_preset = _source_preset(str(spec.pop("preset")), _is_small(preset, base))
         values = read_yaml(source_preset)
-        for key in ("description", "reproduces", "expected"):
+        for key in DOCUMENTATION_KEYS:
             values.pop(key, None)
         values = apply_overrides(values, {k: base[k] for k in INHERITED_BY_SOURCES if k in base})
         for key in INHERITED_BY_SOURCES:
@@ -289,8 +266,6 @@ def make_plan(preset: str, *, experiment: str | None = None, grid: dict[str, lis
 
 # -- running trials -----------------------------------------------------------------------------
 def _comparable(values: dict[str, Any]) -> dict[str, Any]:
-    from fpt.config import build_config
-
     return {k: v for k, v in build_config(values).to_dict().items() if k not in MACHINERY}
 
 
@@ -299,8 +274,6 @@ def trial_state(values: dict[str, Any], run_dir: Path) -> str:
 
     Raises if the directory holds a run with other settings than ``values``.
     """
-    from fpt.config import read_yaml
-
     if (run_dir / "config.yaml").exists():
         stored = _comparable(read_yaml(str(run_dir / "config.yaml")))
         planned = _comparable(values)
@@ -324,14 +297,12 @@ def execute_trial(values: dict[str, Any], log_path: str | None = None) -> dict[s
 
     Module-level so that worker processes (``--parallel``) can call it.
     """
-    from fpt.config import build_config
-    from fpt.rundir import LOCK_NAME, RunLock, move_aside
-    from fpt.training import fit
+    from fpt.training import fit  # Lightning: imported by the processes that train, not by fpt sweep --dry-run
 
     run_dir = Path(values["run_dir"])
     state = trial_state(values, run_dir)
     if state == "done":
-        return {"state": "done", "results": json.loads((run_dir / "results.json").read_text()), "seconds": 0.0}
+        return {"state": "done", "results": read_results(run_dir), "seconds": 0.0}
     if state == "restart":
         # Under the run lock: a folder that a live parallel worker is writing is refused, never moved.
         with RunLock(run_dir):
@@ -436,24 +407,14 @@ def _stats(values: list[float]) -> dict[str, Any]:
     return {"mean": mean, "std": std, "n": len(values), "values": values}
 
 
-def _read_results(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "results.json"
-    try:
-        return json.loads(path.read_text()) if path.exists() else None
-    except (OSError, ValueError):
-        return None
-
-
 def summarize(plan: Plan, outcomes: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Per-setting validation / test statistics over seeds and the setting chosen on validation."""
-    from fpt import reference
-
     outcomes = outcomes or {}
     settings: dict[str, dict[str, Any]] = {}
     trials = []
     for trial in plan.trials:
         name = f"{trial.setting}/s{trial.seed}"
-        results = _read_results(trial.run_dir)
+        results = results_or_none(trial.run_dir)
         outcome = outcomes.get(name, {})
         status = "done" if results else outcome.get("state", "pending")
         if results is None and status not in ("failed",):
@@ -548,8 +509,6 @@ def render_markdown(summary: dict[str, Any]) -> str:
 
 
 def write_summary(plan: Plan, outcomes: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    from fpt.io import atomic_write_json, atomic_write_text
-
     summary = summarize(plan, outcomes)
     plan.sweep_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(plan.sweep_dir / "sweep.json", summary)

@@ -13,10 +13,7 @@
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import json
-import math
+import logging
 import os
 import signal
 import time
@@ -27,26 +24,32 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torchmetrics
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fpt import fastpath
-from fpt.backbones import load_backbone
+from fpt.callbacks import (
+    AtomicCheckpointIO, ChanceWarning, FlushLogsOnCheckpoint, GracefulStop, PhaseTracker, Progress, ResumableCSVLogger,
+    ResumeCheckpoint, progress_bar,
+)
+from fpt.checkpoint import (  # noqa: F401  (re-exported: these were defined here)
+    CHECKPOINT_FORMAT, build_model, check_compatible, check_identity, check_parameter_names, checkpoint_step, load_run,
+    load_trained, model_config, read_checkpoint, read_results, save_checkpoint_file, save_prediction_layout,
+    save_trained, spec_dict,
+)
 from fpt.config import RunConfig, save_config
+from fpt.data.splits import Split
+from fpt.distributed import global_rank_from_env, local_processes, make_strategy
+from fpt.features import FeatureCache
+from fpt.health import (  # noqa: F401  (NonFiniteGradientError: re-exported, it was defined here)
+    NonFiniteGradientError, StopForSignal, TrainingInterrupted, is_out_of_memory, out_of_memory_error,
+)
 from fpt.io import atomic_write_json
-from fpt.model import FPT, ModelConfig
-from fpt.tasks import Split, make_task
-
-CHECKPOINT_FORMAT = "fpt-1"
-
-
-class NonFiniteGradientError(RuntimeError):
-    pass
+from fpt.model import FPT
+from fpt.rundir import RunLock, is_run_dir, prepare_run_dir
+from fpt.step import BACKWARD_RANGE, FORWARD_RANGE, logits_and_loss, resolve_precision
+from fpt.tasks import make_task
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -144,8 +147,6 @@ class FPTModule(L.LightningModule):
         self.guard = fastpath.StepGuard(config.grad_clip, config.max_bad_steps)
         self.feature_cache = None  # fpt.features.FeatureCache when config.cache_features
         if config.cache_features:
-            from fpt.features import FeatureCache
-
             self.feature_cache = FeatureCache(self.model, config)
         self.first_step_at_target: int | None = None
         self.best_val: tuple[float, int] | None = None  # (accuracy, step)
@@ -215,19 +216,10 @@ class FPTModule(L.LightningModule):
     def test_dataloader(self):
         return [self._eval_loader(s, "test-" + name) for name, s in self.task.test().items()]
 
-    # steps
-    def _logits_and_loss(self, batch):
-        if "features" in batch:  # cache_features: the frozen part already ran (fpt.features)
-            logits = self.model.head_logits(batch["features"])
-        else:
-            logits = self.model(batch["x"], batch.get("mask"))
-        y = batch["y"].reshape(logits.shape[0], -1)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
-        return logits, y, loss
-
+    # steps: the parts of fpt.step, in Lightning's hooks
     def training_step(self, batch, batch_idx):
-        with torch.profiler.record_function("fpt::forward"):  # the phases `fpt bench` reports (free unprofiled)
-            logits, y, loss = self._logits_and_loss(batch)
+        with torch.profiler.record_function(FORWARD_RANGE):  # the phases `fpt bench` reports (free unprofiled)
+            logits, y, loss = logits_and_loss(self.model, batch)
             self.train_acc(logits.detach().argmax(-1).reshape(-1), y.reshape(-1))
             # prog_bar=False: Lightning turns progress-bar metrics into Python numbers after every batch
             # (a host sync per step on a GPU); _ProgressBar shows them, read only when it refreshes.
@@ -236,11 +228,11 @@ class FPTModule(L.LightningModule):
         return loss
 
     def backward(self, loss, *args, **kwargs):
-        with torch.profiler.record_function("fpt::backward"):
+        with torch.profiler.record_function(BACKWARD_RANGE):
             super().backward(loss, *args, **kwargs)
 
     def _eval_step(self, batch, prefix: str):
-        logits, y, loss = self._logits_and_loss(batch)
+        logits, y, loss = logits_and_loss(self.model, batch)
         pred = logits.argmax(-1)
         self.acc[prefix].update(pred.reshape(-1), y.reshape(-1))
         self.exact[prefix].update((pred == y).all(1).float())
@@ -338,27 +330,17 @@ class FPTModule(L.LightningModule):
         return {
             "format": CHECKPOINT_FORMAT,
             "identity": self.model.backbone.identity(),
-            "task_spec": dataclasses.asdict(self.task.spec),  # checked on load: same task shape
+            "task_spec": spec_dict(self.task.spec),  # checked on load: same task shape
             "bad_steps_total": self.bad_steps_total,
             "first_step_at_target": self.first_step_at_target,
             "best_val": list(self.best_val) if self.best_val else None,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        meta = checkpoint.get("fpt")
-        if not meta or meta.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError("not an fpt checkpoint (no 'fpt' section of format fpt-1)")
-        check_identity(meta["identity"], self.model.backbone.identity())
-        from fpt.rundir import check_task_spec
-
-        check_task_spec(meta.get("task_spec"), self.task.spec, "the checkpoint")
+        meta = checkpoint.get("fpt") or {}
+        check_compatible(meta, self.model, "the checkpoint")
         expected = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
-        got = set(checkpoint["state_dict"])
-        if got != expected:
-            raise ValueError(
-                f"checkpoint parameters do not match this model: missing {sorted(expected - got)[:5]}, "
-                f"unexpected {sorted(got - expected)[:5]}"
-            )
+        check_parameter_names(set(checkpoint["state_dict"]), expected, "the checkpoint")
         self.bad_steps_total = meta.get("bad_steps_total", 0)
         self.first_step_at_target = meta.get("first_step_at_target")
         self.best_val = tuple(meta["best_val"]) if meta.get("best_val") else None
@@ -370,180 +352,29 @@ def ddp_ignored_names(module: FPTModule) -> list[str]:
             + [f"model.{n}" for n, _ in module.model.named_buffers()])
 
 
-def check_identity(saved: dict[str, str], current: dict[str, str]) -> None:
-    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}"
-             for k in ("backbone", "arch", "init", "layers", "hidden_size", "fingerprint") if saved.get(k) != current.get(k)]
-    if diffs:
-        raise ValueError("checkpoint belongs to another backbone: " + "; ".join(diffs))
-
-
-# -- building blocks ---------------------------------------------------------------------------
-def model_config(config: RunConfig) -> ModelConfig:
-    return ModelConfig(freeze=config.freeze, freeze_rules=config.freeze_rules, readout=config.readout,
-                       learned_positions=config.learned_positions, input_init=config.input_init)
-
-
-def build_model(config: RunConfig, task=None) -> FPT:
-    """The FPT model of a config, with seeded new layers (same seed, same initial weights)."""
-    task = task or make_task(config.task, config.task_options, seed=config.seed, data_dir=config.data_dir)
-    backbone = load_backbone(
-        config.backbone, init=config.init, layers=config.layers, seed=config.seed,
-        attn_implementation=config.attn_implementation, trust_remote_code=config.trust_remote_code,
-        lstm_width=config.lstm_width,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed + 1)
-        return FPT(backbone, task.spec, model_config(config))
-
-
 def resolve_device(config: RunConfig) -> tuple[str, str]:
     """(accelerator, precision) for Lightning."""
     if config.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA device; use --device cpu (or auto)")
     accelerator = "gpu" if (config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())) else "cpu"
-    precision = config.precision
-    if precision == "auto":
-        # bf16 autocast is ~1.9x *slower* than fp32 on the 2-core CPUs we measured; on GPUs it is the fast path.
-        precision = "bf16-mixed" if accelerator == "gpu" else "32-true"
-    return accelerator, precision
-
-
-def save_trained(model: FPT, path: Path, extra: dict[str, str] | None = None,
-                 trained: dict[str, torch.Tensor] | None = None) -> None:
-    """``model.safetensors``: trained parameters + the backbone identity (metadata strings).
-
-    ``trained``: the tensors to write instead of ``model``'s own (FSDP: gathered from the shards)."""
-    from safetensors.torch import save as safetensors_bytes
-
-    from fpt.io import atomic_write_bytes
-    from fpt.rundir import spec_dict
-
-    trained = model.trainable_state_dict() if trained is None else trained
-    tensors = {n: t.detach().cpu().contiguous() for n, t in trained.items()}
-    metadata = {"format": CHECKPOINT_FORMAT, **model.backbone.identity(),
-                "task_spec": json.dumps(spec_dict(model.spec)), **(extra or {})}
-    atomic_write_bytes(Path(path), safetensors_bytes(tensors, metadata=metadata))  # tmp + fsync + rename
-
-
-def save_prediction_layout(task, run_dir: Path) -> None:
-    """How raw arrays become this task's inputs (patching, scaling, normalisation), for ``fpt predict``."""
-    if hasattr(task, "prediction_layout"):
-        atomic_write_json(Path(run_dir) / "prediction_layout.json", task.prediction_layout().to_dict())
-
-
-def load_trained(model: FPT, path: Path) -> None:
-    """Load ``model.safetensors`` onto a freshly built model, checking identity and completeness."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        tensors = load_file(str(path))
-    except Exception as err:  # safetensors raises its own error types for truncated / corrupt files
-        run_dir = Path(path).parent
-        raise ValueError(
-            f"{path} is not a readable safetensors file ({err}); it is truncated or corrupted. Rewrite it from the "
-            f"run's checkpoint with fpt fit --resume {run_dir} (it re-saves model.safetensors from "
-            f"{run_dir / 'checkpoints' / 'last.ckpt'})") from None
-    if metadata.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an fpt checkpoint (format {metadata.get('format')!r})")
-    check_identity(metadata, model.backbone.identity())
-    from fpt.rundir import check_task_spec
-
-    check_task_spec(json.loads(metadata["task_spec"]) if "task_spec" in metadata else None, model.spec, str(path))
-    expected = model.trainable_state_dict()
-    if set(tensors) != set(expected):
-        raise ValueError(f"{path}: missing {sorted(set(expected) - set(tensors))[:5]}, "
-                         f"unexpected {sorted(set(tensors) - set(expected))[:5]}")
-    for name, t in tensors.items():
-        if t.shape != expected[name].shape:
-            raise ValueError(f"{path}: {name} has shape {tuple(t.shape)}, the model needs {tuple(expected[name].shape)}")
-    model.load_state_dict(tensors, strict=False)
-
-
-class _ResumableCSVLogger(CSVLogger):
-    """Lightning's CSV logger, except that a resumed run keeps the rows logged before its checkpoint.
-
-    (Lightning's writer deletes an existing ``metrics.csv``; rows logged after the checkpoint by a
-    run that then died are dropped, since the resumed run logs those steps again.)
-    """
-
-    def __init__(self, save_dir: str, keep_before_step: int | None):
-        super().__init__(save_dir=save_dir, name="", version="")
-        self.keep_before_step = keep_before_step
-
-    @property
-    def experiment(self):
-        if self._experiment is None:
-            keep = self.keep_before_step
-
-            class Writer(ExperimentWriter):
-                def _check_log_dir_exists(self):
-                    if not os.path.isfile(self.metrics_file_path):
-                        return
-                    with open(self.metrics_file_path, newline="") as f:
-                        reader = csv.DictReader(f)
-                        header = list(reader.fieldnames or [])
-                        rows = [r for r in reader if keep is not None and r.get("step") and int(float(r["step"])) < keep]
-                    with open(self.metrics_file_path, "w", newline="") as f:
-                        writer = csv.DictWriter(f, fieldnames=header)
-                        writer.writeheader()
-                        writer.writerows(rows)
-                    self.metrics_keys = sorted(header)
-
-            os.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = Writer(log_dir=self.log_dir)
-        return self._experiment
-
-
-class _Progress(Callback):
-    """Prints one line per validation, for logs that are read after the fact (no progress bar in files)."""
-
-    def on_validation_end(self, trainer, pl_module):
-        if trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        m = trainer.callback_metrics
-        if "val/accuracy" in m:
-            print(f"step {trainer.global_step:>6}  val accuracy {float(m['val/accuracy']):.4f}  "
-                  f"exact {float(m['val/exact_accuracy']):.4f}  loss {float(m['val/loss']):.4f}", flush=True)
-
-
-def _progress_bar(refresh_rate: int) -> Callback:
-    """Lightning's tqdm bar, also showing the train loss and accuracy, read when it refreshes."""
-    from lightning.pytorch.callbacks import TQDMProgressBar
-
-    class _ProgressBar(TQDMProgressBar):
-        def get_metrics(self, trainer, pl_module):
-            metrics = super().get_metrics(trainer, pl_module)
-            for name in ("train/loss", "train/accuracy"):
-                value = trainer.callback_metrics.get(name)  # device tensors: reading them is the sync
-                if value is not None:
-                    metrics[name.split("/")[1]] = f"{float(value):.3f}"
-            return metrics
-
-    return _ProgressBar(refresh_rate=refresh_rate)
+    return accelerator, resolve_precision(config.precision, accelerator)
 
 
 # -- the two entry points -----------------------------------------------------------------------
 def _trainer(config: RunConfig, run_dir: Path, enable_progress_bar: bool | None = None,
              resumed_step: int | None = None, extra_callbacks: list[Callback] | None = None) -> L.Trainer:
-    from fpt.rundir import AtomicCheckpointIO, FlushLogsOnCheckpoint, ResumeCheckpoint
-
     accelerator, precision = resolve_device(config)
-    callbacks: list[Callback] = [
-        _Progress(),
-        *(extra_callbacks or []),
-    ]
+    callbacks: list[Callback] = [Progress(), *(extra_callbacks or [])]
     if enable_progress_bar is None:
         enable_progress_bar = os.isatty(2)
     if enable_progress_bar:
         # The bar reads its metrics on the host; on a GPU, refreshing every step would sync every step.
-        callbacks.append(_progress_bar(1 if accelerator == "cpu" else min(50, config.eval_every)))
-    # checkpoints/last.ckpt after each validation and the final step (fpt.rundir.ResumeCheckpoint says why
+        callbacks.append(progress_bar(1 if accelerator == "cpu" else min(50, config.eval_every)))
+    # checkpoints/last.ckpt after each validation and the final step (fpt.callbacks.ResumeCheckpoint says why
     # not ModelCheckpoint); last, so that it includes every callback's state after a validation.
     callbacks += [ResumeCheckpoint(run_dir / "checkpoints" / "last.ckpt", config.eval_every),
                   FlushLogsOnCheckpoint()]  # metrics.csv rows up to a checkpoint survive a kill right after it
-    loggers: list = [_ResumableCSVLogger(str(run_dir), keep_before_step=resumed_step)]
+    loggers: list = [ResumableCSVLogger(str(run_dir), keep_before_step=resumed_step)]
     try:
         from lightning.pytorch.loggers import TensorBoardLogger
         import tensorboard  # noqa: F401
@@ -551,8 +382,6 @@ def _trainer(config: RunConfig, run_dir: Path, enable_progress_bar: bool | None 
         loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard"))
     except ImportError:
         pass
-    from fpt.distributed import make_strategy
-
     return L.Trainer(
         accelerator=accelerator, devices=config.devices, num_nodes=config.num_nodes,
         strategy=make_strategy(config, accelerator), precision=precision, max_steps=config.steps,
@@ -575,8 +404,6 @@ def _quiet_lightning():
     warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__`.*")
     # Lightning 2.6 calls a deprecated torch pytree API internally; nothing for a user to act on.
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
-    import logging
-
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
 
@@ -592,8 +419,6 @@ def fit(config: RunConfig, resume: bool = False, enable_progress_bar: bool | Non
     locked (``RUN_DIR/.lock``) while this runs. SIGINT/SIGTERM save a checkpoint and raise
     :class:`fpt.health.TrainingInterrupted`.
     """
-    from fpt.rundir import RunLock, check_task_spec, is_run_dir, prepare_run_dir, read_checkpoint
-
     _quiet_lightning()
     config.validate()
     run_dir = Path(config.run_dir or config.default_run_dir())
@@ -601,8 +426,6 @@ def fit(config: RunConfig, resume: bool = False, enable_progress_bar: bool | Non
     last = run_dir / "checkpoints" / "last.ckpt"
     # Under torchrun / srun every process runs this function; only rank 0 checks and writes the run
     # directory (another rank could otherwise find rank 0's fresh config.yaml and refuse to start).
-    from fpt.distributed import global_rank_from_env, local_processes
-
     rank_zero = global_rank_from_env() == 0
     if resolve_device(config)[0] == "cpu":
         torch.set_num_threads(fastpath.cpu_threads(config.num_threads, local_processes(config)))
@@ -625,8 +448,7 @@ def fit(config: RunConfig, resume: bool = False, enable_progress_bar: bool | Non
               f"({100 * counts['trainable'] / counts['total']:.3f}%)", flush=True)
     resumed_step = None
     if checkpoint is not None:  # refuse another backbone or task shape before config.yaml is overwritten
-        check_identity(checkpoint["fpt"].get("identity", {}), module.model.backbone.identity())
-        check_task_spec(checkpoint["fpt"].get("task_spec"), module.task.spec, str(last))
+        check_compatible(checkpoint["fpt"], module.model, str(last))
         resumed_step = int(checkpoint["global_step"])
         checkpoint = None
     lock = RunLock(run_dir)
@@ -653,9 +475,8 @@ def _checkpoint_note(last: Path, config: RunConfig) -> str:
     if not last.exists():
         return (f" No checkpoint had been written yet (the first is taken at step {config.eval_every}): fix the cause "
                 f"and start again (--overwrite moves this run aside).")
-    try:
-        step = int(torch.load(last, map_location="cpu", weights_only=True)["global_step"])
-    except Exception:
+    step = checkpoint_step(last)
+    if step is None:
         return ""
     return (f" It holds step {step}. A resumed run repeats the same steps with the same settings, so fix the cause "
             f"in a new run (another --run-dir, or --overwrite) unless it was transient.")
@@ -663,10 +484,6 @@ def _checkpoint_note(last: Path, config: RunConfig) -> str:
 
 def _fit_locked(config, module, run_dir: Path, resume: bool, resumed_step, enable_progress_bar, rank_zero, start,
                 user_callbacks: list[Callback]):
-    from fpt.health import (ChanceWarning, GracefulStop, PhaseTracker, StopForSignal, TrainingInterrupted,
-                            is_out_of_memory, out_of_memory_error)
-    from fpt.rundir import read_checkpoint, save_checkpoint_file
-
     last = run_dir / "checkpoints" / "last.ckpt"
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero:
@@ -772,23 +589,6 @@ def _results(config, module, trainer, test_metrics, train_seconds, seconds) -> d
     return results
 
 
-def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[RunConfig, FPT]:
-    """A trained run's config and model (backbone rebuilt, trained parameters loaded and checked)."""
-    from fpt.config import load_config
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
-    config = load_config(run_dir / "config.yaml")
-    weights = run_dir / "model.safetensors"
-    if not weights.exists():
-        raise FileNotFoundError(f"{weights} does not exist: the run did not finish; resume it with "
-                                f"fpt fit --resume {run_dir}")
-    model = build_model(config)
-    load_trained(model, weights)
-    return config, model.to(device).eval()
-
-
 def test_run(run_dir: str | Path, enable_progress_bar: bool | None = None) -> dict[str, Any]:
     """Re-evaluate a finished run on its test splits (``fpt test``); updates nothing on disk."""
     _quiet_lightning()
@@ -798,7 +598,3 @@ def test_run(run_dir: str | Path, enable_progress_bar: bool | None = None) -> di
     trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=False,
                         enable_progress_bar=bool(enable_progress_bar), enable_model_summary=False)
     return _test(trainer, module)
-
-
-def read_results(run_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / "results.json").read_text())

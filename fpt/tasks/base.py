@@ -1,78 +1,25 @@
-"""What a task is: its shape (``TaskSpec``), its data splits, and the registry that names it.
+"""What a task is: a name in the registry, typed options, a shape (``TaskSpec``) and data splits.
 
-A task hands the model batches as dicts:
-
-* ``x``: ``float32 [B, T, D]`` for continuous tokens, or ``int64 [B, T]`` for discrete ones;
-* ``y``: ``int64 [B]`` (one label per sample) or ``int64 [B, K]`` (K labels per sample, e.g. bits);
-* ``mask`` (optional): ``bool [B, T]``, True on real tokens, False on padding (padding is on the
-  right, so the last real token is at ``mask.sum(1) - 1``).
-
-Training data is an *indexable stream*: sample ``i`` of the stream is a pure function of the seed and
-``i``. The trainer asks for stream positions ``[step * global_batch, (step + 1) * global_batch)``, so
-resuming at step ``s`` reproduces exactly the batches an uninterrupted run would have seen, and
-data-parallel ranks split a global batch without coordination. Generated tasks (bits, ListOps)
-draw a fresh sample per position; finite datasets walk seeded per-epoch permutations.
+The batch format, ``TaskSpec`` and the ``Split`` classes live in :mod:`fpt.data.splits` (the data
+layer builds splits without knowing about tasks); they are re-exported here for code that
+imports them from ``fpt.tasks.base``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any
 
-import numpy as np
-import torch
-
-InputType = Literal["continuous", "discrete"]
-Readout = Literal["last", "mean", "tokens"]
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """Everything the model needs to know about a task's inputs and outputs."""
-
-    input_type: InputType  # "continuous": x is [B, T, D] floats; "discrete": x is [B, T] token ids
-    input_dim: int  # features per token (continuous) or vocabulary size incl. padding id (discrete)
-    max_tokens: int  # the longest sequence the task produces; checked against the backbone
-    num_classes: int  # classes per predicted label (2 for bits)
-    num_labels: int = 1  # labels per sample: 1 for classification, n for n predicted bits
-    readout: Readout = "last"  # default head: last real token, mean of real tokens, or last tokens
-    readout_tokens: int = 1  # with readout="tokens": how many final tokens; each predicts num_labels/readout_tokens labels
-    padded: bool = False  # batches carry a `mask` (variable-length sequences)
-    pad_id: int = 0  # padding token id for discrete inputs
-
-    def __post_init__(self):
-        if self.input_type not in ("continuous", "discrete"):
-            raise ValueError(f"input_type must be 'continuous' or 'discrete', got {self.input_type!r}")
-        for name in ("input_dim", "max_tokens", "num_classes", "num_labels", "readout_tokens"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"TaskSpec.{name} must be >= 1, got {getattr(self, name)}")
-        if self.readout not in ("last", "mean", "tokens"):
-            raise ValueError(f"readout must be 'last', 'mean' or 'tokens', got {self.readout!r}")
-        if self.readout == "tokens" and self.num_labels % self.readout_tokens:
-            raise ValueError(
-                f"readout='tokens' needs num_labels ({self.num_labels}) divisible by "
-                f"readout_tokens ({self.readout_tokens})"
-            )
-
-
-class Split:
-    """One split of a task's data: ``len(split)`` samples, ``split.batch(indices)`` -> batch dict.
-
-    ``batch`` receives *stream positions* for the training stream and plain indices for
-    evaluation splits; subclasses decide what a position means (see module docstring).
-    """
-
-    def __len__(self) -> int:  # number of distinct samples (evaluation splits are finite)
-        raise NotImplementedError
-
-    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+from fpt.data.splits import (  # noqa: F401  (re-exported: fpt.tasks.base was their home)
+    ArraySplit, GeneratedSplit, InputType, Readout, Split, TaskSpec, collate, sample_rng,
+)
+from fpt.options import coerce, declared
+from fpt.text import suggest  # noqa: F401  (re-exported)
 
 
 class Task:
-    """A registered task. Subclasses set ``name``, an ``Options`` dataclass and implement the rest."""
+    """A registered task. Subclasses set ``name``, ``description``, an ``Options`` dataclass, and
+    implement ``spec``, ``train``, ``val`` and ``test`` (docs/architecture.md: adding a task)."""
 
     name: str = ""
     description: str = ""
@@ -93,7 +40,7 @@ class Task:
 
     # -- data -------------------------------------------------------------------------------
     def train(self) -> Split:
-        """The training stream (indexable by stream position, see module docstring)."""
+        """The training stream (indexable by stream position, see :mod:`fpt.data.splits`)."""
         raise NotImplementedError
 
     def val(self) -> Split:
@@ -118,169 +65,35 @@ def register_task(cls: type[Task]) -> type[Task]:
     return cls
 
 
-def suggest(name: str, choices) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
-    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-
-
-def _coerce(field: dataclasses.Field, value: Any, owner: str) -> Any:
-    """Convert a YAML / command-line value to the option's declared type, or explain why not."""
-    kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
-    kind = kind.replace(" ", "")
-    try:
-        if kind in ("int",):
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if kind in ("float",):
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if kind in ("bool",):
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("true", "1", "yes", "on"):
-                return True
-            if str(value).lower() in ("false", "0", "no", "off"):
-                return False
-            raise ValueError
-        if kind in ("str",):
-            if not isinstance(value, (str, int, float)):
-                raise ValueError
-            return str(value)
-        if kind in ("str|None", "Optional[str]"):
-            return None if value in (None, "none", "None", "") else str(value)
-        if kind in ("int|None", "Optional[int]"):
-            return None if value in (None, "none", "None", "") else int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{owner}: option {field.name!r} must be {kind}, got {value!r}") from None
-    return value
-
-
 def make_options(cls: type[Task], values: dict[str, Any] | None) -> Task.Options:
     """Build ``cls.Options`` from a dict, rejecting unknown names and ill-typed values with a message."""
-    values = dict(values or {})
-    fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+    fields = declared(cls.Options)
     kwargs = {}
-    for key, value in values.items():
+    for key, value in dict(values or {}).items():
         key_norm = key.replace("-", "_")
         if key_norm not in fields:
             raise ValueError(
                 f"task {cls.name!r} has no option {key!r}.{suggest(key_norm, fields)} "
                 f"Its options: {', '.join(sorted(fields)) or '(none)'}."
             )
-        kwargs[key_norm] = _coerce(fields[key_norm], value, f"task {cls.name!r}")
+        kwargs[key_norm] = coerce(value, fields[key_norm].type, key_norm, owner=f"task {cls.name!r}")
     return cls.Options(**kwargs)
+
+
+def _registered() -> dict[str, type[Task]]:
+    import fpt.tasks  # noqa: F401  (importing the package registers every built-in task)
+
+    return TASKS
 
 
 def make_task(name: str, options: dict[str, Any] | None = None, seed: int = 0, data_dir: str | None = None) -> Task:
     """The single factory: ``make_task("bit-xor", {"n_bits": 5}, seed=0)``."""
-    # Importing the package registers every built-in task.
-    import fpt.tasks  # noqa: F401
-
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}.{suggest(name, TASKS)} Known tasks: {', '.join(sorted(TASKS))}.")
-    cls = TASKS[name]
+    tasks = _registered()
+    if name not in tasks:
+        raise ValueError(f"unknown task {name!r}.{suggest(name, tasks)} Known tasks: {', '.join(sorted(tasks))}.")
+    cls = tasks[name]
     return cls(make_options(cls, options), seed=seed, data_dir=data_dir)
 
 
 def list_tasks() -> dict[str, str]:
-    import fpt.tasks  # noqa: F401
-
-    return {name: cls.description for name, cls in sorted(TASKS.items())}
-
-
-# -- helpers shared by tasks -----------------------------------------------------------------
-def sample_rng(seed: int, stream: int, index: int) -> np.random.Generator:
-    """An independent generator for sample ``index`` of stream ``stream`` (0 train, 1 val, 2 test...)."""
-    return np.random.default_rng([int(seed), int(stream), int(index)])
-
-
-class GeneratedSplit(Split):
-    """A split whose sample ``i`` is ``make_sample(rng_i)``; ``size=None`` means an endless stream."""
-
-    def __init__(self, make_sample: Callable[[np.random.Generator], dict[str, np.ndarray]], seed: int, stream: int, size: int | None):
-        self.make_sample = make_sample
-        self.seed = seed
-        self.stream = stream
-        self.size = size
-
-    def __len__(self) -> int:
-        if self.size is None:
-            raise TypeError("an endless generated stream has no length")
-        return self.size
-
-    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
-        samples = [self.make_sample(sample_rng(self.seed, self.stream, int(i))) for i in indices]
-        return collate(samples)
-
-
-class ArraySplit(Split):
-    """A finite split held in memory as arrays of equal first dimension.
-
-    As a training stream, position ``p`` maps to epoch ``p // n`` and the sample at position
-    ``p % n`` of that epoch's seeded permutation (``shuffle_seed`` set); ``transform`` (e.g. data
-    augmentation) receives the batch and a generator seeded by the positions, so it is reproducible.
-    """
-
-    def __init__(self, arrays: dict[str, np.ndarray], shuffle_seed: int | None = None,
-                 transform: Callable[[dict[str, torch.Tensor], np.random.Generator], dict[str, torch.Tensor]] | None = None):
-        lengths = {k: len(v) for k, v in arrays.items()}
-        if len(set(lengths.values())) != 1:
-            raise ValueError(f"arrays of one split must have equal length, got {lengths}")
-        self.arrays = arrays
-        self.n = next(iter(lengths.values()))
-        if self.n == 0:
-            raise ValueError("empty split")
-        self.shuffle_seed = shuffle_seed
-        self.transform = transform
-        self._perm_cache: dict[int, np.ndarray] = {}
-
-    def __len__(self) -> int:
-        return self.n
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perm_cache:
-            if len(self._perm_cache) > 4:
-                self._perm_cache.clear()
-            self._perm_cache[epoch] = np.random.default_rng([self.shuffle_seed, epoch]).permutation(self.n)
-        return self._perm_cache[epoch]
-
-    def positions_to_indices(self, positions: np.ndarray) -> np.ndarray:
-        positions = np.asarray(positions, dtype=np.int64)
-        if self.shuffle_seed is None:
-            return positions % self.n
-        out = np.empty_like(positions)
-        epochs = positions // self.n
-        for epoch in np.unique(epochs):
-            sel = epochs == epoch
-            out[sel] = self._permutation(int(epoch))[positions[sel] % self.n]
-        return out
-
-    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
-        idx = self.positions_to_indices(indices)
-        out = {k: torch.as_tensor(np.ascontiguousarray(v[idx])) for k, v in self.arrays.items()}
-        if self.transform is not None:
-            rng = np.random.default_rng([int(self.shuffle_seed or 0), 7, int(indices[0]), len(indices)])
-            out = self.transform(out, rng)
-        return out
-
-
-def collate(samples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
-    """Stack samples; sequences of unequal length are right-padded and get a ``mask``."""
-    keys = samples[0].keys()
-    out: dict[str, torch.Tensor] = {}
-    for k in keys:
-        arrs = [np.asarray(s[k]) for s in samples]
-        if k == "x" and len({a.shape[0] for a in arrs}) > 1:
-            T = max(a.shape[0] for a in arrs)
-            padded = np.zeros((len(arrs), T) + arrs[0].shape[1:], dtype=arrs[0].dtype)
-            mask = np.zeros((len(arrs), T), dtype=bool)
-            for i, a in enumerate(arrs):
-                padded[i, : a.shape[0]] = a
-                mask[i, : a.shape[0]] = True
-            out["x"] = torch.from_numpy(padded)
-            out["mask"] = torch.from_numpy(mask)
-        else:
-            out[k] = torch.from_numpy(np.stack(arrs))
-    return out
+    return {name: cls.description for name, cls in sorted(_registered().items())}

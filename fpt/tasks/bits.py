@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fpt.tasks.base import GeneratedSplit, Task, TaskSpec, register_task
+from fpt.data.splits import GeneratedSplit, TaskSpec
+from fpt.tasks.base import Task, register_task
 
 
 def _check_patching(n_bits: int, patch_size: int, task: str) -> None:

@@ -17,10 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fpt.data import sources, tape
-from fpt.data.sequences import check_too_long_option, drop_too_long
+from fpt.data.sequences import PackedSequenceSplit, check_too_long_option, drop_too_long
 from fpt.data.store import ensure_files
 from fpt.tasks.base import Task, TaskSpec, register_task
-from fpt.tasks.listops import PackedSequenceSplit
 
 # our split name -> TAPE's
 SPLITS = {

@@ -23,56 +23,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from fpt.data import listops as lo
 from fpt.data import sources
-from fpt.data.sequences import PackedSequences, check_too_long_option, drop_too_long, pad_batch
+from fpt.data.sequences import (  # noqa: F401  (PackedSequenceSplit was defined here)
+    GeneratedSequenceSplit, PackedSequenceSplit, check_too_long_option, drop_too_long,
+)
 from fpt.data.store import ensure_files
-from fpt.tasks.base import ArraySplit, GeneratedSplit, Task, TaskSpec, register_task, sample_rng
+from fpt.tasks.base import Task, TaskSpec, register_task
 
 SOURCES = ("files", "generated")
-
-
-class PackedSequenceSplit(ArraySplit):
-    """An :class:`ArraySplit` over packed sequences: batches are padded and always carry a mask."""
-
-    def __init__(self, seqs: PackedSequences, labels: np.ndarray, shuffle_seed: int | None = None, pad_id: int = 0):
-        super().__init__({"row": np.arange(len(seqs), dtype=np.int64), "y": np.asarray(labels, dtype=np.int64)},
-                         shuffle_seed=shuffle_seed)
-        self.seqs = seqs
-        self.pad_id = pad_id
-
-    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
-        out = super().batch(indices)
-        rows = out["row"].numpy()
-        return pad_batch([self.seqs[int(r)] for r in rows], out["y"].numpy(), self.pad_id)
-
-
-class GeneratedSequenceSplit(GeneratedSplit):
-    """A :class:`GeneratedSplit` of ``{"x": tokens, "y": label}`` samples, padded with a mask.
-
-    A finite split (``size`` set) remembers its samples, so evaluation sets are generated once.
-    """
-
-    def __init__(self, make_sample, seed: int, stream: int, size: int | None, pad_id: int = 0):
-        super().__init__(make_sample, seed, stream, size)
-        self.pad_id = pad_id
-        self._memo: dict[int, dict[str, np.ndarray]] | None = {} if size is not None else None
-
-    def _sample(self, i: int) -> dict[str, np.ndarray]:
-        if self._memo is not None and i in self._memo:
-            return self._memo[i]
-        s = self.make_sample(sample_rng(self.seed, self.stream, i))
-        if self._memo is not None:
-            self._memo[i] = s
-        return s
-
-    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
-        if self.size is not None and len(indices) and (int(np.max(indices)) >= self.size or int(np.min(indices)) < 0):
-            raise IndexError(f"indices outside 0..{self.size - 1}")
-        samples = [self._sample(int(i)) for i in indices]
-        return pad_batch([s["x"] for s in samples], [s["y"] for s in samples], self.pad_id)
 
 
 @register_task

@@ -1,0 +1,328 @@
+"""Every Lightning callback, logger and plugin fpt adds to a training run, in one place.
+
+* :class:`Progress` (one line per validation) and :func:`progress_bar` (Lightning's bar, with the
+  train loss and accuracy read only when it refreshes);
+* :class:`ResumableCSVLogger`: ``metrics.csv``, keeping a resumed run's earlier rows;
+* :class:`ResumeCheckpoint`, :class:`FlushLogsOnCheckpoint`, :class:`AtomicCheckpointIO`: the
+  resume checkpoint, written after each validation, atomically (see :mod:`fpt.checkpoint`);
+* :class:`ChanceWarning`, :class:`GracefulStop`, :class:`PhaseTracker`: training health (see
+  :mod:`fpt.health` for the errors they lead to).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import signal
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from fpt.checkpoint import read_checkpoint, save_checkpoint_file
+from fpt.health import STOP_SIGNALS, StopForSignal, say
+
+log = logging.getLogger("fpt")
+
+
+# -- progress and logs ------------------------------------------------------------------------------
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's CSV logger, except that a resumed run keeps the rows logged before its checkpoint.
+
+    (Lightning's writer deletes an existing ``metrics.csv``; rows logged after the checkpoint by a
+    run that then died are dropped, since the resumed run logs those steps again.)
+    """
+
+    def __init__(self, save_dir: str, keep_before_step: int | None):
+        super().__init__(save_dir=save_dir, name="", version="")
+        self.keep_before_step = keep_before_step
+
+    @property
+    def experiment(self):
+        if self._experiment is None:
+            keep = self.keep_before_step
+
+            class Writer(ExperimentWriter):
+                def _check_log_dir_exists(self):
+                    if not os.path.isfile(self.metrics_file_path):
+                        return
+                    with open(self.metrics_file_path, newline="") as f:
+                        reader = csv.DictReader(f)
+                        header = list(reader.fieldnames or [])
+                        rows = [r for r in reader if keep is not None and r.get("step") and int(float(r["step"])) < keep]
+                    with open(self.metrics_file_path, "w", newline="") as f:
+                        writer = csv.DictWriter(f, fieldnames=header)
+                        writer.writeheader()
+                        writer.writerows(rows)
+                    self.metrics_keys = sorted(header)
+
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = Writer(log_dir=self.log_dir)
+        return self._experiment
+
+
+class Progress(Callback):
+    """Prints one line per validation, for logs that are read after the fact (no progress bar in files)."""
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        if "val/accuracy" in m:
+            print(f"step {trainer.global_step:>6}  val accuracy {float(m['val/accuracy']):.4f}  "
+                  f"exact {float(m['val/exact_accuracy']):.4f}  loss {float(m['val/loss']):.4f}", flush=True)
+
+
+def progress_bar(refresh_rate: int) -> Callback:
+    """Lightning's tqdm bar, also showing the train loss and accuracy, read when it refreshes."""
+    class _ProgressBar(TQDMProgressBar):
+        def get_metrics(self, trainer, pl_module):
+            metrics = super().get_metrics(trainer, pl_module)
+            for name in ("train/loss", "train/accuracy"):
+                value = trainer.callback_metrics.get(name)  # device tensors: reading them is the sync
+                if value is not None:
+                    metrics[name.split("/")[1]] = f"{float(value):.3f}"
+            return metrics
+
+    return _ProgressBar(refresh_rate=refresh_rate)
+
+
+# -- the resume checkpoint ---------------------------------------------------------------------------
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's CheckpointIO plugin, writing atomically (see the module doc) and reading with
+    :func:`read_checkpoint` (``weights_only=True``, clear errors for broken files)."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        save_checkpoint_file(checkpoint, Path(path), keep_previous=True)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        return read_checkpoint(Path(path))
+
+
+class FlushLogsOnCheckpoint(Callback):
+    """Writes the loggers' buffered rows (metrics.csv) whenever a checkpoint is taken, so a run killed
+    after a checkpoint still has every row up to it (a resumed run re-logs only the later steps)."""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.save()
+
+
+class ResumeCheckpoint(Callback):
+    """Writes ``checkpoints/last.ckpt``, the resume state: after every validation inside ``fit`` (every
+    ``eval_every`` steps) and after the final step when no validation follows it.
+
+    Why not Lightning's ModelCheckpoint: it saves at the end of the training batch, *before* that
+    step's validation, and skips its validation-end save (already saved at this step). A run killed
+    after that checkpoint resumes without the validation's effects (best accuracy, first step at the
+    target, early-stopping and chance-level counters) and Lightning does not run it again. Saved after
+    the validation, a checkpoint includes it; killed during it, the run resumes from the previous
+    checkpoint and repeats the (deterministic) steps. Its ``on_train_end`` would also overwrite a
+    stop-on-signal checkpoint with a finished-epoch state that resumes with logged steps one late.
+
+    Add it after every callback whose state changes at a validation (its checkpoint includes them).
+    """
+
+    def __init__(self, path: Path, eval_every: int):
+        self.path = Path(path)
+        self.eval_every = eval_every
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = int(trainer.global_step)
+        if trainer.max_steps > 0 and step >= trainer.max_steps and step % self.eval_every != 0:
+            trainer.save_checkpoint(self.path, weights_only=False)  # final step, no validation after it
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":  # not fpt test / trainer.validate
+            return
+        trainer.save_checkpoint(self.path, weights_only=False)
+
+
+# -- training health ------------------------------------------------------------------------------------
+class ChanceWarning(Callback):
+    """Warns once when validation accuracy stayed at chance for each of the first ``evals`` validations.
+
+    "At chance" means within ``margin`` of ``1/num_classes``; by default the margin is three
+    standard deviations of a chance-level accuracy over the validation labels (at least 0.01).
+    """
+
+    def __init__(self, num_classes: int, n_val_labels: int, evals: int, hints: dict[str, Any] | None = None,
+                 margin: float | None = None):
+        self.chance = 1.0 / num_classes
+        p = self.chance
+        self.margin = margin if margin is not None else max(0.01, 3 * math.sqrt(p * (1 - p) / max(1, n_val_labels)))
+        self.evals = evals
+        self.hints = hints or {}
+        self.seen = 0
+        self.all_at_chance = True
+        self.message: str | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seen": self.seen, "all_at_chance": self.all_at_chance, "message": self.message}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seen = int(state.get("seen", 0))
+        self.all_at_chance = bool(state.get("all_at_chance", True))
+        self.message = state.get("message")
+
+    def observe(self, accuracy: float, step: int) -> str | None:
+        """Record one validation; returns the warning when this one completes the pattern."""
+        if self.evals <= 0 or self.message is not None or not self.all_at_chance:
+            return None
+        self.seen += 1
+        if not abs(accuracy - self.chance) <= self.margin:  # NaN counts as "not learning" too
+            self.all_at_chance = math.isnan(accuracy)
+        if self.all_at_chance and self.seen >= self.evals:
+            h = self.hints
+            self.message = (
+                f"validation accuracy has stayed at chance ({self.chance:.3f} +- {self.margin:.3f}; now {accuracy:.4f}) "
+                f"for the first {self.seen} validations (to step {step}): the model is not learning. Try: "
+                f"another learning rate (--lr, now {h.get('lr', '?')}; the paper uses 1e-3, try 3e-4 and 3e-3); "
+                "inputs of unit scale (normalise them; all-zero or huge inputs stall the frozen blocks); "
+                f"fewer frozen layers (--layers, now {h.get('layers', 'all')}) or more --steps; "
+                "--freeze full on a small model to check that the task is learnable at all."
+            )
+            return self.message
+        return None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        value = trainer.callback_metrics.get("val/accuracy")
+        if value is None:
+            return
+        message = self.observe(float(value), int(trainer.global_step))
+        if message:
+            if log.hasHandlers():  # the application configured logging: it gets the warning too
+                log.warning(message)
+            say("fpt: warning: " + message)
+
+
+class GracefulStop(Callback):
+    """Catches SIGINT/SIGTERM during ``fit``; saves ``last.ckpt`` at a step boundary and stops.
+
+    Installed with :meth:`installed` around training. Lightning registers its own SIGTERM notifier
+    when ``trainer.fit`` starts (it raises ``SIGTERMException`` at the end of the next batch, before
+    that step's validation and without a checkpoint); ``on_train_start`` puts this handler back in
+    its place, so a stop always happens where Lightning's own checkpoints are taken.
+    """
+
+    def __init__(self, last: Path, eval_every: int):
+        self.last = Path(last)
+        self.eval_every = eval_every
+        self.signum: int | None = None
+        self.saved_step: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    # handler
+    def _handler(self, signum, frame) -> None:
+        if self.signum is not None:
+            say(f"fpt: second {signal.Signals(signum).name}: stopping now; the last checkpoint ({self.last}) stays intact")
+            self._restore()
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.signum = signum
+        say(f"fpt: received {signal.Signals(signum).name}: finishing this step, saving a checkpoint, then stopping "
+             "(send it again to stop at once)")
+
+    def _install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for s in STOP_SIGNALS:
+            if s not in self._previous:
+                self._previous[s] = signal.getsignal(s)
+            signal.signal(s, self._handler)
+
+    def _restore(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for s, handler in self._previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    @contextmanager
+    def installed(self):
+        self._install()
+        try:
+            yield self
+        finally:
+            self._restore()
+
+    # callback
+    def on_train_start(self, trainer, pl_module) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for s in STOP_SIGNALS:
+                signal.signal(s, self._handler)  # replaces Lightning's SIGTERM notifier for the training loop
+
+    on_test_start = on_train_start  # a signal during the test lets it finish (seconds), then the run ends normally
+
+    def _stop(self, trainer) -> None:
+        trainer.save_checkpoint(self.last, weights_only=False)
+        self.saved_step = int(trainer.global_step)
+        # Leave by an exception, not trainer.should_stop: stopping "normally" runs the epoch-end and
+        # train-end hooks (a checkpoint callback's on_train_end would overwrite last.ckpt with the
+        # state of a finished epoch, which resumes with every logged step one late).
+        raise StopForSignal(self.signum, self.saved_step)
+
+    def _requested(self, trainer, sync_point: bool) -> bool:
+        """Whether to stop here. With several processes every rank must decide alike (they save and
+        leave together), so the flag is reduced across ranks, only at ``sync_point``s: steps where
+        fpt reads device values anyway (every ``log_every_n_steps``) and validation ends."""
+        if self.saved_step is not None:
+            return False
+        if trainer.world_size <= 1:
+            return self.signum is not None
+        if not sync_point:
+            return False
+        if trainer.strategy.reduce_boolean_decision(self.signum is not None, all=False):
+            self.signum = self.signum or int(signal.SIGTERM)  # another rank received it
+            return True
+        return False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.signum is None and trainer.world_size <= 1:
+            return
+        if trainer.fit_loop.epoch_loop._should_accumulate():
+            return  # mid-accumulation: stop at the optimizer step
+        step = int(trainer.global_step)
+        if step % self.eval_every == 0:
+            return  # a validation runs after this batch: save after it (where fpt's checkpoints are taken)
+        final = trainer.max_steps > 0 and step >= trainer.max_steps
+        if self._requested(trainer, sync_point=final or step % max(1, trainer.log_every_n_steps) == 0):
+            self._stop(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        if self._requested(trainer, sync_point=True):
+            self._stop(trainer)
+
+
+class PhaseTracker(Callback):
+    """Remembers whether training, validation or test was running (for error messages)."""
+
+    def __init__(self):
+        self.phase: str | None = None
+
+    def on_train_start(self, trainer, pl_module):
+        self.phase = "training"
+
+    def on_validation_start(self, trainer, pl_module):
+        self.phase = "validation"
+
+    def on_validation_end(self, trainer, pl_module):
+        self.phase = "training"
+
+    def on_test_start(self, trainer, pl_module):
+        self.phase = "test"

@@ -1,0 +1,165 @@
+"""What a task hands the model: its shape (``TaskSpec``) and its data (``Split``s of batch dicts).
+
+A split hands the model batches as dicts:
+
+* ``x``: ``float32 [B, T, D]`` for continuous tokens, or ``int64 [B, T]`` for discrete ones;
+* ``y``: ``int64 [B]`` (one label per sample) or ``int64 [B, K]`` (K labels per sample, e.g. bits);
+* ``mask`` (optional): ``bool [B, T]``, True on real tokens, False on padding (padding is on the
+  right, so the last real token is at ``mask.sum(1) - 1``).
+
+Training data is an *indexable stream*: sample ``i`` of the stream is a pure function of the seed and
+``i``. The trainer asks for stream positions ``[step * global_batch, (step + 1) * global_batch)``, so
+resuming at step ``s`` reproduces exactly the batches an uninterrupted run would have seen, and
+data-parallel ranks split a global batch without coordination. Generated data (:class:`GeneratedSplit`)
+draws a fresh sample per position; finite datasets (:class:`ArraySplit`) walk seeded per-epoch
+permutations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+
+InputType = Literal["continuous", "discrete"]
+Readout = Literal["last", "mean", "tokens"]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything the model needs to know about a task's inputs and outputs."""
+
+    input_type: InputType  # "continuous": x is [B, T, D] floats; "discrete": x is [B, T] token ids
+    input_dim: int  # features per token (continuous) or vocabulary size incl. padding id (discrete)
+    max_tokens: int  # the longest sequence the task produces; checked against the backbone
+    num_classes: int  # classes per predicted label (2 for bits)
+    num_labels: int = 1  # labels per sample: 1 for classification, n for n predicted bits
+    readout: Readout = "last"  # default head: last real token, mean of real tokens, or last tokens
+    readout_tokens: int = 1  # with readout="tokens": how many final tokens; each predicts num_labels/readout_tokens labels
+    padded: bool = False  # batches carry a `mask` (variable-length sequences)
+    pad_id: int = 0  # padding token id for discrete inputs
+
+    def __post_init__(self):
+        if self.input_type not in ("continuous", "discrete"):
+            raise ValueError(f"input_type must be 'continuous' or 'discrete', got {self.input_type!r}")
+        for name in ("input_dim", "max_tokens", "num_classes", "num_labels", "readout_tokens"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TaskSpec.{name} must be >= 1, got {getattr(self, name)}")
+        if self.readout not in ("last", "mean", "tokens"):
+            raise ValueError(f"readout must be 'last', 'mean' or 'tokens', got {self.readout!r}")
+        if self.readout == "tokens" and self.num_labels % self.readout_tokens:
+            raise ValueError(
+                f"readout='tokens' needs num_labels ({self.num_labels}) divisible by "
+                f"readout_tokens ({self.readout_tokens})"
+            )
+
+
+class Split:
+    """One split of a task's data: ``len(split)`` samples, ``split.batch(indices)`` -> batch dict.
+
+    ``batch`` receives *stream positions* for the training stream and plain indices for
+    evaluation splits; subclasses decide what a position means (see module docstring).
+    """
+
+    def __len__(self) -> int:  # number of distinct samples (evaluation splits are finite)
+        raise NotImplementedError
+
+    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+def sample_rng(seed: int, stream: int, index: int) -> np.random.Generator:
+    """An independent generator for sample ``index`` of stream ``stream`` (0 train, 1 val, 2 test...)."""
+    return np.random.default_rng([int(seed), int(stream), int(index)])
+
+
+class GeneratedSplit(Split):
+    """A split whose sample ``i`` is ``make_sample(rng_i)``; ``size=None`` means an endless stream."""
+
+    def __init__(self, make_sample: Callable[[np.random.Generator], dict[str, np.ndarray]], seed: int, stream: int, size: int | None):
+        self.make_sample = make_sample
+        self.seed = seed
+        self.stream = stream
+        self.size = size
+
+    def __len__(self) -> int:
+        if self.size is None:
+            raise TypeError("an endless generated stream has no length")
+        return self.size
+
+    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        samples = [self.make_sample(sample_rng(self.seed, self.stream, int(i))) for i in indices]
+        return collate(samples)
+
+
+class ArraySplit(Split):
+    """A finite split held in memory as arrays of equal first dimension.
+
+    As a training stream, position ``p`` maps to epoch ``p // n`` and the sample at position
+    ``p % n`` of that epoch's seeded permutation (``shuffle_seed`` set); ``transform`` (e.g. data
+    augmentation) receives the batch and a generator seeded by the positions, so it is reproducible.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], shuffle_seed: int | None = None,
+                 transform: Callable[[dict[str, torch.Tensor], np.random.Generator], dict[str, torch.Tensor]] | None = None):
+        lengths = {k: len(v) for k, v in arrays.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"arrays of one split must have equal length, got {lengths}")
+        self.arrays = arrays
+        self.n = next(iter(lengths.values()))
+        if self.n == 0:
+            raise ValueError("empty split")
+        self.shuffle_seed = shuffle_seed
+        self.transform = transform
+        self._perm_cache: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perm_cache:
+            if len(self._perm_cache) > 4:
+                self._perm_cache.clear()
+            self._perm_cache[epoch] = np.random.default_rng([self.shuffle_seed, epoch]).permutation(self.n)
+        return self._perm_cache[epoch]
+
+    def positions_to_indices(self, positions: np.ndarray) -> np.ndarray:
+        positions = np.asarray(positions, dtype=np.int64)
+        if self.shuffle_seed is None:
+            return positions % self.n
+        out = np.empty_like(positions)
+        epochs = positions // self.n
+        for epoch in np.unique(epochs):
+            sel = epochs == epoch
+            out[sel] = self._permutation(int(epoch))[positions[sel] % self.n]
+        return out
+
+    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        idx = self.positions_to_indices(indices)
+        out = {k: torch.as_tensor(np.ascontiguousarray(v[idx])) for k, v in self.arrays.items()}
+        if self.transform is not None:
+            rng = np.random.default_rng([int(self.shuffle_seed or 0), 7, int(indices[0]), len(indices)])
+            out = self.transform(out, rng)
+        return out
+
+
+def collate(samples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """Stack samples; sequences of unequal length are right-padded and get a ``mask``."""
+    keys = samples[0].keys()
+    out: dict[str, torch.Tensor] = {}
+    for k in keys:
+        arrs = [np.asarray(s[k]) for s in samples]
+        if k == "x" and len({a.shape[0] for a in arrs}) > 1:
+            T = max(a.shape[0] for a in arrs)
+            padded = np.zeros((len(arrs), T) + arrs[0].shape[1:], dtype=arrs[0].dtype)
+            mask = np.zeros((len(arrs), T), dtype=bool)
+            for i, a in enumerate(arrs):
+                padded[i, : a.shape[0]] = a
+                mask[i, : a.shape[0]] = True
+            out["x"] = torch.from_numpy(padded)
+            out["mask"] = torch.from_numpy(mask)
+        else:
+            out[k] = torch.from_numpy(np.stack(arrs))
+    return out
