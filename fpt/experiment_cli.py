@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fpt.report import plot_run, write_report
+from fpt.sweep import describe_plan, make_plan, parse_assignment, run_plan
+
 
 def _assignment(many: bool):
     def parse(text: str):
-        from fpt.sweep import parse_assignment
-
         try:
             return parse_assignment(text, many)
         except ValueError as err:
@@ -54,8 +55,6 @@ def add_parsers(sub) -> None:
 
 
 def sweep_main(args) -> int:
-    from fpt.sweep import describe_plan, make_plan, parse_assignment, run_plan
-
     grid = dict(args.grid)
     if args.lr:
         if "lr" in grid:
@@ -78,8 +77,6 @@ def sweep_main(args) -> int:
 
 
 def report_main(args) -> int:
-    from fpt.report import write_report
-
     out = write_report(args.runs, args.out, attention=not args.no_attention)
     print(open(out["markdown"]).read())
     for path in out["figures"].values():
@@ -91,8 +88,6 @@ def report_main(args) -> int:
 
 
 def plot_main(args) -> int:
-    from fpt.report import plot_run
-
     for name, path in plot_run(args.run_dir, args.out).items():
         print(f"{name}: {path}")
     return 0

@@ -34,7 +34,8 @@ class ModelConfig:
     freeze_rules: dict[str, list[str]] | None = None  # module class names per group, for architectures fpt does not know
     readout: str | None = None  # "last", "mean" or "tokens"; None: the task's default
     learned_positions: bool = True  # add a trained position table for backbones without one (RoPE: Llama, SmolLM2, Pythia)
-    input_init: str = "embedding"  # "embedding": orthogonal, rescaled to the token embeddings' scale; "paper": orthogonal, gain 1.41
+    # "embedding": orthogonal, rescaled to the token embeddings' scale; "paper": orthogonal, gain 1.41
+    input_init: str = "embedding"
     input_gain: float = 1.41  # orthogonal init gain of the input layer (paper: 1.41)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, recorded but unused
 

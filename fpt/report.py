@@ -199,7 +199,8 @@ def render_markdown(rows: list[dict[str, Any]], figures: dict[str, str] | None =
             else f"not reached in {r['steps']} ({_num(r['target_accuracy'], 0)}%)"
         paper = _num(r["paper_accuracy"]) + (f" ({r['paper_source']})" if r["paper_source"] else "")
         lines.append(
-            f"| {r['task']} | {r.get('name') or Path(r['run']).name} | {r['label'] or '-'} | {r['backbone']} | {r['init']} | {r['freeze']} | "
+            f"| {r['task']} | {r.get('name') or Path(r['run']).name} | {r['label'] or '-'} | {r['backbone']} | "
+            f"{r['init']} | {r['freeze']} | "
             f"{r['layers']} | {r['setting'] or '-'} | {_num(r['test_accuracy'])} | {paper} | {_num(r['val_best_accuracy'])} | "
             f"{target} | {_steps(r['paper_steps_to_converge'])} | {_num(r['trainable_params'])} | "
             f"{_num(r['seconds'], 0)} | {r['device']} |")

@@ -217,9 +217,12 @@ class FPTModule(L.LightningModule):
         return [self._eval_loader(s, "test-" + name) for name, s in self.task.test().items()]
 
     # steps: the parts of fpt.step, in Lightning's hooks
+    def _logits_and_loss(self, batch):
+        return logits_and_loss(self.model, batch)
+
     def training_step(self, batch, batch_idx):
         with torch.profiler.record_function(FORWARD_RANGE):  # the phases `fpt bench` reports (free unprofiled)
-            logits, y, loss = logits_and_loss(self.model, batch)
+            logits, y, loss = self._logits_and_loss(batch)
             self.train_acc(logits.detach().argmax(-1).reshape(-1), y.reshape(-1))
             # prog_bar=False: Lightning turns progress-bar metrics into Python numbers after every batch
             # (a host sync per step on a GPU); _ProgressBar shows them, read only when it refreshes.
@@ -232,7 +235,7 @@ class FPTModule(L.LightningModule):
             super().backward(loss, *args, **kwargs)
 
     def _eval_step(self, batch, prefix: str):
-        logits, y, loss = logits_and_loss(self.model, batch)
+        logits, y, loss = self._logits_and_loss(batch)
         pred = logits.argmax(-1)
         self.acc[prefix].update(pred.reshape(-1), y.reshape(-1))
         self.exact[prefix].update((pred == y).all(1).float())

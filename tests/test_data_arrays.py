@@ -22,7 +22,7 @@ def _save(tmp_path, name="d.npz", **arrays):
 
 def _task(path, **options):
     t = make_task("array", {"path": path, **options})
-    t.spec  # loads and validates
+    _ = t.spec  # loads and validates
     return t
 
 

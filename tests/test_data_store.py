@@ -25,7 +25,7 @@ def _isolated(monkeypatch, tmp_path):
     monkeypatch.setenv("FPT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("FPT_DATA_DIR", raising=False)
     monkeypatch.delenv("FPT_OFFLINE", raising=False)
-    monkeypatch.setattr(store.time, "sleep", lambda s: None)
+    monkeypatch.setattr("time.sleep", lambda s: None)  # pooch waits between retries
 
 
 class _Response(io.BytesIO):
@@ -122,7 +122,8 @@ def test_corrupt_download_is_retried_then_used(monkeypatch, tmp_path):
 def test_always_corrupt_download_is_never_used(monkeypatch, tmp_path):
     payload = b"good" * 50
     _serve(monkeypatch, [(b"bad!" * 50, None)])
-    with pytest.raises(MissingDataError, match=r"every try failed \(checksum, size or connection\).*md5 [0-9a-f]{32} != published"):
+    with pytest.raises(MissingDataError,
+                       match=r"every try failed \(checksum, size or connection\).*md5 [0-9a-f]{32} != published"):
         ensure_files(_toy(tmp_path, payload))
     assert not (tmp_path / "cache" / "toy" / "toy.bin").exists()
     assert not list((tmp_path / "cache").rglob("*.part"))

@@ -6,7 +6,6 @@ Tiny backbones from configs in temporary directories (tests/conftest.py), a few 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest

@@ -374,7 +374,7 @@ def test_out_of_memory_says_what_to_change(backbone, tmp_path, monkeypatch, caps
 
 
 def test_gradient_accumulation_matches_the_full_batch(backbone, tmp_path):
-    full = fit(build_config(options(backbone, tmp_path / "full", batch_size=16, steps=6, eval_every=3)),
+    fit(build_config(options(backbone, tmp_path / "full", batch_size=16, steps=6, eval_every=3)),
                enable_progress_bar=False)
     accumulated = fit(build_config(options(backbone, tmp_path / "acc", batch_size=8, accumulate_grad_batches=2,
                                            steps=6, eval_every=3)), enable_progress_bar=False)

@@ -41,9 +41,10 @@ def _codecs_encode(obj, encoding="utf-8"):
     return obj.encode("latin1")
 
 
+_MULTIARRAY = ("numpy._core.multiarray", "numpy.core.multiarray")
 _ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"): lambda: _numpy_attr(("numpy._core.multiarray", "numpy.core.multiarray"), "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"): lambda: _numpy_attr(("numpy._core.multiarray", "numpy.core.multiarray"), "_reconstruct"),
+    ("numpy.core.multiarray", "_reconstruct"): lambda: _numpy_attr(_MULTIARRAY, "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"): lambda: _numpy_attr(_MULTIARRAY, "_reconstruct"),
     ("numpy.core.numeric", "_frombuffer"): lambda: _numpy_attr(("numpy._core.numeric", "numpy.core.numeric"), "_frombuffer"),
     ("numpy._core.numeric", "_frombuffer"): lambda: _numpy_attr(("numpy._core.numeric", "numpy.core.numeric"), "_frombuffer"),
     ("numpy", "ndarray"): lambda: np.ndarray,

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fpt.data.listops import detokenize, generate_listops
+from fpt.data.tape import IUPAC, SPLIT_FILES
+
 _IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(">i2"): 0x0B, np.dtype(">i4"): 0x0C,
               np.dtype(">f4"): 0x0D, np.dtype(">f8"): 0x0E}
 
@@ -123,8 +126,6 @@ def write_listops_tsv(path: str | Path, rows: list[tuple[str, int]]) -> Path:
 def write_listops_files(directory: str | Path, n: dict[str, int] | None = None, seed: int = 0,
                         min_length: int = 20, max_length: int = 120) -> dict[str, list[tuple[list[str], int]]]:
     """Generated expressions written as ``basic_{train,val,test}.tsv``; returns (tokens, value) per split."""
-    from fpt.data.listops import detokenize, generate_listops
-
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     n = n or {"train": 24, "val": 8, "test": 8}
@@ -144,8 +145,6 @@ def write_listops_files(directory: str | Path, n: dict[str, int] | None = None, 
 def write_tape_remote_homology(directory: str | Path, n: int = 12, seed: int = 0, num_classes: int = 1195,
                                lengths: tuple[int, int] = (5, 40)) -> dict[str, list[dict]]:
     """Random records in the five ``remote_homology_*.json`` files; returns the records per split."""
-    from fpt.data.tape import IUPAC, SPLIT_FILES
-
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from fpt.data.store import SYSTEM_DATA_ROOT, Dataset, Remote, alternatives
+from fpt.data.tape import SPLIT_FILES
 
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -86,10 +88,6 @@ LISTOPS = Dataset(
 
 
 def _verify_tape(directory: Path) -> None:
-    import json
-
-    from fpt.data.tape import SPLIT_FILES
-
     for name in SPLIT_FILES.values():
         hits = list(directory.rglob(name))
         if not hits:

@@ -78,7 +78,8 @@ def sample_rng(seed: int, stream: int, index: int) -> np.random.Generator:
 class GeneratedSplit(Split):
     """A split whose sample ``i`` is ``make_sample(rng_i)``; ``size=None`` means an endless stream."""
 
-    def __init__(self, make_sample: Callable[[np.random.Generator], dict[str, np.ndarray]], seed: int, stream: int, size: int | None):
+    def __init__(self, make_sample: Callable[[np.random.Generator], dict[str, np.ndarray]], seed: int, stream: int,
+                 size: int | None):
         self.make_sample = make_sample
         self.seed = seed
         self.stream = stream

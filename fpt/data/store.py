@@ -11,30 +11,35 @@ Search order for a dataset's files (the first directory that holds *all* of them
 In each of 1-3 the directory itself, ``<dir>/<dataset>`` and the dataset's usual sub-folders (e.g.
 ``cifar-10-batches-py``) are tried.
 
-When the files are nowhere and the dataset has an official download, it is fetched into the cache:
-streamed to ``<name>.part``, its size checked against ``Content-Length``, its checksum checked
-(md5 or sha256 as the source publishes it), retried on a mismatch, and only then renamed into place,
-so a partial or corrupt download is never used. Archives are unpacked with path checks (no absolute
-paths, no ``..``, no links). Set ``FPT_OFFLINE=1`` to never try the network. When the files are
-missing and cannot be fetched, one :class:`MissingDataError` names the files, the directories
-searched and how to get them.
+When the files are nowhere and the dataset has an official download, it is fetched into the cache
+by ``pooch``: into a temporary file beside the target, its checksum checked (md5 or sha256 as the
+source publishes it), retried on a mismatch, and only then moved into place, so a partial or corrupt
+download is never used; a file already there is used only if its checksum matches. fpt adds what
+pooch does not do: several mirrors per file (:func:`download` tries each in turn), the size check
+against ``Content-Length`` (in :func:`fetch_url`, the one function that touches the network),
+archives unpacked with path checks (no absolute paths, no ``..``, no links; pooch's ``Untar``
+checks nothing before Python 3.12) and checked by the dataset before use. Set ``FPT_OFFLINE=1``
+to never try the network. When the files are missing and cannot be fetched, one
+:class:`MissingDataError` names the files, the directories searched and how to get them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
+import re
 import shutil
 import tarfile
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import pooch
+
 log = logging.getLogger("fpt.data")
+pooch.get_logger().setLevel(logging.WARNING)  # pooch prints every download and hash at INFO on stderr
 
 SYSTEM_DATA_ROOT = Path("/usr/share/datasets")
 
@@ -133,71 +138,70 @@ def find_files(dataset: Dataset, data_dir=None) -> dict[str, Path] | None:
 
 
 # -- downloading -------------------------------------------------------------------------------
-# The one function that touches the network; tests replace it.
 def urlopen(url: str, timeout: float = 30.0):
+    """The one function that touches the network; tests replace it."""
     return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (http(s) URLs from our own table)
 
 
-def file_digest(path: Path, algorithm: str) -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+class IncompleteDownload(ValueError):
+    """Fewer bytes arrived than the server announced (a ValueError, so pooch retries it like a bad checksum)."""
+
+
+def fetch_url(url: str, output_file, pooch_instance=None) -> None:
+    """A pooch downloader: stream ``url`` into ``output_file`` and check the size against ``Content-Length``."""
+    with urlopen(url) as response, open(output_file, "wb") as out:
+        expected = response.headers.get("Content-Length") if hasattr(response, "headers") else None
+        size = 0
+        for chunk in iter(lambda: response.read(1 << 20), b""):
+            out.write(chunk)
+            size += len(chunk)
+    if expected is not None and int(expected) != size:
+        raise IncompleteDownload(f"{url}: got {size} bytes, Content-Length says {expected} (interrupted?)")
+
+
+def _known_hash(remote: Remote) -> str | None:
+    return f"sha256:{remote.sha256}" if remote.sha256 else (f"md5:{remote.md5}" if remote.md5 else None)
+
+
+_POOCH_MISMATCH = re.compile(r"(\w+) hash of downloaded file .* expected (?:\w+:)?(\w+) but got (\w+)")
+
+
+def _check_failed(url: str, err: ValueError) -> str:
+    """pooch's checksum message in fpt's words (``URL: md5 GOT != published EXPECTED``)."""
+    match = _POOCH_MISMATCH.search(str(err))
+    if match:
+        algorithm, expected, got = match.groups()
+        return f"{url}: {algorithm.lower()} {got} != published {expected}"
+    return str(err) if str(err).startswith(url) else f"{url}: {err}"
 
 
 def _offline() -> bool:
     return os.environ.get("FPT_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
-def download(remote: Remote, dest_dir: Path, retries: int = 3, backoff_s: float = 1.0) -> Path:
-    """Fetch ``remote`` into ``dest_dir`` and check it; returns the final path.
+def download(remote: Remote, dest_dir: Path, retries: int = 3) -> Path:
+    """Fetch ``remote`` into ``dest_dir`` with pooch (checksum, retries, temporary file), mirror after mirror.
 
     Raises ``OSError`` (incl. ``urllib.error.URLError``) when no mirror can be reached, and
     :class:`DownloadError` when data arrived but never passed the size / checksum check.
-    The ``.part`` file of a failed try is always deleted.
     """
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    final = dest_dir / remote.filename
-    part = dest_dir / (remote.filename + ".part")
     problems: list[str] = []
-    reached_any = False
-    last_network_error: BaseException | None = None
-    for attempt in range(retries):
-        for url in remote.urls:
-            try:
-                with urlopen(url) as response:
-                    reached_any = True
-                    expected = response.headers.get("Content-Length") if hasattr(response, "headers") else None
-                    size = 0
-                    with open(part, "wb") as out:
-                        for chunk in iter(lambda: response.read(1 << 20), b""):
-                            out.write(chunk)
-                            size += len(chunk)
-                if expected is not None and int(expected) != size:
-                    raise DownloadError(f"{url}: got {size} bytes, Content-Length says {expected} (interrupted?)")
-                if remote.sha256 and file_digest(part, "sha256") != remote.sha256:
-                    raise DownloadError(f"{url}: sha256 {file_digest(part, 'sha256')} != published {remote.sha256}")
-                if remote.md5 and file_digest(part, "md5") != remote.md5:
-                    raise DownloadError(f"{url}: md5 {file_digest(part, 'md5')} != published {remote.md5}")
-                os.replace(part, final)
-                return final
-            except DownloadError as e:
-                problems.append(str(e))
-                log.warning("download check failed, retrying: %s", e)
-            except (OSError, urllib.error.URLError, TimeoutError) as e:
-                last_network_error = e
-                problems.append(f"{url}: {e}")
-                log.warning("download failed: %s: %s", url, e)
-            finally:
-                if part.exists():
-                    part.unlink()
-        if not reached_any:
-            break  # nothing answered: offline, do not hammer
-        time.sleep(backoff_s * (attempt + 1))
-    if not reached_any and last_network_error is not None:
-        raise OSError(f"could not reach {', '.join(remote.urls)}: {last_network_error}")
-    raise DownloadError(f"{remote.filename}: every try failed (checksum, size or connection): " + "; ".join(problems[-3:]))
+    network_errors: list[str] = []
+    for url in remote.urls:
+        fetcher = pooch.create(path=dest_dir, base_url="", registry={remote.filename: _known_hash(remote)},
+                               urls={remote.filename: url}, retry_if_failed=retries - 1, allow_updates=True)
+        try:
+            return Path(fetcher.fetch(remote.filename, downloader=fetch_url))
+        except ValueError as err:  # a bad checksum or size on every try at this mirror
+            problems.append(_check_failed(url, err))
+            log.warning("download check failed: %s", problems[-1])
+        except (OSError, urllib.error.URLError, TimeoutError) as err:  # this mirror cannot be reached
+            network_errors.append(f"{url}: {err}")
+            log.warning("download failed: %s: %s", url, err)
+    if not problems:
+        raise OSError(f"could not reach {', '.join(remote.urls)}: {network_errors[-1].split(': ', 1)[1]}")
+    raise DownloadError(f"{remote.filename}: every try failed (checksum, size or connection): "
+                        + "; ".join((problems + network_errors)[-3:]))
 
 
 def safe_extract(archive: Path, dest: Path) -> None:
@@ -224,14 +228,6 @@ def safe_extract(archive: Path, dest: Path) -> None:
             os.replace(tmp, target)
 
 
-def _matches(path: Path, remote: Remote) -> bool:
-    if remote.sha256:
-        return file_digest(path, "sha256") == remote.sha256
-    if remote.md5:
-        return file_digest(path, "md5") == remote.md5
-    return False
-
-
 def _unpack_checked(archive: Path, dest: Path, dataset: Dataset) -> None:
     """Unpack into a scratch folder, run the dataset's check, and only then move the files in place."""
     scratch = dest / f".{archive.name}.unpacking"
@@ -243,7 +239,7 @@ def _unpack_checked(archive: Path, dest: Path, dataset: Dataset) -> None:
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
         shutil.rmtree(scratch, ignore_errors=True)
         archive.unlink(missing_ok=True)
-        raise DownloadError(f"{archive.name}: archive is corrupt or incomplete ({e}); deleted, run again to retry")
+        raise DownloadError(f"{archive.name}: archive is corrupt or incomplete ({e}); deleted, run again to retry") from None
     for item in scratch.iterdir():
         target = dest / item.name
         if target.is_dir():
@@ -286,11 +282,8 @@ def ensure_files(dataset: Dataset, data_dir=None, task: str | None = None, downl
     dest = cache_dir(dataset.key)
     try:
         for remote in dataset.remotes:
-            have = dest / remote.filename
-            if not remote.extract and have.is_file() and _matches(have, remote):
-                continue  # fetched and checked by an earlier, interrupted run
-            log.info("%s: downloading %s into %s", task, remote.filename, dest)
-            path = download(remote, dest)
+            log.info("%s: fetching %s into %s", task, remote.filename, dest)
+            path = download(remote, dest)  # a file fetched and checked by an earlier, interrupted run is kept
             if remote.extract:
                 _unpack_checked(path, dest, dataset)
     except DownloadError as e:
