@@ -60,6 +60,17 @@ def flag_help(f: dataclasses.Field) -> str:
     return text
 
 
+def option_table(names: list[str] | None = None) -> str:
+    """A markdown table of options (all of them by default) from their declarations: docs/options.md and the
+    README's main options are this (tests/test_docs.py checks both)."""
+    rows = ["| option | YAML key | role | meaning |", "|---|---|---|---|"]
+    for name in names or list(FIELDS):
+        f = FIELDS[name]
+        flag = f"`{flag_name(name)}`" if f.metadata.get("flag", True) else ("`-o KEY=VALUE`" if name == "task_options" else "-")
+        rows.append(f"| {flag} | `{name}` | {f.metadata['role']} | {flag_help(f).replace('|', '/')} |")
+    return "\n".join(rows) + "\n"
+
+
 def add_option_flags(parser: argparse.ArgumentParser, fields: dict[str, dataclasses.Field]) -> None:
     """One flag per declared option (``flag=False`` ones are YAML-only); every default is None (= not given)."""
     for name, f in fields.items():

@@ -27,8 +27,8 @@ Tristate = Union[Literal["auto"], bool]  # auto | true | false
 class RunConfig:
     """Every option of a run. Each field is declared once, with its help text and its role (what the
     run is / how it runs / when it stops and is checked; :mod:`fpt.options`): the ``fpt fit`` flags,
-    the YAML keys, ``--resume``'s rules, the sweep's comparison and the README's option table come
-    from here. Adding an option: docs/architecture.md."""
+    the YAML keys, ``--resume``'s rules, the sweep's comparison and the option tables (docs/options.md,
+    the README's main options) come from here. Adding an option: docs/architecture.md."""
 
     # -- what to train ---------------------------------------------------------------------------
     task: str = what("bit-xor", "a registered task (fpt list)")

@@ -9,7 +9,7 @@
 * Checkpoints, ``model.safetensors``, ``results.json`` and the logs are written by rank 0;
   validation and test metrics are torchmetrics states reduced across ranks when computed.
 * ``strategy: fsdp`` shards the backbone's weights across GPUs, for backbones too large for one
-  (see README, "Performance and scale", for its caveats). Untested in CI.
+  (see docs/distributed.md for its caveats). Untested in CI.
 """
 
 from __future__ import annotations

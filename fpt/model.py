@@ -87,7 +87,7 @@ class FPT(nn.Module):
         self.position_table = None
         if config.learned_positions and not backbone.learned_positions and backbone.arch != "lstm":
             # Never zeros: an exactly-zero input vector into SmolLM2 drives input gradients to ~1e31
-            # (DEVELOPERS.md). Start at the token embeddings' scale instead.
+            # (measured). Start at the token embeddings' scale instead.
             self.position_table = nn.Embedding(spec.max_tokens, hidden)
             nn.init.normal_(self.position_table.weight, std=scale)
 

@@ -11,8 +11,8 @@ what changing the option does:
 * ``when`` says how long training runs and when it is checked (``steps``, ``eval_every``,
   ``stop_at_target``): ``--resume`` may change it (to extend a run), sweeps compare it.
 
-The command-line flags, ``--resume``'s rules, the sweep's comparison and the README's option
-table are all derived from these declarations (``fpt.cli``, ``fpt.sweep``, ``tests/test_docs.py``).
+The command-line flags, ``--resume``'s rules, the sweep's comparison and the option tables
+(docs/options.md, the README) are all derived from these declarations (``fpt.cli``, ``fpt.sweep``, ``tests/test_docs.py``).
 
 :func:`coerce` turns a value from YAML, the command line (``-o KEY=VALUE``, ``--set``) or Python
 into the declared type, or raises ``ValueError`` naming the option. Task options

@@ -146,3 +146,28 @@ def test_yaml_task_options_merge_with_flags():
     assert merge({"task_options": None}, {"task_options": {"n_bits": 3}})["task_options"] == {"n_bits": 3}
     with pytest.raises(ValueError, match="'task_options' must be a mapping"):
         merge({"task_options": [1]}, {"task_options": {"n_bits": 3}})
+
+
+def test_resume_accepts_the_original_command_and_names_what_differs(tmp_path, tiny_dirs, capsys):
+    """A scheduler's requeue script re-runs the original command with --resume appended: options equal to the
+    run's own are accepted; of the others, only how and when it runs may change, and the refusal names them."""
+    run = tmp_path / "run"
+    original = fit_args(tiny_dirs["gpt2"], run, "--lr", "3e-3")
+    assert main(original) == 0
+    capsys.readouterr()
+    assert main(original + ["--resume", str(run)]) == 0  # the same command again: nothing differs
+    assert json.loads((run / "results.json").read_text())["steps"] == 4
+    # how (eval batch size, device) and when (steps) may change; the rest of the command is unchanged
+    assert main(original + ["--resume", str(run), "--steps", "6", "--eval-batch-size", "8"]) == 0
+    assert json.loads((run / "results.json").read_text())["steps"] == 6
+    capsys.readouterr()
+    assert main(original + ["--resume", str(run), "--lr", "0.1", "--seed", "3", "-o", "n_bits=4"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume continues a run with its own config" in err
+    assert "lr: the run has 0.003, given 0.1" in err and "seed: the run has 0, given 3" in err
+    assert "task_options" in err and "steps" not in err.split("Only")[0]
+    assert main(["fit", "--resume", str(run), "--run-dir", str(tmp_path / "other")]) == 2
+    assert "name different directories" in capsys.readouterr().err
+    # a preset named with --config on resume is compared the same way
+    assert main(["fit", "--resume", str(run), "--config", "bit-xor-small"]) == 2
+    assert "these options differ from the run's" in capsys.readouterr().err

@@ -5,9 +5,9 @@ One process, one table::
     fpt bench --backbone smollm2-135m --layers 12 --task bit-xor --batch-size 32
     fpt bench --backbone smollm2-135m --layers 12,30 --tokens 64 --input-dim 16 --batch-size 64,256 --device cuda --json b.json
 
-A step is what training does: forward through the real ``FPT`` module (with its real freezing, so
-frozen weights get no weight gradients), cross-entropy, backward, gradient-norm clip with the
-non-finite check, optimizer step. Paths:
+A step is what training does, run by the same code (:class:`fpt.step.TrainingStep`): forward through
+the real ``FPT`` module (with its real freezing, so frozen weights get no weight gradients),
+cross-entropy, backward, gradient-norm clip with the non-finite check, optimizer step. Paths:
 
 * ``naive`` — what the 2021 code did: fp32, eager attention, the for-loop Adam
   (``foreach=False``), a plain ``nn.Module`` (no compile), and host reads every step (the loss for
@@ -32,6 +32,10 @@ parameters x tokens** per sample: forward plus activation gradients, no weight g
 table also gives each path's share of the card's bf16 matmul peak, measured in the same process
 (an 8192^3 bf16 matmul), and the host synchronisations in one step (``torch.cuda.set_sync_debug_mode``;
 the fast path should have none). It is a benchmark: it never fails on time.
+
+Modules: :mod:`~fpt.bench.paths` (building and timing each path), :mod:`~fpt.bench.measure`
+(memory, FLOPs, peak, syncs), :mod:`~fpt.bench.profile` (where the time goes), :mod:`~fpt.bench.table`
+(the printed tables); this one holds the command line and runs the paths.
 """
 
 from __future__ import annotations

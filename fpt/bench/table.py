@@ -47,7 +47,7 @@ def format_table(out: dict[str, Any]) -> str:
         lines.append(f"measured bf16 matmul peak of this GPU: {peak:.0f} TFLOP/s (8192^3)")
     lines += _time_table(out)
     lines.append("TFLOP/s counts backbone matmuls only: 4 x frozen matmul params x tokens per sample "
-                 "(forward + activation gradients; 2 x under output-only); see fpt/bench.py")
+                 "(forward + activation gradients; 2 x under output-only); see fpt/bench/__init__.py")
     return "\n".join(lines)
 
 
