@@ -6,7 +6,8 @@
 * :class:`ResumeCheckpoint`, :class:`FlushLogsOnCheckpoint`, :class:`AtomicCheckpointIO`: the
   resume checkpoint, written after each validation, atomically (see :mod:`fpt.checkpoint`);
 * :class:`ChanceWarning`, :class:`GracefulStop`, :class:`PhaseTracker`: training health (see
-  :mod:`fpt.health` for the errors they lead to).
+  :mod:`fpt.health` for the errors they lead to);
+* :class:`StepTimer`: ``fpt bench``'s timing and profiling of the ``fit`` path.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import math
 import os
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -28,6 +31,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from fpt.checkpoint import read_checkpoint, save_checkpoint_file
 from fpt.health import STOP_SIGNALS, StopForSignal, say
+from fpt.step import no_profiler_chatter
 
 log = logging.getLogger("fpt")
 
@@ -326,3 +330,37 @@ class PhaseTracker(Callback):
 
     def on_test_start(self, trainer, pl_module):
         self.phase = "test"
+
+
+class StepTimer(Callback):
+    """``fpt bench``'s fit path: the wall-clock time of steps ``[start, end)`` (the device synchronised at
+    both ends) and a ``torch.profiler`` profile of the ``profiled`` steps after them."""
+
+    def __init__(self, start: int, end: int, profiled: int, device: torch.device):
+        self.start, self.end, self.profiled, self.device = start, end, profiled, device
+        self.t0 = self.t1 = self.p0 = self.profiler = self.profiled_ms = None
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.start and self.t0 is None:
+            self.t0 = self._now()
+        if trainer.global_step == self.end and self.profiled and self.profiler is None:
+            from torch.profiler import ProfilerActivity, profile
+
+            cuda = [ProfilerActivity.CUDA] if self.device.type == "cuda" else []
+            self.profiler = profile(activities=[ProfilerActivity.CPU] + cuda)
+            self.p0 = self._now()
+            with no_profiler_chatter():
+                self.profiler.__enter__()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.end and self.t1 is None:
+            self.t1 = self._now()
+        if trainer.global_step == self.end + self.profiled and self.profiler is not None and self.profiled_ms is None:
+            self.profiled_ms = (self._now() - self.p0) * 1000 / self.profiled
+            with no_profiler_chatter():
+                self.profiler.__exit__(None, None, None)

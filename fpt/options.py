@@ -22,7 +22,7 @@ into the declared type, or raises ``ValueError`` naming the option. Task options
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -59,7 +59,8 @@ def when(default: Any, help: str, **meta: Any) -> Any:
 
 # -- the coercer -----------------------------------------------------------------------------
 _EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-             "dict": "a mapping", "list": "a list", "tristate": "auto, true or false"}
+             "dict": "a mapping", "list": "a list", "tristate": "auto, true or false",
+             "str_or_list": "a string or a list of strings"}
 
 
 def type_name(annotation: Any) -> str:
@@ -99,6 +100,63 @@ def parse_text(text: str) -> Any:
     return value
 
 
+def _words(value: Any) -> str | None:
+    return str(value).strip().lower() if isinstance(value, (str, int)) and not isinstance(value, float) else None
+
+
+def _as_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    word = _words(value)
+    if word in TRUE_WORDS + FALSE_WORDS:
+        return word in TRUE_WORDS
+    raise TypeError
+
+
+def _as_tristate(value: Any) -> Any:
+    return "auto" if str(value).strip().lower() == "auto" else _as_bool(value)
+
+
+def _as_number(value: Any, integer: bool) -> Any:
+    read = parse_text(value) if isinstance(value, str) else value
+    if isinstance(read, bool) or not isinstance(read, (int, float)):
+        raise TypeError
+    if integer:
+        if isinstance(read, float) and not read.is_integer():
+            raise TypeError
+        return int(read)
+    return float(read)
+
+
+def _as_str(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise TypeError
+    return str(value)
+
+
+def _as_str_or_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise TypeError
+
+
+def _of_type(kind: type) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if not isinstance(value, kind):
+            raise TypeError
+        return list(value) if kind is not dict else value
+    return check
+
+
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "bool": _as_bool, "tristate": _as_tristate, "int": lambda v: _as_number(v, integer=True),
+    "float": lambda v: _as_number(v, integer=False), "str": _as_str, "str_or_list": _as_str_or_list,
+    "dict": _of_type(dict), "list": _of_type((list, tuple)), "any": lambda v: v,
+}
+
+
 def coerce(value: Any, annotation: Any, name: str, owner: str | None = None, expected: str | None = None) -> Any:
     """``value`` as the declared type ``annotation`` (a field's type), or ``ValueError`` naming ``name``.
 
@@ -107,66 +165,16 @@ def coerce(value: Any, annotation: Any, name: str, owner: str | None = None, exp
     ``task 'bit-xor'``) prefixes the message and names the declared type instead of describing it.
     """
     kind, optional = base_kind(annotation)
-
-    def fail(detail: str = ""):
-        if owner:
-            return ValueError(f"{owner}: option {name!r} must be {type_name(annotation)}, got {value!r}{detail}")
-        what_text = expected or _EXPECTED.get(kind, type_name(annotation))
-        return ValueError(f"option {name!r} must be {what_text}, got {value!r}{detail}")
-
+    prefix = f"{owner}: " if owner else ""
     if value is None or (optional and isinstance(value, str) and value.strip().lower() in NONE_WORDS + ("",)):
         if optional or kind == "any":
             return None
-        raise ValueError(f"{owner + ': ' if owner else ''}option {name!r} cannot be empty")
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, (str, int)) and str(value).strip().lower() in TRUE_WORDS + FALSE_WORDS:
-            return str(value).strip().lower() in TRUE_WORDS
-        raise fail()
-    if kind == "tristate":
-        if value in ("auto", True, False):
-            return value
-        text = str(value).strip().lower()
-        if text == "auto":
-            return "auto"
-        if text in TRUE_WORDS + FALSE_WORDS:
-            return text in TRUE_WORDS
-        raise fail()
-    if kind == "int":
-        if isinstance(value, str):
-            value_read = parse_text(value)
-        else:
-            value_read = value
-        if isinstance(value_read, bool) or not isinstance(value_read, (int, float)):
-            raise fail()
-        if isinstance(value_read, float) and not value_read.is_integer():
-            raise fail()
-        return int(value_read)
-    if kind == "float":
-        value_read = parse_text(value) if isinstance(value, str) else value
-        if isinstance(value_read, bool) or not isinstance(value_read, (int, float)):
-            raise fail()
-        return float(value_read)
-    if kind == "str":
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise fail()
-        return str(value)
-    if kind == "dict":
-        if not isinstance(value, dict):
-            raise fail()
-        return value
-    if kind == "list":
-        if not isinstance(value, (list, tuple)):
-            raise fail()
-        return list(value)
-    if kind == "str_or_list":
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return list(value)
-        raise fail()
-    return value
+        raise ValueError(f"{prefix}option {name!r} cannot be empty")
+    try:
+        return _CONVERTERS[kind](value)
+    except (TypeError, ValueError):
+        what_text = type_name(annotation) if owner else (expected or _EXPECTED.get(kind, type_name(annotation)))
+        raise ValueError(f"{prefix}option {name!r} must be {what_text}, got {value!r}") from None
 
 
 def declared(cls: type) -> dict[str, dataclasses.Field]:

@@ -5,12 +5,16 @@ Inside ``fpt fit`` Lightning drives the step and calls these parts from ``FPTMod
 :class:`fpt.fastpath.StepGuard`); Lightning's precision plugin supplies the autocast.
 :class:`TrainingStep` runs the same parts in the same order without Lightning, for ``fpt bench``.
 Each phase runs inside a named ``torch.profiler`` range (free when nothing profiles), which is how
-``fpt bench`` splits a step into forward / backward / optimizer, for both.
+``fpt bench`` splits a step into forward / backward / optimizer, for both; :func:`no_profiler_chatter`
+keeps the profiler's own ``USDT:`` lines off the terminal.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
+import tempfile
 from typing import Any, Callable
 
 import torch
@@ -84,3 +88,23 @@ class TrainingStep:
             self.optimizer.zero_grad(set_to_none=True)
         mark("optimizer")
         return loss
+
+
+@contextlib.contextmanager
+def no_profiler_chatter(noise: tuple[str, ...] = ("USDT:",)):
+    """Run the block with file descriptor 2 caught in a temporary file, then pass on every line but
+    the profiler's ``noise`` (Kineto writes it from C++, so Python's ``sys.stderr`` cannot filter it)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = [ln for ln in caught.read().splitlines(keepends=True) if not ln.startswith(tuple(n.encode() for n in noise))]
+            if kept:
+                os.write(2, b"".join(kept))

@@ -199,6 +199,30 @@ def _resolve_sources(value: Any, sources: dict[str, tuple[dict[str, Any], Path]]
     return value
 
 
+def _plan_sources(exp: Experiment | None, preset: str, base: dict[str, Any], root: Path, name: str,
+                  machinery: dict[str, Any]) -> dict[str, tuple[dict[str, Any], Path]]:
+    """The experiment's source runs (trained before the trials), each config validated."""
+    sources: dict[str, tuple[dict[str, Any], Path]] = {}
+    for source_name, spec in (exp.sources if exp else {}).items():
+        spec = dict(spec or {})
+        if "preset" not in spec:
+            raise ValueError(f"experiment {exp.name!r}: source {source_name!r} needs a 'preset'")
+        source_preset = _source_preset(str(spec.pop("preset")), _is_small(preset, base))
+        values = read_yaml(source_preset)
+        for key in DOCUMENTATION_KEYS:
+            values.pop(key, None)
+        values = apply_overrides(values, {k: base[k] for k in INHERITED_BY_SOURCES if k in base})
+        for key in INHERITED_BY_SOURCES:
+            if key not in base:
+                values.pop(key, None)  # the swept config uses the default: so does its source
+        values = apply_overrides(values, {**spec, "seed": 0, **machinery})
+        values["run_dir"] = str(root / "sources" / source_name)
+        values["label"] = (str(values.get("label", "")) + f" [source {source_name} of {name}]").strip()
+        build_config(values)
+        sources[source_name] = (values, root / "sources" / source_name)
+    return sources
+
+
 def make_plan(preset: str, *, experiment: str | None = None, grid: dict[str, list[Any]] | None = None,
               seeds: int | list[int] | None = None, sets: dict[str, Any] | None = None,
               sweep_dir: str | Path | None = None, threads: int | None = None, parallel: int = 1,
@@ -224,25 +248,7 @@ def make_plan(preset: str, *, experiment: str | None = None, grid: dict[str, lis
         threads = max(1, physical_cores() // parallel)
     machinery = {"num_threads": threads} if threads else {}
 
-    sources: dict[str, tuple[dict[str, Any], Path]] = {}
-    for source_name, spec in (exp.sources if exp else {}).items():
-        spec = dict(spec or {})
-        if "preset" not in spec:
-            raise ValueError(f"experiment {exp.name!r}: source {source_name!r} needs a 'preset'")
-        source_preset = _source_preset(str(spec.pop("preset")), _is_small(preset, base))
-        values = read_yaml(source_preset)
-        for key in DOCUMENTATION_KEYS:
-            values.pop(key, None)
-        values = apply_overrides(values, {k: base[k] for k in INHERITED_BY_SOURCES if k in base})
-        for key in INHERITED_BY_SOURCES:
-            if key not in base:
-                values.pop(key, None)  # the swept config uses the default: so does its source
-        values = apply_overrides(values, {**spec, "seed": 0, **machinery})
-        values["run_dir"] = str(root / "sources" / source_name)
-        values["label"] = (str(values.get("label", "")) + f" [source {source_name} of {name}]").strip()
-        build_config(values)
-        sources[source_name] = (values, root / "sources" / source_name)
-
+    sources = _plan_sources(exp, preset, base, root, name, machinery)
     variants: list[tuple[str | None, dict[str, Any]]] = list(exp.variants.items()) if exp else [(None, {})]
     keys = list(full_grid)
     trials = []
@@ -407,29 +413,32 @@ def _stats(values: list[float]) -> dict[str, Any]:
     return {"mean": mean, "std": std, "n": len(values), "values": values}
 
 
+def _trial_entry(trial: Trial, results: dict[str, Any] | None, outcome: dict[str, Any]) -> dict[str, Any]:
+    """One trial's line of sweep.json: its status and, when finished, its numbers."""
+    status = "done" if results else outcome.get("state", "pending")
+    if results is None and status not in ("failed",):
+        status = "pending" if not trial.run_dir.exists() else "incomplete"
+    entry = {"setting": trial.setting, "variant": trial.variant, "params": trial.params, "seed": trial.seed,
+             "run_dir": str(trial.run_dir), "status": status}
+    if outcome.get("error"):
+        entry["error"] = outcome["error"]
+    if results:
+        entry.update(val_accuracy=results.get("val", {}).get("best_accuracy"),
+                     test_accuracy=results.get("test", {}).get("accuracy"),
+                     test_exact_accuracy=results.get("test", {}).get("exact_accuracy"),
+                     first_step_at_target=results.get("val", {}).get("first_step_at_target"),
+                     steps=results.get("steps"), seconds=results.get("seconds"))
+    return entry
+
+
 def summarize(plan: Plan, outcomes: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Per-setting validation / test statistics over seeds and the setting chosen on validation."""
     outcomes = outcomes or {}
     settings: dict[str, dict[str, Any]] = {}
     trials = []
     for trial in plan.trials:
-        name = f"{trial.setting}/s{trial.seed}"
         results = results_or_none(trial.run_dir)
-        outcome = outcomes.get(name, {})
-        status = "done" if results else outcome.get("state", "pending")
-        if results is None and status not in ("failed",):
-            status = "pending" if not trial.run_dir.exists() else "incomplete"
-        entry = {"setting": trial.setting, "variant": trial.variant, "params": trial.params, "seed": trial.seed,
-                 "run_dir": str(trial.run_dir), "status": status}
-        if outcome.get("error"):
-            entry["error"] = outcome["error"]
-        if results:
-            entry.update(val_accuracy=results.get("val", {}).get("best_accuracy"),
-                         test_accuracy=results.get("test", {}).get("accuracy"),
-                         test_exact_accuracy=results.get("test", {}).get("exact_accuracy"),
-                         first_step_at_target=results.get("val", {}).get("first_step_at_target"),
-                         steps=results.get("steps"), seconds=results.get("seconds"))
-        trials.append(entry)
+        trials.append(_trial_entry(trial, results, outcomes.get(f"{trial.setting}/s{trial.seed}", {})))
         s = settings.setdefault(trial.setting, {"setting": trial.setting, "variant": trial.variant,
                                                 "params": trial.params, "seeds": [], "results": []})
         s["seeds"].append(trial.seed)

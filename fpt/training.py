@@ -407,6 +407,8 @@ def _quiet_lightning():
     warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__`.*")
     # Lightning 2.6 calls a deprecated torch pytree API internally; nothing for a user to act on.
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    # On a machine with SLURM installed, Lightning suggests srun to every run; fpt's SLURM use is docs/distributed.md.
+    warnings.filterwarnings("ignore", message=".*`srun` command is available on your system but is not used.*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
 
@@ -454,23 +456,26 @@ def fit(config: RunConfig, resume: bool = False, enable_progress_bar: bool | Non
         check_compatible(checkpoint["fpt"], module.model, str(last))
         resumed_step = int(checkpoint["global_step"])
         checkpoint = None
-    lock = RunLock(run_dir)
-    if rank_zero:
-        moved = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
-        if moved is not None:
-            print(f"fpt: --overwrite: moved the previous run in {run_dir} to {moved}", flush=True)
-        lock.acquire()
-        if lock.took_over:
-            print(f"fpt: removed a stale lock of pid {lock.took_over.get('pid')} (no longer running) in {run_dir}",
-                  flush=True)
-        if not resume and is_run_dir(run_dir):  # another run finished in between the check and the lock
-            lock.release()
-            prepare_run_dir(run_dir, resume=False, overwrite=False, move=False)
+    lock = _take_run_dir(run_dir, resume, overwrite) if rank_zero else RunLock(run_dir)
     try:
         return _fit_locked(config, module, run_dir, resume, resumed_step, enable_progress_bar, rank_zero, start,
                            list(callbacks or []))
     finally:
         lock.release()
+
+
+def _take_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> RunLock:
+    """Rank 0, once every option has been checked: move an old run aside (``--overwrite``) and lock the directory."""
+    moved = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    if moved is not None:
+        print(f"fpt: --overwrite: moved the previous run in {run_dir} to {moved}", flush=True)
+    lock = RunLock(run_dir).acquire()
+    if lock.took_over:
+        print(f"fpt: removed a stale lock of pid {lock.took_over.get('pid')} (no longer running) in {run_dir}", flush=True)
+    if not resume and is_run_dir(run_dir):  # another run finished in between the check and the lock
+        lock.release()
+        prepare_run_dir(run_dir, resume=False, overwrite=False, move=False)
+    return lock
 
 
 def _checkpoint_note(last: Path, config: RunConfig) -> str:
@@ -485,26 +490,20 @@ def _checkpoint_note(last: Path, config: RunConfig) -> str:
             f"in a new run (another --run-dir, or --overwrite) unless it was transient.")
 
 
-def _fit_locked(config, module, run_dir: Path, resume: bool, resumed_step, enable_progress_bar, rank_zero, start,
-                user_callbacks: list[Callback]):
-    last = run_dir / "checkpoints" / "last.ckpt"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if rank_zero:
-        save_config(config, run_dir / "config.yaml")
-    stopper = GracefulStop(last, config.eval_every)
-    phases = PhaseTracker()
-    callbacks: list[Callback] = [phases]
+def _health_callbacks(config: RunConfig, module: FPTModule, last: Path) -> tuple[GracefulStop, PhaseTracker,
+                                                                               ChanceWarning | None]:
+    """The callbacks that watch a run: signals (checkpoint, then stop), the phase for messages, chance level."""
     chance = None
     if config.chance_warning_evals > 0:
         spec = module.task.spec
-        n_val = len(module.task.val()) * spec.num_labels
-        chance = ChanceWarning(spec.num_classes, n_val, config.chance_warning_evals,
+        chance = ChanceWarning(spec.num_classes, len(module.task.val()) * spec.num_labels, config.chance_warning_evals,
                                hints={"lr": config.lr, "layers": module.model.backbone.num_layers})
-        callbacks.append(chance)
-    callbacks += user_callbacks
-    callbacks.append(stopper)  # after the callbacks whose state its checkpoint must include
-    trainer = _trainer(config, run_dir, enable_progress_bar, resumed_step, extra_callbacks=callbacks)
-    resume_command = f"fpt fit --resume {run_dir} --steps {config.steps}"
+    return GracefulStop(last, config.eval_every), PhaseTracker(), chance
+
+
+def _train(trainer: L.Trainer, module: FPTModule, config: RunConfig, last: Path, resume: bool, stopper: GracefulStop,
+           phases: PhaseTracker, resume_command: str) -> None:
+    """``trainer.fit``, with its ways of ending turned into fpt's errors (each says what to do)."""
     try:
         with stopper.installed():
             trainer.fit(module, ckpt_path=str(last) if resume else None, weights_only=True)
@@ -526,6 +525,10 @@ def _fit_locked(config, module, run_dir: Path, resume: bool, resumed_step, enabl
             f"stopped by {signal.Signals(stopper.signum).name} after the last training step ({trainer.global_step}); "
             f"checkpoint written to {last}, the test did not run.\nResume with: {resume_command}",
             stopper.signum, int(trainer.global_step), resume_command)
+
+
+def _save_trained_state(trainer: L.Trainer, module: FPTModule, config: RunConfig, run_dir: Path, last: Path) -> None:
+    """The end of training on disk: fpt's counters in last.ckpt, model.safetensors, the prediction layout."""
     # ResumeCheckpoint wrote the end state (optimizer, loops) inside the loop (a checkpoint taken after
     # trainer.fit returns holds a finished epoch, which resumes with every logged step one late);
     # refresh fpt's own counters (best_val, first_step_at_target) in it.
@@ -533,7 +536,6 @@ def _fit_locked(config, module, run_dir: Path, resume: bool, resumed_step, enabl
         checkpoint = read_checkpoint(last)
         checkpoint["fpt"] = module.checkpoint_meta()
         save_checkpoint_file(checkpoint, last)  # temp file + fsync + rename
-    train_seconds = time.time() - start
     trained = None
     if config.strategy == "fsdp":  # parameters are sharded: gather full ones (every rank takes part; rank 0 gets them)
         names = set(module.model.trainable_state_dict())
@@ -542,6 +544,21 @@ def _fit_locked(config, module, run_dir: Path, resume: bool, resumed_step, enabl
     if trainer.is_global_zero:
         save_trained(module.model, run_dir / "model.safetensors", trained=trained)
         save_prediction_layout(module.task, run_dir)
+
+
+def _fit_locked(config, module, run_dir: Path, resume: bool, resumed_step, enable_progress_bar, rank_zero, start,
+                user_callbacks: list[Callback]):
+    last = run_dir / "checkpoints" / "last.ckpt"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if rank_zero:
+        save_config(config, run_dir / "config.yaml")
+    stopper, phases, chance = _health_callbacks(config, module, last)
+    # the stopper last: its checkpoint must include the state of every other callback
+    callbacks = [phases, *([chance] if chance else []), *user_callbacks, stopper]
+    trainer = _trainer(config, run_dir, enable_progress_bar, resumed_step, extra_callbacks=callbacks)
+    _train(trainer, module, config, last, resume, stopper, phases, f"fpt fit --resume {run_dir} --steps {config.steps}")
+    _save_trained_state(trainer, module, config, run_dir, last)
+    train_seconds = time.time() - start
     try:
         with stopper.installed():  # a signal now lets the test finish (seconds): the run completes
             test_metrics = _test(trainer, module)

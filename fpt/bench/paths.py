@@ -16,7 +16,7 @@ import torch
 from fpt import fastpath
 from fpt.backbones import load_backbone
 from fpt.bench.measure import Memory, count_host_syncs, flops_per_step, matmul_params, throughput
-from fpt.bench.profile import breakdown_from_events, no_profiler_chatter
+from fpt.bench.profile import breakdown_from_events
 from fpt.config import build_config
 from fpt.data.splits import TaskSpec
 from fpt.features import check_cacheable
@@ -176,8 +176,7 @@ class FitPath:
     """
 
     def __init__(self, args, device):
-        import lightning as L  # only this path needs Lightning
-
+        from fpt.callbacks import StepTimer  # only this path needs Lightning
         from fpt.training import fit, resolve_device
 
         self.name, self.device = "fit", device
@@ -186,34 +185,6 @@ class FitPath:
 
         timed_end = total
         total += args.profile  # then --profile steps under torch.profiler
-
-        class StepTimer(L.Callback):
-            t0 = t1 = profiler = profiled_ms = None
-
-            def _now(self):
-                if cuda:
-                    torch.cuda.synchronize(device)
-                return time.perf_counter()
-
-            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-                if trainer.global_step == args.warmup and self.t0 is None:
-                    self.t0 = self._now()
-                if trainer.global_step == timed_end and args.profile and self.profiler is None:
-                    from torch.profiler import ProfilerActivity, profile
-
-                    self.profiler = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []))
-                    self.p0 = self._now()
-                    with no_profiler_chatter():
-                        self.profiler.__enter__()
-
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                if trainer.global_step == timed_end and self.t1 is None:
-                    self.t1 = self._now()
-                if trainer.global_step == total and self.profiler is not None and self.profiled_ms is None:
-                    self.profiled_ms = (self._now() - self.p0) * 1000 / args.profile
-                    with no_profiler_chatter():
-                        self.profiler.__exit__(None, None, None)
-
         with tempfile.TemporaryDirectory(prefix="fpt-bench-") as tmp:
             if args.tokens is not None and args.task is None:
                 rng = np.random.default_rng(0)
@@ -239,7 +210,7 @@ class FitPath:
                              "naive_optimizer": False, "sync_each_step": not fused}
             memory = Memory(device)
             memory.start()
-            timer = StepTimer()
+            timer = StepTimer(args.warmup, timed_end, args.profile, device)
             t0 = time.perf_counter()
             with contextlib.redirect_stdout(io.StringIO()):  # fit's own report lines would break the table
                 results = fit(config, enable_progress_bar=False, callbacks=[timer])

@@ -1,19 +1,15 @@
 """Where a step's time goes: profiled operators (CPU) or kernels (GPU), sorted into categories.
 
 The ``USDT:`` lines that torch's profiler (Kineto) writes to stderr at every start and stop are
-filtered out (:func:`no_profiler_chatter`): they say nothing to a user.
+filtered out (:func:`fpt.step.no_profiler_chatter`): they say nothing to a user.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-import tempfile
 import time
 from typing import Any
 
-from fpt.step import OPTIMIZER_RANGE, PHASE_RANGES
+from fpt.step import OPTIMIZER_RANGE, PHASE_RANGES, no_profiler_chatter
 
 # Where the time goes: profiled operators (CPU) or kernels (GPU) sorted into these, first match wins.
 # Names are matched lower-cased; GPU kernel names come from cuBLAS/cuDNN/flash/Triton and vary by
@@ -115,23 +111,3 @@ def breakdown_from_events(events, cuda: bool, steps: int, profiled_ms: float, st
     order = list(dict.fromkeys(["matmul"] + [c for c, _ in CATEGORIES] + ["optimizer+clip", HOST_CATEGORY, "device idle"]))
     ms = {c: totals[c] for c in order if totals.get(c, 0.0) > 0}
     return {"ms_per_step": ms, "profiled_steps": steps, "profiled_step_ms": profiled_ms, "basis": basis}
-
-
-@contextlib.contextmanager
-def no_profiler_chatter(noise: tuple[str, ...] = ("USDT:",)):
-    """Run the block with file descriptor 2 caught in a temporary file, then pass on every line but
-    the profiler's ``noise`` (Kineto writes it from C++, so Python's ``sys.stderr`` cannot filter it)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            caught.seek(0)
-            kept = [ln for ln in caught.read().splitlines(keepends=True) if not ln.startswith(tuple(n.encode() for n in noise))]
-            if kept:
-                os.write(2, b"".join(kept))

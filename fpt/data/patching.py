@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from einops import rearrange
 
 
 def check_patch_size(height: int, width: int, patch_size: int, what: str = "images") -> None:
@@ -24,22 +25,14 @@ def patchify(images, patch_size: int):
     """``[N, H, W, C]`` (numpy array or torch tensor) -> ``[N, (H/p)*(W/p), p*p*C]``."""
     if images.ndim != 4:
         raise ValueError(f"patchify expects [N, H, W, C], got shape {tuple(images.shape)}")
-    n, h, w, c = images.shape
-    p = int(patch_size)
-    check_patch_size(h, w, p)
-    x = images.reshape(n, h // p, p, w // p, p, c)
-    x = x.permute(0, 1, 3, 2, 4, 5) if isinstance(x, torch.Tensor) else x.transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(n, (h // p) * (w // p), p * p * c)
+    check_patch_size(images.shape[1], images.shape[2], int(patch_size))
+    return rearrange(images, "n (h p1) (w p2) c -> n (h w) (p1 p2 c)", p1=int(patch_size), p2=int(patch_size))
 
 
 def unpatchify(tokens, patch_size: int, height: int, width: int):
     """Inverse of :func:`patchify`."""
-    n, t, d = tokens.shape
     p = int(patch_size)
-    c = d // (p * p)
-    x = tokens.reshape(n, height // p, width // p, p, p, c)
-    x = x.permute(0, 1, 3, 2, 4, 5) if isinstance(x, torch.Tensor) else x.transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(n, height, width, c)
+    return rearrange(tokens, "n (h w) (p1 p2 c) -> n (h p1) (w p2) c", h=height // p, w=width // p, p1=p, p2=p)
 
 
 def channel_stats(images: np.ndarray, scale: float = 255.0, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
