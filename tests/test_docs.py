@@ -183,3 +183,12 @@ def test_recipe_add_an_option():
     assert fields["label_smoothing"].metadata["role"] == "what"
     assert "label smoothing" in parser.format_help()
     assert set(declared(RunConfig)) < set(fields) and dataclasses.is_dataclass(namespace["MyConfig"])
+
+
+def test_docs_name_every_task_and_freeze_preset():
+    from fpt.backbones.freeze import PRESETS
+    from fpt.tasks import list_tasks
+
+    tasks, backbones = (ROOT / "docs" / "tasks.md").read_text(), (ROOT / "docs" / "backbones.md").read_text()
+    assert not [t for t in list_tasks() if f"`{t}`" not in tasks], "a task missing from docs/tasks.md"
+    assert not [p for p in PRESETS if f"| `{p}` |" not in backbones], "a freeze preset missing from docs/backbones.md"
