@@ -65,6 +65,10 @@ def test_list(capsys):
     assert {"bit-xor", "bit-memory"} <= set(info["tasks"])
     assert set(info["freeze_presets"]) == set(PRESETS)
     assert "lstm" in info["backbones"]
+    # shipped presets and experiments are described in whole sentences, never cut mid-sentence
+    for name, text in {**info["config_presets"], **info["experiments"]}.items():
+        assert text.endswith(".") and text[0].isupper(), (name, text)
+    assert "query with half the bits masked." in info["config_presets"]["bit-memory"]
 
 
 def test_list_subprocess():
