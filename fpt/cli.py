@@ -22,8 +22,9 @@ import yaml
 # Command-line flags that map one-to-one onto RunConfig fields: flag -> (type, help).
 _FIT_FLAGS: dict[str, tuple[Any, str]] = {
     "task": (str, "task name (fpt list)"),
-    "backbone": (str, "smollm2-135m (offline default), lstm, a Hugging Face id (gpt2, EleutherAI/pythia-160m), a local dir, "
-                      "or run:RUN_DIR (a finished run's trained backbone, e.g. trained on bit-memory with --freeze full)"),
+    "backbone": (str, "smollm2-135m (offline default), minilm-l6 (offline encoder), lstm, a Hugging Face id (gpt2, "
+                      "EleutherAI/pythia-160m, bert-base-uncased), a local dir, a .gguf file, or run:RUN_DIR (a finished "
+                      "run's trained backbone, e.g. trained on bit-memory with --freeze full); fpt list shows them"),
     "init": (str, "pretrained | random"),
     "layers": (int, "keep only the first K blocks"),
     "freeze": (str, "freeze preset: fpt, output-only, +ln, +input, +pos, +ff, +attn, full"),
@@ -45,7 +46,8 @@ _FIT_FLAGS: dict[str, tuple[Any, str]] = {
     "devices": (int, "devices per node (DDP when > 1)"),
     "precision": (str, "auto | 32-true | bf16-mixed | 16-mixed"),
     "num_workers": (int, "data loader worker processes"),
-    "readout": (str, "last | mean | tokens (default: the task's)"),
+    "readout": (str, "last | mean | first (a trained summary token; encoders) | tokens (default: the task's; "
+                     "encoders replace its 'last' by their family's: mean for BERT-style, first for ViT)"),
     "lstm_width": (int, "hidden size of the lstm backbone"),
     "attn_implementation": (str, "sdpa | eager"),
     "label": (str, "free text shown in reports"),
@@ -175,11 +177,13 @@ def _predict(args) -> int:
 
 def _list(args) -> int:
     from fpt.backbones import HUB_EXAMPLES, list_backbones
-    from fpt.backbones.freeze import PRESET_HELP
+    from fpt.backbones.freeze import ENCODER_ARCHITECTURES, PRESET_HELP, SUPPORTED_ARCHITECTURES
     from fpt.config import list_presets
     from fpt.tasks import list_tasks
 
+    decoders = [a for a in SUPPORTED_ARCHITECTURES if a not in ENCODER_ARCHITECTURES and a != "lstm"]
     info = {"tasks": list_tasks(), "backbones": list_backbones(), "hub_examples": list(HUB_EXAMPLES),
+            "families": {"decoders": decoders, "encoders": list(ENCODER_ARCHITECTURES)},
             "freeze_presets": PRESET_HELP, "config_presets": list_presets()}
     from fpt.sweep import list_experiments
 
@@ -196,6 +200,8 @@ def _list(args) -> int:
         for key, text in entries.items():
             print(f"  {key:<{width}}  {text}")
     print("hub backbones (online, or cached): " + ", ".join(HUB_EXAMPLES) + ", or any local directory")
+    print(f"families with freezing rules (config.model_type): decoders {', '.join(decoders)}; "
+          f"encoders {', '.join(ENCODER_ARCHITECTURES)}; others need freeze_rules in the config")
     return 0
 
 

@@ -102,11 +102,13 @@ class FPT(nn.Module):
         if readout == "first":
             # A trained vector prepended to every sequence, read out at position 0 (BERT's and ViT's CLS
             # position). It starts as the backbone's own CLS token where there is one (ViT), else at the
-            # token embeddings' scale (never zeros). Trained as part of the input.
+            # token embeddings' scale; never all zeros (a randomly initialised DeiT's CLS token is).
+            # Trained as part of the input.
             self.summary_token = nn.Embedding(1, width)
             with torch.no_grad():
-                if backbone.summary_init is not None:
-                    self.summary_token.weight.copy_(backbone.summary_init.reshape(1, width))
+                init = backbone.summary_init
+                if init is not None and bool(init.abs().sum() > 0):
+                    self.summary_token.weight.copy_(init.reshape(1, width))
                 else:
                     nn.init.normal_(self.summary_token.weight, std=scale)
 
