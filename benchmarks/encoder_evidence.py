@@ -22,8 +22,15 @@ Command (from the repository root, offline, on a quiet machine)::
     python benchmarks/encoder_evidence.py --render-only            # the report from what has finished
 
 Re-running skips finished runs and resumes interrupted ones (``fpt sweep``'s rules), so the grid can be
-run in pieces (``--presets``, ``--variants``, ``--seeds``). Cost: see "Cost" in docs/reports/encoder/README.md
-(seed-0 pretrained runs timed on one thread of a busy 2-core machine: about 3.5 hours for the whole grid there).
+run in pieces (``--presets``, ``--variants``, ``--seeds``).
+
+Cost, measured on one thread of a *busy* 2-core machine (load ~4-5; seed 0, pretrained, ``--threads 1``),
+seconds per run: MiniLM-L6 / SmolLM2 6 layers -- bit-xor-small 68 / 104 (both stop at 100% after 100
+steps), fashion-mnist-small 466 / ~810 (300 steps + a 10k-image test), listops-small 580 / ~870 (139 of 200
+steps in 600 s), bit-memory-small ~930 / ~1830 (393 and 200 of 600 steps in 600 s). SmolLM2 2 layers costs
+about a third of 6. Frozen random runs that do not reach the target run every step (bit-xor-small: up to
+1000). The whole grid is then roughly 4-5 hours per seed there, 12-14 hours for 3 seeds; a quiet machine is
+faster (and ``fpt sweep``'s ``--parallel 2`` is not used here, to keep the timing clean).
 Expected: no published number; the question is whether the encoder's pretrained - random gap differs from
 the decoder's.
 """
@@ -95,7 +102,7 @@ def render(summaries: dict[str, dict], out: Path) -> str:
         "published number applies. Test accuracy in %, mean ± std over seeds (n = seeds finished). "
         "Gap: pretrained − random in points ± its standard error; the verdict needs |gap| > 2 s.e.", "",
         "| task | backbone | pretrained | frozen random | gap | verdict | steps to target, pretrained / random "
-        "(reached/runs) | CPU s per run, pretrained / random |",
+        "(reached/runs) | seconds per run, pretrained / random |",
         "|---|---|---|---|---|---|---|---|",
     ]
     devices, commands = set(), set()
@@ -117,12 +124,14 @@ def render(summaries: dict[str, dict], out: Path) -> str:
                 devices.add(json.loads(results_path.read_text()).get("device", ""))
     lines += ["", f"Devices: {', '.join(sorted(d for d in devices if d)) or '-'}. "
               f"Rendered {time.strftime('%Y-%m-%d %H:%M')} by `python benchmarks/encoder_evidence.py`; per-run rows, "
-              "learning curves and the runs' labels: `report.md`, `report.csv`, `curves-*.png` (fpt report).", ""]
+              "learning curves and the runs' labels: `report.md`, `report.csv`, `curves-*.png` (fpt report). "
+              "Seconds: results.json `seconds`, mean over seeds (a resumed run counts only its last process).", ""]
     incomplete = [(p, t["run_dir"], t["status"]) for p, s in summaries.items() for t in s["trials"] if t["status"] != "done"]
     if incomplete:
         lines += [f"Not complete: {len(incomplete)} runs are not finished (run the command again to finish them):", ""]
         lines += [f"- {run_dir}: {status}" for _, run_dir, status in incomplete[:20]]
-        lines += [f"- ... and {len(incomplete) - 20} more" if len(incomplete) > 20 else ""]
+        if len(incomplete) > 20:
+            lines.append(f"- ... and {len(incomplete) - 20} more")
     text = "\n".join(lines).rstrip() + "\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "README.md").write_text(text)

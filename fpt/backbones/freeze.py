@@ -63,7 +63,7 @@ PRESET_HELP = {
     "fpt": "the paper's FPT: input, output, layer norms, positions",
     "+ff": "fpt + feed-forward blocks",
     "+attn": "fpt + self-attention blocks",
-    "full": "everything but the unused token table (full finetuning / training from scratch)",
+    "full": "everything but the token tables (word, token-type) (full finetuning / training from scratch)",
 }
 
 
