@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fpt.backbones import HUB_EXAMPLES, list_backbones
-from fpt.backbones.freeze import PRESET_HELP
+from fpt.backbones.freeze import ENCODER_ARCHITECTURES, PRESET_HELP, SUPPORTED_ARCHITECTURES
 from fpt.bench import add_bench_parser
 from fpt.bench import main as bench_main
 from fpt.config import (
@@ -187,7 +187,9 @@ def _predict(args) -> int:
 
 
 def _list(args) -> int:
+    decoders = [a for a in SUPPORTED_ARCHITECTURES if a not in ENCODER_ARCHITECTURES and a != "lstm"]
     info = {"tasks": list_tasks(), "backbones": list_backbones(), "hub_examples": list(HUB_EXAMPLES),
+            "families": {"decoders": decoders, "encoders": list(ENCODER_ARCHITECTURES)},
             "freeze_presets": PRESET_HELP, "config_presets": list_presets(), "experiments": list_experiments()}
     if args.json:
         print(json.dumps(info, indent=2))
@@ -201,6 +203,8 @@ def _list(args) -> int:
         for key, text in entries.items():
             print(f"  {key:<{width}}  {text}")
     print("hub backbones (online, or cached): " + ", ".join(HUB_EXAMPLES) + ", or any local directory")
+    print(f"families with freezing rules (config.model_type): decoders {', '.join(decoders)}; "
+          f"encoders {', '.join(ENCODER_ARCHITECTURES)}; others need freeze_rules in the config")
     return 0
 
 

@@ -35,8 +35,9 @@ class RunConfig:
     task_options: dict[str, Any] = what(dict, "the task's own options, e.g. {n_bits: 5} (on the command line: -o KEY=VALUE)",
                                         flag=False)
     data_dir: str | None = what(None, "directory holding the task's dataset files (else $FPT_DATA_DIR, then the cache)")
-    backbone: str = what("smollm2-135m", "smollm2-135m (offline default), lstm, a Hugging Face id (gpt2, "
-                         "EleutherAI/pythia-160m), a local directory, or run:RUN_DIR (a finished run's trained backbone)")
+    backbone: str = what("smollm2-135m", "smollm2-135m (offline default), minilm-l6 (offline encoder), lstm, a Hugging "
+                         "Face id (gpt2, EleutherAI/pythia-160m, bert-base-uncased), a local directory, a .gguf file, or "
+                         "run:RUN_DIR (a finished run's trained backbone); fpt list shows them")
     init: str = what("pretrained", "pretrained, or random (same architecture, seeded random weights)",
                      choices=("pretrained", "random"))
     layers: int | None = what(None, "keep only the first K blocks (default: all)")
@@ -47,7 +48,9 @@ class RunConfig:
                                    "or, in YAML, a list of groups", expected="a preset name or a list of groups")
     freeze_rules: dict[str, list[str]] | None = what(None, "module class names per group (norm, attention, feedforward), "
                                                      "for architectures fpt does not know", flag=False)
-    readout: str | None = what(None, "last, mean or tokens (default: the task's)", choices=("last", "mean", "tokens"))
+    readout: str | None = what(None, "last, mean, first (a trained summary token prepended; encoders) or tokens "
+                               "(default: the task's; an encoder replaces its 'last' by its family's: mean for "
+                               "BERT-style, first for ViT)", choices=("last", "mean", "first", "tokens"))
     learned_positions: bool = what(True, "a trained position table for backbones without one (RoPE)")
     input_init: str = what("embedding", "input layer init: embedding (orthogonal, at the token embeddings' scale) or "
                            "paper (orthogonal, gain 1.41)", choices=("embedding", "paper"))

@@ -25,6 +25,8 @@ from fpt.backbones import Backbone
 from fpt.backbones.freeze import apply_freeze, resolve_preset
 from fpt.data.splits import TaskSpec
 
+READOUTS = ("last", "mean", "first", "tokens")
+
 
 @dataclass
 class ModelConfig:
@@ -32,7 +34,7 @@ class ModelConfig:
 
     freeze: str | list[str] = "fpt"  # a preset (fpt, output-only, +ln, +input, +pos, +ff, +attn, full) or a list of groups
     freeze_rules: dict[str, list[str]] | None = None  # module class names per group, for architectures fpt does not know
-    readout: str | None = None  # "last", "mean" or "tokens"; None: the task's default
+    readout: str | None = None  # "last", "mean", "first" (a trained summary token prepended; encoders) or "tokens"; None: the task's default, or on an encoder its family's in place of "last"
     learned_positions: bool = True  # add a trained position table for backbones without one (RoPE: Llama, SmolLM2, Pythia)
     # "embedding": orthogonal, rescaled to the token embeddings' scale; "paper": orthogonal, gain 1.41
     input_init: str = "embedding"
@@ -50,19 +52,18 @@ class FPT(nn.Module):
         self.spec = spec
         self.backbone = backbone
         hidden = backbone.hidden_size
-        readout = config.readout or spec.readout
-        if readout not in ("last", "mean", "tokens"):
-            raise ValueError(f"readout must be 'last', 'mean' or 'tokens', got {readout!r}")
-        if readout == "tokens" and spec.readout != "tokens":
-            raise ValueError("readout 'tokens' needs a task that predicts labels per token (e.g. bit tasks)")
-        self.readout = readout
-        # With "last"/"mean" on a many-label task one vector predicts every label.
+        width = backbone.input_size  # of inputs_embeds (ELECTRA-small: narrower than the blocks)
+        self.readout = readout = self._choose_readout(config.readout, spec, backbone)
+        # With "last"/"mean"/"first" on a many-label task one vector predicts every label.
         self.readout_tokens = spec.readout_tokens if readout == "tokens" else 1
-        if backbone.max_positions is not None and spec.max_tokens > backbone.max_positions:
+        # The 'first' read-out prepends one token (the summary) to every sequence.
+        tokens = spec.max_tokens + (1 if readout == "first" else 0)
+        if backbone.max_positions is not None and tokens > backbone.max_positions:
             raise ValueError(
-                f"the task's sequences have up to {spec.max_tokens} tokens but backbone {backbone.name!r} "
-                f"accepts at most {backbone.max_positions}; use a larger patch size, shorter sequences, "
-                "or a backbone with a longer context"
+                f"the task's sequences have up to {spec.max_tokens} tokens"
+                + (" (+1 summary token of the 'first' read-out)" if readout == "first" else "")
+                + f" but backbone {backbone.name!r} accepts at most {backbone.max_positions}; use a larger patch "
+                "size, shorter sequences, or a backbone with a longer context"
             )
         if config.input_init not in ("embedding", "paper"):
             raise ValueError(f"input_init must be 'embedding' or 'paper', got {config.input_init!r}")
@@ -70,17 +71,17 @@ class FPT(nn.Module):
         # -- input layer -------------------------------------------------------------------
         scale = backbone.embedding_std
         if spec.input_type == "continuous":
-            self.input_layer = nn.Linear(spec.input_dim, hidden)
+            self.input_layer = nn.Linear(spec.input_dim, width)
             nn.init.orthogonal_(self.input_layer.weight, gain=config.input_gain)
             nn.init.zeros_(self.input_layer.bias)
             if config.input_init == "embedding":
                 # For unit-variance inputs an orthogonal map gives outputs of variance gain^2 * D / H
                 # (D < H); rescale so each output coordinate has the token embeddings' std instead.
-                natural_std = config.input_gain * math.sqrt(min(spec.input_dim, hidden) / hidden)
+                natural_std = config.input_gain * math.sqrt(min(spec.input_dim, width) / width)
                 with torch.no_grad():
                     self.input_layer.weight.mul_(scale / natural_std)
         else:
-            self.input_layer = nn.Embedding(spec.input_dim, hidden, padding_idx=spec.pad_id if spec.padded else None)
+            self.input_layer = nn.Embedding(spec.input_dim, width, padding_idx=spec.pad_id if spec.padded else None)
             nn.init.normal_(self.input_layer.weight, std=scale)
 
         # -- positions: only for backbones that have no learned table of their own --------------
@@ -88,7 +89,7 @@ class FPT(nn.Module):
         if config.learned_positions and not backbone.learned_positions and backbone.arch != "lstm":
             # Never zeros: an exactly-zero input vector into SmolLM2 drives input gradients to ~1e31
             # (measured). Start at the token embeddings' scale instead.
-            self.position_table = nn.Embedding(spec.max_tokens, hidden)
+            self.position_table = nn.Embedding(tokens, width)
             nn.init.normal_(self.position_table.weight, std=scale)
 
         # -- output head -------------------------------------------------------------------
@@ -97,12 +98,48 @@ class FPT(nn.Module):
         nn.init.orthogonal_(self.head.weight, gain=config.input_gain)
         nn.init.zeros_(self.head.bias)
 
+        # -- summary token of the 'first' read-out (created last: other models' seeded init is unchanged) --
+        self.summary_token = None
+        if readout == "first":
+            # A trained vector prepended to every sequence, read out at position 0 (BERT's and ViT's CLS
+            # position). It starts as the backbone's own CLS token where there is one (ViT), else at the
+            # token embeddings' scale; never all zeros (a randomly initialised DeiT's CLS token is).
+            # Trained as part of the input.
+            self.summary_token = nn.Embedding(1, width)
+            with torch.no_grad():
+                init = backbone.summary_init
+                if init is not None and bool(init.abs().sum() > 0):
+                    self.summary_token.weight.copy_(init.reshape(1, width))
+                else:
+                    nn.init.normal_(self.summary_token.weight, std=scale)
+
         self.group_counts = apply_freeze(self, backbone.arch, config.freeze, config.freeze_rules)
         missing = [g for g in resolve_preset(config.freeze) if g not in self.group_counts]
         if missing and config.freeze != "full":  # "full" means everything there is
             # e.g. "+ln" on the LSTM (no norms) trains exactly what "output-only" trains: say so.
             warnings.warn(f"freeze {config.freeze!r} trains {', '.join(missing)}, but this model ({backbone.arch}) "
                           "has no such parameters; the preset trains the same as one without them", stacklevel=2)
+
+    @staticmethod
+    def _choose_readout(asked: str | None, spec: TaskSpec, backbone: Backbone) -> str:
+        """The read-out: the one asked for, else the task's default, except that a bidirectional backbone
+        replaces the task's "last" (meaningful only for a causal model, whose last token has seen every
+        other) by its family's default (``mean`` for BERT-style text encoders, ``first`` for ViT)."""
+        readout = asked or spec.readout
+        if asked is None and readout == "last" and backbone.causal is False and backbone.default_readout:
+            readout = backbone.default_readout
+        if readout not in READOUTS:
+            raise ValueError(f"readout must be one of {', '.join(READOUTS)}, got {readout!r}")
+        if readout == "tokens" and spec.readout != "tokens":
+            raise ValueError("readout 'tokens' needs a task that predicts labels per token (e.g. bit tasks)")
+        if readout == "first" and backbone.causal:
+            raise ValueError(
+                f"readout 'first' reads a summary token prepended at position 0, which sees nothing of the input in "
+                f"a causal backbone ({backbone.arch}); use 'last' or 'mean', or an encoder (bert, vit...)")
+        if readout == "first" and backbone.causal is None:
+            warnings.warn(f"readout 'first': fpt does not know whether {backbone.arch!r} is bidirectional; in a causal "
+                          "model the summary token at position 0 sees nothing of the input", stacklevel=3)
+        return readout
 
     # -- parameter bookkeeping ------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:
@@ -116,17 +153,29 @@ class FPT(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------
     def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The sequence the backbone sees: the input layer's tokens (after the summary token, with the
+        'first' read-out), plus FPT's position table where the backbone has none of its own."""
         h = self.input_layer(x)
+        if self.summary_token is not None:
+            h = torch.cat([self.summary_token.weight.to(h.dtype).expand(h.shape[0], 1, -1), h], 1)
         if self.position_table is not None:
             h = h + self.position_table.weight[: h.shape[1]]
         return h
 
+    def backbone_mask(self, mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The padding mask of :meth:`embed`'s sequence (the summary token is always attended to)."""
+        if mask is None or self.summary_token is None:
+            return mask
+        return torch.cat([torch.ones_like(mask[:, :1]), mask], 1)
+
     def features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Backbone output at the read-out positions: ``[B, readout_tokens, H]``."""
-        hidden = self.backbone(self.embed(x), attention_mask=mask)
+        hidden = self.backbone(self.embed(x), attention_mask=self.backbone_mask(mask))
         return self.read_out(hidden, mask)
 
     def read_out(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if self.readout == "first":
+            return hidden[:, :1]
         if self.readout == "mean":
             if mask is None:
                 return hidden.mean(1, keepdim=True)

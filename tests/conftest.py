@@ -1,7 +1,8 @@
 """Shared fixtures: tiny backbones built from configs in temporary directories (nothing is downloaded).
 
-* ``tiny_dirs``: ``{"gpt2" | "llama" | "gpt_neox": directory}`` holding only a ``config.json``
-  (for ``init="random"``);
+* ``tiny_dirs``: ``{family: directory}`` holding only a ``config.json`` (for ``init="random"``), for
+  every family of ``ARCHS``: the decoders gpt2, llama, gpt_neox and the encoders bert, roberta,
+  distilbert, electra, vit, deit (``FAMILY_CONFIGS``: one tiny config per family fpt supports);
 * ``pretrained_dirs``: the same architectures with ``model.safetensors`` too (for ``init="pretrained"``);
 * ``make_backbone(arch)``: a loaded tiny backbone of any of these, or the LSTM (width 32, 1 layer);
 * ``lstm_backbone``: ``load_backbone("lstm", init="random", layers=1, lstm_width=32)``;
@@ -25,13 +26,39 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 WIDTH = 64
 MAX_POSITIONS = 64
-ARCHS = ("gpt2", "llama", "gpt_neox")
+DECODERS = ("gpt2", "llama", "gpt_neox")
+ENCODERS = ("bert", "roberta", "distilbert", "electra", "vit", "deit")
+ARCHS = DECODERS + ENCODERS
 BACKBONES = ARCHS + ("lstm",)
+
+# Encoders: 2 blocks of width 64 that accept 64 positions, like the decoders below.
+FAMILY_CONFIGS = {
+    "bert": ("BertConfig", dict(num_hidden_layers=2, hidden_size=WIDTH, intermediate_size=96, num_attention_heads=4,
+                                vocab_size=128, max_position_embeddings=MAX_POSITIONS)),
+    # RoBERTa numbers positions from pad_token_id + 1: 66 rows give 64 positions.
+    "roberta": ("RobertaConfig", dict(num_hidden_layers=2, hidden_size=WIDTH, intermediate_size=96, num_attention_heads=4,
+                                      vocab_size=128, max_position_embeddings=MAX_POSITIONS + 2, pad_token_id=1,
+                                      bos_token_id=0, eos_token_id=2)),
+    "distilbert": ("DistilBertConfig", dict(n_layers=2, dim=WIDTH, hidden_dim=96, n_heads=4, vocab_size=128,
+                                            max_position_embeddings=MAX_POSITIONS)),
+    # ELECTRA-small style: embeddings narrower than the blocks (embedding_size 32 -> hidden 64).
+    "electra": ("ElectraConfig", dict(num_hidden_layers=2, hidden_size=WIDTH, embedding_size=32, intermediate_size=96,
+                                      num_attention_heads=4, vocab_size=128, max_position_embeddings=MAX_POSITIONS)),
+    # 32x32 images of 4x4 patches: 64 patch positions (+ the CLS row; DeiT: + the distillation row).
+    "vit": ("ViTConfig", dict(num_hidden_layers=2, hidden_size=WIDTH, intermediate_size=96, num_attention_heads=4,
+                              image_size=32, patch_size=4)),
+    "deit": ("DeiTConfig", dict(num_hidden_layers=2, hidden_size=WIDTH, intermediate_size=96, num_attention_heads=4,
+                                image_size=32, patch_size=4)),
+}
 
 
 def tiny_config(arch: str):
+    import transformers
     from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig
 
+    if arch in FAMILY_CONFIGS:
+        cls, values = FAMILY_CONFIGS[arch]
+        return getattr(transformers, cls)(**values)
     if arch == "gpt2":
         return GPT2Config(n_layer=2, n_embd=WIDTH, n_head=4, n_positions=MAX_POSITIONS, vocab_size=128,
                           bos_token_id=0, eos_token_id=0)

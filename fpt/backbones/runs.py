@@ -41,6 +41,14 @@ def run_dir_of(name: str) -> Path:
     return Path(path)
 
 
+def load_run_source(name: str, options):
+    """The registry's loader for ``run:DIR`` (options: ``fpt.backbones.registry.BuildOptions``; the
+    seed and LSTM width are the source run's own)."""
+    return load_run_backbone(name, init=options.init, layers=options.layers,
+                             attn_implementation=options.attn_implementation,
+                             trust_remote_code=options.trust_remote_code)
+
+
 def load_run_backbone(name: str, *, init: str = "pretrained", layers: int | None = None,
                       attn_implementation: str = "sdpa", trust_remote_code: bool = False):
     """The backbone of the finished run in ``name`` ("run:PATH"), with that run's trained weights."""
