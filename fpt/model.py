@@ -34,7 +34,9 @@ class ModelConfig:
 
     freeze: str | list[str] = "fpt"  # a preset (fpt, output-only, +ln, +input, +pos, +ff, +attn, full) or a list of groups
     freeze_rules: dict[str, list[str]] | None = None  # module class names per group, for architectures fpt does not know
-    readout: str | None = None  # "last", "mean", "first" (a trained summary token prepended; encoders) or "tokens"; None: the task's default, or on an encoder its family's in place of "last"
+    # "last", "mean", "first" (a trained summary token prepended; encoders) or "tokens"; None: the task's
+    # default, or on an encoder its family's in place of "last"
+    readout: str | None = None
     learned_positions: bool = True  # add a trained position table for backbones without one (RoPE: Llama, SmolLM2, Pythia)
     # "embedding": orthogonal, rescaled to the token embeddings' scale; "paper": orthogonal, gain 1.41
     input_init: str = "embedding"
