@@ -37,11 +37,19 @@ OUTPUT_TYPES = ("classification", "regression")
 
 
 def _mean_metric() -> torchmetrics.MeanMetric:
-    """A mean without the per-update NaN check, which reads the device (a host sync per batch)."""
+    """A mean without the per-update NaN check, which reads the device (a host sync per batch).
+
+    With ``nan_strategy="disable"`` torchmetrics (1.9) ignores ``update``'s ``weight``; weight a batch's
+    value by repeating it (:func:`_per_sample`) instead."""
     try:
         return torchmetrics.MeanMetric(nan_strategy="disable")
     except ValueError:  # torchmetrics before "disable" existed
         return torchmetrics.MeanMetric(nan_strategy="ignore")
+
+
+def _per_sample(value: torch.Tensor, n: int) -> torch.Tensor:
+    """A batch's mean repeated once per sample: a plain mean of these is the sample-weighted mean."""
+    return value.detach().reshape(()).expand(n)
 
 
 class Objective:
@@ -112,7 +120,7 @@ class Classification(Objective):
         pred = output.argmax(-1)
         metrics["accuracy"].update(pred.reshape(-1), y.reshape(-1))
         metrics["exact_accuracy"].update((pred == y).all(1).float())
-        metrics["loss"].update(loss, weight=y.shape[0])
+        metrics["loss"].update(_per_sample(loss, y.shape[0]))
 
     def train_metric(self) -> torchmetrics.Metric:
         """The per-step training accuracy metric (a module: register it so it follows the device)."""
@@ -163,7 +171,7 @@ class Regression(Objective):
         pred = self.predict(output)
         metrics["rmse"].update(pred.reshape(-1), y.reshape(-1))  # over every target of every sample
         metrics["mae"].update(pred.reshape(-1), y.reshape(-1))
-        metrics["loss"].update(loss, weight=y.shape[0])
+        metrics["loss"].update(_per_sample(loss, y.shape[0]))
 
     def train_values(self, output, y):
         with torch.no_grad():

@@ -326,7 +326,7 @@ def read_ts(path: str | Path) -> TSData:
         targets = np.empty(len(raw_labels), dtype=np.float64)
         for i, (label, number) in enumerate(zip(raw_labels, case_lines)):
             try:
-                targets[i] = float(label)
+                targets[i] = math.nan if label.lower() in _MISSING_TOKENS else float(label)
             except ValueError:
                 raise TSFormatError(f"{path}, line {number}: regression target {label!r} is not a number "
                                     "(@targetLabel true)") from None
