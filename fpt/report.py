@@ -197,6 +197,8 @@ def render_markdown(rows: list[dict[str, Any]], figures: dict[str, str] | None =
     for r in rows:
         target = f"{_steps(r['steps_to_target'])} ({_num(r['target_accuracy'], 0)}%)" if r["steps_to_target"] is not None \
             else f"not reached in {r['steps']} ({_num(r['target_accuracy'], 0)}%)"
+        if r["target_accuracy"] is None:  # regression: no accuracy target
+            target = "-"
         paper = _num(r["paper_accuracy"]) + (f" ({r['paper_source']})" if r["paper_source"] else "")
         lines.append(
             f"| {r['task']} | {r.get('name') or Path(r['run']).name} | {r['label'] or '-'} | {r['backbone']} | {r['init']} | {r['freeze']} | "
