@@ -498,3 +498,22 @@ def test_make_objective_needs_target_statistics_for_regression():
         make_objective(spec)
     with pytest.raises(ValueError, match="num_classes must be 1"):
         TaskSpec("continuous", 4, 8, num_classes=3, output="regression")
+
+
+@needs_aeon
+def test_the_readme_command_runs_offline_on_smollm2(tmp_path, monkeypatch, capsys):
+    """`fpt fit --task timeseries -o name=GunPoint --layers 2 ...` (the README's command; fewer steps here)."""
+    from fpt.backbones.gguf import find_smollm2_gguf
+    from fpt.cli import main
+
+    try:
+        find_smollm2_gguf()
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    monkeypatch.setenv("FPT_OFFLINE", "1")
+    run = tmp_path / "gp"
+    assert main(["fit", "--task", "timeseries", "-o", "name=GunPoint", "--layers", "2", "--steps", "4",
+                 "--eval-every", "2", "--batch-size", "8", "--run-dir", str(run), "--no-progress-bar"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    results = json.loads((run / "results.json").read_text())
+    assert results["data"]["problem"] == "GunPoint" and results["layers"] == 2 and results["steps"] == 4

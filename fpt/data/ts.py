@@ -30,7 +30,8 @@ What this reader accepts (and the archive's own files use):
 
 Every malformed file is an error (:class:`TSFormatError`) naming the file and the line.
 
-Where a problem's files are found (:func:`problem_dataset`, :func:`find_problem`): ``--data-dir`` /
+Where a problem's files are found (:func:`find_problem`; the source description is
+:func:`fpt.data.sources.timeseries_problem`): ``--data-dir`` /
 ``$FPT_DATA_DIR`` / the cache (``~/.cache/fpt/timeseries/<Name>``) as :mod:`fpt.data.store`
 searches them, then the problems the ``aeon`` wheel ships in ``aeon/datasets/data`` (located with
 ``importlib``; aeon is never imported, its dependencies are not needed). Online, a missing problem is
@@ -384,7 +385,6 @@ def fill_missing(data: TSData, policy: str, task: str = "timeseries") -> TSData:
 
 # -- where problems are ------------------------------------------------------------------------
 AEON_DISTRIBUTION = "aeon"
-ARCHIVE_HOME = "https://www.timeseriesclassification.com (UCR/UEA) and https://zenodo.org/communities/tsml"
 
 
 def aeon_data_root() -> Path | None:
@@ -461,39 +461,6 @@ def zenodo_record(name: str) -> int | None:
     return None
 
 
-def zenodo_urls(record: int, filename: str) -> tuple[str, ...]:
-    return (f"https://zenodo.org/records/{record}/files/{filename}?download=1",
-            f"https://zenodo.org/api/records/{record}/files/{filename}/content")
-
-
-def problem_dataset(name: str):
-    """The :class:`fpt.data.store.Dataset` of an archive problem: its two files, the folders searched
-    (``--data-dir``, ``$FPT_DATA_DIR``, the cache, then aeon's bundled data) and, when its Zenodo
-    record is known, the download."""
-    from fpt.data.store import Dataset, Remote
-
-    if not name or any(c in name for c in "/\\") or name.startswith("."):
-        raise ValueError(f"timeseries: {name!r} is not a problem name (e.g. GunPoint); for your own files use "
-                         "-o path=FILE_OR_DIR")
-    files = ((f"{name}_TRAIN.ts",), (f"{name}_TEST.ts",))
-    base = base_name(name)
-    root = aeon_data_root()
-    system = tuple(str(root / d) for d in dict.fromkeys((name, base))) if root else ()
-    record = zenodo_record(base)
-    remotes = tuple(Remote(f[0], zenodo_urls(record, f[0])) for f in files) if record else ()
-    if record:
-        how = (f"they are downloaded automatically from Zenodo record {record} when online (the archive publishes "
-               "no checksums: the download is checked for completeness and must parse); or get them from "
-               f"{ARCHIVE_HOME}")
-    else:
-        how = (f"download {name}_TRAIN.ts and {name}_TEST.ts from {ARCHIVE_HOME}"
-               + ("" if root else "; with the aeon wheel installed (pip install --no-deps aeon) fpt knows each "
-                                 "problem's Zenodo record and downloads it itself"))
-    subdirs = tuple(dict.fromkeys(("", name, base, f"Univariate_ts/{base}", f"Multivariate_ts/{base}")))
-    return Dataset(key=f"timeseries/{base}", files=files, subdirs=subdirs, system_dirs=system, remotes=remotes,
-                   how_to_get=how)
-
-
 def find_problem(name: str, data_dir=None, download: bool = True, task: str = "timeseries") -> dict[str, Path]:
     """``{"train": path, "test": path}`` of an archive problem, downloading it into the cache if needed.
 
@@ -501,9 +468,10 @@ def find_problem(name: str, data_dir=None, download: bool = True, task: str = "t
     message; a missing problem raises :class:`fpt.data.store.MissingDataError` naming the files, the
     folders searched and how to get them.
     """
+    from fpt.data.sources import timeseries_problem
     from fpt.data.store import ensure_files, find_files
 
-    dataset = problem_dataset(name)
+    dataset = timeseries_problem(name)
     if find_files(dataset, data_dir) is None:
         others = bundled_non_problems()
         if name in others:

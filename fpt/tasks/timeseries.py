@@ -263,16 +263,15 @@ class TimeSeries(Task):
         tokens = {split: [tokens_of(s, o.patch_size, self.stride, o.channels)
                           for s in normalise(series, o.normalize, mean, std)]
                   for split, (series, _) in raw.items()}
-        lengths = {split: np.array([len(t) for t in toks]) for split, toks in tokens.items()}
-        width = int(max(v.max() for v in lengths.values()))
-        padded = any(len(set(v.tolist())) > 1 for v in lengths.values()) or len(
-            {int(v[0]) for v in lengths.values()}) > 1
+        lengths = np.array([len(t) for toks in tokens.values() for t in toks])
+        width = int(lengths.max())
+        padded = bool((lengths != width).any())  # any series shorter than the longest: masks and last-token readout
         x, mask = {}, {}
         for split, toks in tokens.items():
             x[split], mask[split] = pad_tokens(toks, width)
         self._prepared = _Prepared(x, mask, {split: y for split, (_, y) in raw.items()})
         all_lengths = np.concatenate([train_file.lengths] + ([test_file.lengths] if test_file is not None else []))
-        self._padded = bool(padded)
+        self._padded = padded
         self._kind = kind
         self._classes = tuple(classes)
         self._channels = train_file.num_channels
