@@ -207,9 +207,12 @@ def headline(results: dict[str, Any]) -> tuple[str, bool]:
 
 
 def val_score(results: dict[str, Any]) -> float | None:
-    """The best validation value of a run (``val.best``, or ``val.best_accuracy`` for older runs)."""
+    """The best validation value of a run: ``val.best_accuracy`` for accuracy (older runs have only that),
+    else ``val.best`` (e.g. the lowest RMSE)."""
     val = results.get("val") or {}
-    value = val.get("best", val.get("best_accuracy"))
+    metric, _ = headline(results)
+    value = val.get("best_accuracy") if metric == "accuracy" and val.get("best_accuracy") is not None \
+        else val.get("best")
     return None if value is None else float(value)
 
 
