@@ -144,7 +144,7 @@ def timeseries_problem(name: str) -> Dataset:
     files = ((f"{name}_TRAIN.ts",), (f"{name}_TEST.ts",))
     base = base_name(name)
     root = aeon_data_root()
-    system = tuple(str(root / d) for d in dict.fromkeys((name, base))) if root else ()
+    system = tuple(str(root / d) for d in dict.fromkeys((name, base)) if (root / d).is_dir()) if root else ()
     record = zenodo_record(base)
     remotes = tuple(Remote(f[0], zenodo_urls(record, f[0])) for f in files) if record else ()
     if record:
