@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 REPORT=${1:-docs/reports/timeseries}
 SWEEPS=${SWEEPS:-runs/sweeps/timeseries}
 PARALLEL=${PARALLEL:-1}
-FPT=${FPT:-python -m fpt.cli}
+FPT=${FPT:-python3 -m fpt.cli}  # e.g. FPT=".venv/bin/python -m fpt.cli"
 for problem in gunpoint italypowerdemand basicmotions japanesevowels covid3month; do
   # shellcheck disable=SC2086
   $FPT sweep "timeseries-$problem" --experiment timeseries --threads 1 --parallel "$PARALLEL" \
