@@ -82,6 +82,9 @@ class Progress(Callback):
         if "val/accuracy" in m:
             print(f"step {trainer.global_step:>6}  val accuracy {float(m['val/accuracy']):.4f}  "
                   f"exact {float(m['val/exact_accuracy']):.4f}  loss {float(m['val/loss']):.4f}", flush=True)
+        elif "val/rmse" in m:  # regression (fpt.objectives): original units
+            print(f"step {trainer.global_step:>6}  val rmse {float(m['val/rmse']):.6g}  mae {float(m['val/mae']):.6g}  "
+                  f"loss {float(m['val/loss']):.4f}", flush=True)
 
 
 def progress_bar(refresh_rate: int) -> Callback:

@@ -110,7 +110,8 @@ def _parser() -> argparse.ArgumentParser:
 
     pred = sub.add_parser("predict", help="classes and probabilities for new data with a trained run")
     pred.add_argument("--run-dir", required=True)
-    pred.add_argument("--data", required=True, help=".npz with x (raw, as in training) and optionally y")
+    pred.add_argument("--data", required=True, help=".npz with x (raw, as in training) and optionally y; "
+                                                    "a .ts file for timeseries runs")
     pred.add_argument("--out", required=True, help="CSV to write: index, prediction, p0..pC-1 (, label)")
     pred.add_argument("--x-key", default=None, help="array name of the inputs (default: x, else x_test)")
 
@@ -164,8 +165,9 @@ def _fit(args) -> int:
     test = results.get("test", {})
     if global_rank_from_env() != 0:  # torchrun / srun: every process gets here; rank 0 speaks
         return 0
-    print(f"test accuracy {test.get('accuracy', float('nan')):.4f}  exact {test.get('exact_accuracy', float('nan')):.4f}  "
-          f"({results['steps']} steps, {results['seconds']:.0f} s, "
+    headline = (f"test rmse {test['rmse']:.6g}  mae {test.get('mae', float('nan')):.6g}" if "rmse" in test else
+                f"test accuracy {test.get('accuracy', float('nan')):.4f}  exact {test.get('exact_accuracy', float('nan')):.4f}")
+    print(f"{headline}  ({results['steps']} steps, {results['seconds']:.0f} s, "
           f"{results['trainable_params']:,} trainable / {results['total_params']:,} params)")
     print(f"run directory: {config.run_dir}")
     return 0
@@ -182,6 +184,8 @@ def _test(args) -> int:
 def _predict(args) -> int:
     summary = predict(args.run_dir, args.data, args.out, x_key=args.x_key)
     accuracy = f", accuracy {summary['accuracy']:.4f} against the given labels" if "accuracy" in summary else ""
+    if "rmse" in summary:  # regression
+        accuracy = f", rmse {summary['rmse']:.6g}, mae {summary['mae']:.6g} against the given targets"
     print(f"wrote {summary['samples']} predictions to {summary['out']}{accuracy}")
     return 0
 

@@ -5,6 +5,12 @@ raw data in the training format (e.g. ``uint8 [N, 28, 28]``), preprocessed exact
 from the run's ``prediction_layout.json``; for other tasks ``x`` must already be model input
 (``[N, T, D]`` floats or ``[N, T]`` token ids). Either way it goes through the same validation as
 training data.
+
+For ``timeseries`` runs the new data is a ``.ts`` file (``--data new.ts``), read and preprocessed
+(missing values, normalisation, patching) as in training; ``prediction_label`` is the class as the
+file writes it. Regression runs (:mod:`fpt.objectives`) write the predicted values in the targets'
+original units (``prediction``; ``prediction_<k>`` for several targets) and, with labels, the RMSE
+and MAE.
 """
 
 from __future__ import annotations
@@ -30,8 +36,17 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path | None = None
     config, model = load_run(run_dir)
     layout_file = run_dir / "prediction_layout.json"
     layout = json.loads(layout_file.read_text()) if layout_file.exists() else model.spec
-    split = load_arrays_for_prediction(data, layout, x_key=x_key)
+    class_names = None
+    if isinstance(layout, dict) and layout.get("kind") == "timeseries":
+        from fpt.tasks.timeseries import load_for_prediction
+
+        split, _ = load_for_prediction(data, layout)
+        class_names = layout.get("classes") or None
+    else:
+        split = load_arrays_for_prediction(data, layout, x_key=x_key)
     spec = model.spec
+    if getattr(spec, "output", "classification") == "regression":
+        return _predict_values(config, model, split, out, batch_size)
     rows, correct, labelled = [], 0, 0
     for start in range(0, len(split), batch_size):
         batch = split.batch(np.arange(start, min(start + batch_size, len(split))))
@@ -41,6 +56,8 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path | None = None
             row = {"index": start + i}
             if spec.num_labels == 1:
                 row["prediction"] = int(pred[i, 0])
+                if class_names:  # the class as the data files write it
+                    row["prediction_label"] = class_names[int(pred[i, 0])]
                 row.update({f"p{c}": f"{float(probs[i, 0, c]):.6f}" for c in range(spec.num_classes)})
             else:  # many labels per sample (bit tasks): predictions and confidence of each
                 row["prediction"] = " ".join(str(int(v)) for v in pred[i])
@@ -51,13 +68,49 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path | None = None
                 correct += int((pred[i] == y).all())
                 labelled += 1
             rows.append(row)
+    summary = {"samples": len(rows), "out": str(out) if out else None}
+    _write_rows(rows, out)
+    if labelled:
+        summary["accuracy"] = correct / labelled
+    return summary
+
+
+def _write_rows(rows: list[dict], out) -> None:
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
     if out is not None:
         atomic_write_text(Path(out), text.getvalue())
+
+
+def _predict_values(config, model, split, out, batch_size: int) -> dict:
+    """Regression: values in the targets' original units (the task's training statistics undo the
+    standardisation), one column per target; RMSE / MAE against the labels when the data has them."""
+    from fpt.objectives import make_objective
+    from fpt.tasks import make_task
+
+    task = make_task(config.task, config.task_options, seed=config.seed, data_dir=config.data_dir)
+    objective = make_objective(model.spec, task)  # the training split's target statistics
+    k = model.spec.num_labels
+    names = ["prediction"] if k == 1 else [f"prediction_{j}" for j in range(k)]
+    label_names = ["label"] if k == 1 else [f"label_{j}" for j in range(k)]
+    rows, errors = [], []
+    for start in range(0, len(split), batch_size):
+        batch = split.batch(np.arange(start, min(start + batch_size, len(split))))
+        values = objective.predict(model(batch["x"], batch.get("mask")))  # [B, K], original units
+        y = batch["y"].reshape(values.shape).float() if "y" in batch else None
+        for i in range(values.shape[0]):
+            row = {"index": start + i, **{n: f"{float(v):.8g}" for n, v in zip(names, values[i])}}
+            if y is not None:
+                row.update({n: f"{float(v):.8g}" for n, v in zip(label_names, y[i])})
+            rows.append(row)
+        if y is not None:
+            errors.append((values - y).reshape(-1))
+    _write_rows(rows, out)
     summary = {"samples": len(rows), "out": str(out) if out else None}
-    if labelled:
-        summary["accuracy"] = correct / labelled
+    if errors:
+        err = torch.cat(errors)
+        summary["rmse"] = float(err.pow(2).mean().sqrt())
+        summary["mae"] = float(err.abs().mean())
     return summary

@@ -18,7 +18,6 @@ import tempfile
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 FORWARD_RANGE = "fpt::forward"
 BACKWARD_RANGE = "fpt::backward"
@@ -41,8 +40,9 @@ def autocast_for(precision: str, device_type: str) -> Callable[[], Any]:
     return contextlib.nullcontext
 
 
-def logits_and_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits ``[B, labels, classes]``, labels ``[B, labels]`` and the mean cross-entropy of a batch.
+def logits_and_loss(model, batch: dict[str, torch.Tensor], objective) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The head's outputs ``[B, labels, classes]``, targets ``[B, labels]`` and the objective's loss
+    (:mod:`fpt.objectives`: cross-entropy for classification, standardised MSE for regression).
 
     A batch with ``features`` (cached-feature mode, :mod:`fpt.features`) skips the frozen part."""
     if "features" in batch:
@@ -50,8 +50,7 @@ def logits_and_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor
     else:
         logits = model(batch["x"], batch.get("mask"))
     y = batch["y"].reshape(logits.shape[0], -1)
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
-    return logits, y, loss
+    return logits, y, objective.loss(logits, y)
 
 
 def _no_mark(phase: str) -> None:
@@ -65,8 +64,12 @@ class TrainingStep:
     (the guard reads the gradient norm on the host too unless the optimizer is fused)."""
 
     def __init__(self, model, optimizer: torch.optim.Optimizer, guard, autocast: Callable[[], Any] = contextlib.nullcontext,
-                 read_loss_each_step: bool = False):
+                 read_loss_each_step: bool = False, objective=None):
+        from fpt.objectives import make_objective
+
         self.model, self.optimizer, self.guard, self.autocast = model, optimizer, guard, autocast
+        # the loss of the model's task (classification unless given; regression needs the task's target statistics)
+        self.objective = objective if objective is not None else make_objective(model.spec)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.read_loss_each_step = read_loss_each_step
 
@@ -75,7 +78,7 @@ class TrainingStep:
         record = torch.profiler.record_function
         with record(FORWARD_RANGE):
             with self.autocast():
-                _, _, loss = logits_and_loss(self.model, batch)
+                _, _, loss = logits_and_loss(self.model, batch, self.objective)
         mark("forward")
         with record(BACKWARD_RANGE):
             loss.backward()

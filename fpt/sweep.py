@@ -14,10 +14,11 @@ a *grid* (``--grid KEY=V1,V2,...`` and its shorthand ``--lr``; cartesian product
 ``SWEEP_DIR/<setting>/s<seed>/`` (a normal run directory: ``fpt test``, ``fpt report`` work on it);
 the default ``SWEEP_DIR`` is ``runs/sweeps/<preset>[-<experiment>][-<swept keys>]``.
 
-Model selection is on **validation** accuracy (``results.json`` ``val.best_accuracy``), averaged
-over seeds: within each experiment variant, the grid setting with the best mean validation
-accuracy is *chosen*, and its test accuracy is reported as mean and standard deviation over seeds
-(per setting too). Test numbers never choose anything.
+Model selection is on **validation** (``results.json`` ``val.best``: accuracy, or RMSE for
+regression tasks, :mod:`fpt.objectives`), averaged over seeds: within each experiment variant, the
+grid setting with the best mean validation value (highest accuracy, lowest RMSE) is *chosen*, and
+its test value is reported as mean and standard deviation over seeds (per setting too). Test
+numbers never choose anything.
 
 Re-running the same command skips finished trials (``results.json`` present), resumes a trial that
 was interrupted after its first checkpoint (``fit(..., resume=True)``) and restarts one that was
@@ -53,6 +54,7 @@ from fpt.checkpoint import read_results, results_or_none
 from fpt.config import DOCUMENTATION_KEYS, MACHINERY, build_config, preset_dir, read_yaml
 from fpt.fastpath import physical_cores
 from fpt.io import atomic_write_json, atomic_write_text
+from fpt.objectives import headline, test_score, val_score
 from fpt.options import parse_text as parse_value
 from fpt.rundir import LOCK_NAME, RunLock, move_aside
 from fpt.text import description, suggest
@@ -356,8 +358,9 @@ def run_plan(plan: Plan, parallel: int = 1, echo: Callable[[str], None] = print)
             echo(f"{where}{name}: FAILED ({outcome['error']})")
         else:
             r = outcome["results"]
-            echo(f"{where}{name}: {outcome['state']}  val {_pct(r.get('val', {}).get('best_accuracy'))}  "
-                 f"test {_pct(r.get('test', {}).get('accuracy'))}  ({r.get('steps')} steps, {r.get('seconds', 0):.0f} s)")
+            metric = headline(r)[0]
+            echo(f"{where}{name}: {outcome['state']}  val {_value(val_score(r), metric)}  "
+                 f"test {_value(test_score(r), metric)}  ({r.get('steps')} steps, {r.get('seconds', 0):.0f} s)")
         write_summary(plan, outcomes)
 
     for name, (values, run_dir) in plan.sources.items():
@@ -405,6 +408,13 @@ def _pct(x: Any) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * float(x):.1f}"
 
 
+def _value(x: Any, metric: str) -> str:
+    """Accuracies in %, other metrics (rmse) as they are."""
+    if metric in ("accuracy", "exact_accuracy"):
+        return _pct(x)
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{float(x):.4g}"
+
+
 def _stats(values: list[float]) -> dict[str, Any]:
     if not values:
         return {"mean": None, "std": None, "n": 0, "values": []}
@@ -423,7 +433,8 @@ def _trial_entry(trial: Trial, results: dict[str, Any] | None, outcome: dict[str
     if outcome.get("error"):
         entry["error"] = outcome["error"]
     if results:
-        entry.update(val_accuracy=results.get("val", {}).get("best_accuracy"),
+        entry.update(metric=headline(results)[0], val_value=val_score(results), test_value=test_score(results),
+                     val_accuracy=results.get("val", {}).get("best_accuracy"),
                      test_accuracy=results.get("test", {}).get("accuracy"),
                      test_exact_accuracy=results.get("test", {}).get("exact_accuracy"),
                      first_step_at_target=results.get("val", {}).get("first_step_at_target"),
@@ -447,8 +458,9 @@ def summarize(plan: Plan, outcomes: dict[str, dict[str, Any]] | None = None) -> 
     for s in settings.values():
         res = s.pop("results")
         s["done"] = len(res)
-        s["val"] = _stats([r["val"]["best_accuracy"] for r in res if r.get("val", {}).get("best_accuracy") is not None])
-        s["test"] = _stats([r["test"]["accuracy"] for r in res if r.get("test", {}).get("accuracy") is not None])
+        s["metric"], s["higher_is_better"] = headline(res[0]) if res else ("accuracy", True)
+        s["val"] = _stats([v for v in map(val_score, res) if v is not None])
+        s["test"] = _stats([v for v in map(test_score, res) if v is not None])
         s["seconds"] = sum(float(r.get("seconds") or 0) for r in res)
         reached = [r["val"]["first_step_at_target"] for r in res if r.get("val", {}).get("first_step_at_target") is not None]
         s["steps_to_target"] = _stats([float(x) for x in reached])
@@ -458,20 +470,25 @@ def summarize(plan: Plan, outcomes: dict[str, dict[str, Any]] | None = None) -> 
             ref = reference.paper_accuracy(r0["task"], setting, r0.get("backbone"))
             s["reference"] = ({"setting": setting, "accuracy": ref.accuracy, "source": ref.source, "where": ref.where,
                                "model": ref.model} if ref else {"setting": setting})
+            if r0.get("task") == "timeseries":  # the field's published numbers for the same problem and split
+                published, _ = reference.ts_lookup(r0.get("data"))
+                s["reference"]["published"] = ", ".join(f"{p.method} {p.value:g}" for p in published) or None
     chosen: dict[str, str] = {}
     for s in settings.values():
         key = s["variant"] or "all"
         if s["val"]["mean"] is None:
             continue
         best = settings.get(chosen.get(key, ""))
-        if best is None or s["val"]["mean"] > best["val"]["mean"]:
+        if best is None or (s["val"]["mean"] > best["val"]["mean"] if s["higher_is_better"]
+                            else s["val"]["mean"] < best["val"]["mean"]):
             chosen[key] = s["setting"]
     for s in settings.values():
         s["chosen"] = chosen.get(s["variant"] or "all") == s["setting"]
     return {
         "preset": plan.preset, "experiment": plan.experiment.name if plan.experiment else None,
         "command": plan.command, "sweep_dir": str(plan.sweep_dir), "grid": plan.grid, "seeds": plan.seeds,
-        "selection": "per variant, the setting with the best mean validation accuracy (val.best_accuracy) over seeds",
+        "selection": "per variant, the setting with the best mean validation value (val.best: highest accuracy, "
+                     "lowest rmse) over seeds",
         "sources": {n: str(d) for n, (_, d) in plan.sources.items()},
         "chosen": chosen, "settings": list(settings.values()), "trials": trials,
         "complete": all(t["status"] == "done" for t in trials),
@@ -479,9 +496,11 @@ def summarize(plan: Plan, outcomes: dict[str, dict[str, Any]] | None = None) -> 
     }
 
 
-def _mean_std(stats: dict[str, Any]) -> str:
+def _mean_std(stats: dict[str, Any], metric: str = "accuracy") -> str:
     if stats["mean"] is None:
         return "-"
+    if metric not in ("accuracy", "exact_accuracy"):  # rmse: as it is
+        return f"{stats['mean']:.4g}" + (f" ± {stats['std']:.2g}" if stats["n"] > 1 else "")
     text = f"{100 * stats['mean']:.1f}"
     return text + (f" ± {100 * stats['std']:.1f}" if stats["n"] > 1 else "")
 
@@ -491,24 +510,29 @@ def render_markdown(summary: dict[str, Any]) -> str:
     lines = [f"# Sweep of `{summary['preset']}`{exp}", ""]
     if summary.get("command"):
         lines += [f"Command: `{summary['command']}`", ""]
+    metrics = sorted({s.get("metric", "accuracy") for s in summary["settings"] if s["done"]}) or ["accuracy"]
+    units = ", ".join("accuracy in %" if m == "accuracy" else f"{m} in the targets' units" for m in metrics)
     lines += [f"Seeds: {', '.join(map(str, summary['seeds']))}. Selection: {summary['selection']}; "
-              "the chosen setting of each variant is marked **bold**. Accuracy in %, mean ± std over seeds.", ""]
-    lines += ["| variant | setting | seeds done | val accuracy | test accuracy | steps to target | paper | time (s) |",
+              f"the chosen setting of each variant is marked **bold**. Metric: {units}; mean ± std over seeds.", ""]
+    shown = metrics[0] if len(metrics) == 1 else "value"
+    lines += [f"| variant | setting | seeds done | val {shown} | test {shown} | steps to target | paper | time (s) |",
               "|---|---|---|---|---|---|---|---|"]
     for s in summary["settings"]:
         ref = s.get("reference") or {}
-        paper = f"{ref['accuracy']:g} ({ref['where']})" if ref.get("accuracy") is not None else "-"
+        paper = f"{ref['accuracy']:g} ({ref['where']})" if ref.get("accuracy") is not None else (ref.get("published") or "-")
         name = f"**{s['setting']}**" if s["chosen"] else s["setting"]
         steps = s["steps_to_target"]
         reached = f"{steps['mean']:.0f} ({steps['n']}/{s['done']})" if steps["mean"] is not None else "-"
-        lines.append(f"| {s['variant'] or '-'} | {name} | {s['done']}/{len(s['seeds'])} | {_mean_std(s['val'])} | "
-                     f"{_mean_std(s['test'])} | {reached} | {paper} | {s['seconds']:.0f} |")
+        metric = s.get("metric", "accuracy")
+        lines.append(f"| {s['variant'] or '-'} | {name} | {s['done']}/{len(s['seeds'])} | {_mean_std(s['val'], metric)} | "
+                     f"{_mean_std(s['test'], metric)} | {reached} | {paper} | {s['seconds']:.0f} |")
     lines += ["", "Chosen on validation:", ""]
     by_name = {s["setting"]: s for s in summary["settings"]}
     for variant, setting in summary["chosen"].items():
         s = by_name[setting]
-        lines.append(f"- {variant}: `{setting}`: test {_mean_std(s['test'])} ({s['test']['n']} seeds), "
-                     f"val {_mean_std(s['val'])}")
+        metric = s.get("metric", "accuracy")
+        lines.append(f"- {variant}: `{setting}`: test {metric} {_mean_std(s['test'], metric)} ({s['test']['n']} seeds), "
+                     f"val {_mean_std(s['val'], metric)}")
     failed = [t for t in summary["trials"] if t["status"] == "failed"]
     if failed:
         lines += ["", "Failed trials:", ""] + [f"- {t['run_dir']}: {t.get('error', '')}" for t in failed]

@@ -24,7 +24,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import torchmetrics
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -47,6 +46,7 @@ from fpt.health import (  # noqa: F401  (NonFiniteGradientError: re-exported, it
 )
 from fpt.io import atomic_write_json
 from fpt.model import FPT
+from fpt.objectives import make_objective
 from fpt.rundir import RunLock, is_run_dir, prepare_run_dir
 from fpt.step import BACKWARD_RANGE, FORWARD_RANGE, logits_and_loss, resolve_precision
 from fpt.tasks import make_task
@@ -111,14 +111,6 @@ class EvalBatchSampler(Sampler):
         return len(self._starts())
 
 
-def _mean_metric() -> torchmetrics.MeanMetric:
-    """A mean without the per-update NaN check, which reads the device (a host sync per batch)."""
-    try:
-        return torchmetrics.MeanMetric(nan_strategy="disable")
-    except ValueError:  # torchmetrics before "disable" existed
-        return torchmetrics.MeanMetric(nan_strategy="ignore")
-
-
 # -- the Lightning module ---------------------------------------------------------------------
 class FPTModule(L.LightningModule):
     """Wraps an ``FPT`` model and a task for Lightning. Checkpoints hold trained parameters only."""
@@ -134,15 +126,11 @@ class FPTModule(L.LightningModule):
         spec = self.task.spec
         self.test_names = list(self.task.test().keys())
         self.metric_prefixes = ["val"] + self.test_names
-        self.acc = torch.nn.ModuleDict({
-            # validate_args=False: the argument checks call torch.unique and read it on the host every batch
-            p: torchmetrics.classification.MulticlassAccuracy(spec.num_classes, average="micro", validate_args=False)
-            for p in self.metric_prefixes
-        })
-        self.exact = torch.nn.ModuleDict({p: _mean_metric() for p in self.metric_prefixes})
-        self.eval_loss = torch.nn.ModuleDict({p: _mean_metric() for p in self.metric_prefixes})
-        self.train_acc = torchmetrics.classification.MulticlassAccuracy(spec.num_classes, average="micro",
-                                                                         validate_args=False)
+        # loss, metrics and model selection of the task's output type (fpt.objectives)
+        self.objective = make_objective(spec, self.task)
+        self.eval_metrics = torch.nn.ModuleDict({p: self.objective.metrics() for p in self.metric_prefixes})
+        self.train_acc = self.objective.train_metric() if hasattr(self.objective, "train_metric") else None
+        self.cpu_start = time.process_time()  # results.json cpu_seconds: this process's CPU time for the run
         # clip + skip non-finite steps; counters live on the device (fpt.fastpath.StepGuard)
         self.guard = fastpath.StepGuard(config.grad_clip, config.max_bad_steps)
         self.feature_cache = None  # fpt.features.FeatureCache when config.cache_features
@@ -218,16 +206,19 @@ class FPTModule(L.LightningModule):
 
     # steps: the parts of fpt.step, in Lightning's hooks
     def _logits_and_loss(self, batch):
-        return logits_and_loss(self.model, batch)
+        return logits_and_loss(self.model, batch, self.objective)
 
     def training_step(self, batch, batch_idx):
         with torch.profiler.record_function(FORWARD_RANGE):  # the phases `fpt bench` reports (free unprofiled)
             logits, y, loss = self._logits_and_loss(batch)
-            self.train_acc(logits.detach().argmax(-1).reshape(-1), y.reshape(-1))
             # prog_bar=False: Lightning turns progress-bar metrics into Python numbers after every batch
             # (a host sync per step on a GPU); _ProgressBar shows them, read only when it refreshes.
             self.log("train/loss", loss, on_step=True, on_epoch=False)
-            self.log("train/accuracy", self.train_acc, on_step=True, on_epoch=False)
+            if self.train_acc is not None:
+                self.train_acc(logits.detach().argmax(-1).reshape(-1), y.reshape(-1))
+                self.log("train/accuracy", self.train_acc, on_step=True, on_epoch=False)
+            for name, value in self.objective.train_values(logits, y).items():
+                self.log(f"train/{name}", value, on_step=True, on_epoch=False)
         return loss
 
     def backward(self, loss, *args, **kwargs):
@@ -236,23 +227,14 @@ class FPTModule(L.LightningModule):
 
     def _eval_step(self, batch, prefix: str):
         logits, y, loss = self._logits_and_loss(batch)
-        pred = logits.argmax(-1)
-        self.acc[prefix].update(pred.reshape(-1), y.reshape(-1))
-        self.exact[prefix].update((pred == y).all(1).float())
-        self.eval_loss[prefix].update(loss, weight=y.shape[0])
+        self.objective.update(self.eval_metrics[prefix], logits, y, loss)
 
     def _log_eval(self, prefix: str):
         # Global over all ranks: each rank evaluates its share of the batches (EvalBatchSampler) and
         # torchmetrics' compute() reduces the metric states across processes (sum of counts, weighted
         # means) before computing, so no sync_dist is needed (it would average the ranks' numbers).
-        values = {
-            f"{prefix}/accuracy": self.acc[prefix].compute(),
-            f"{prefix}/exact_accuracy": self.exact[prefix].compute(),
-            f"{prefix}/loss": self.eval_loss[prefix].compute(),
-        }
+        values = {f"{prefix}/{k}": v for k, v in self.objective.compute(self.eval_metrics[prefix]).items()}
         self.log_dict(values, prog_bar=prefix == "val", sync_dist=False)
-        for m in (self.acc[prefix], self.exact[prefix], self.eval_loss[prefix]):
-            m.reset()
         return {k: float(v) for k, v in values.items()}
 
     def validation_step(self, batch, batch_idx):
@@ -262,9 +244,11 @@ class FPTModule(L.LightningModule):
         values = self._log_eval("val")
         if self.trainer.sanity_checking:
             return
-        acc, step = values["val/accuracy"], int(self.global_step)
-        if self.best_val is None or acc > self.best_val[0]:
+        acc, step = values[f"val/{self.objective.metric}"], int(self.global_step)
+        if self.objective.better(acc, self.best_val[0] if self.best_val else None):
             self.best_val = (acc, step)
+        if self.objective.kind != "classification":
+            return  # target_accuracy, stop_at_target: accuracy only
         if self.first_step_at_target is None and acc >= self.config.target_accuracy - 1e-9:
             self.first_step_at_target = step
         if self.config.stop_at_target and self.first_step_at_target is not None:
@@ -494,7 +478,7 @@ def _health_callbacks(config: RunConfig, module: FPTModule, last: Path) -> tuple
                                                                                ChanceWarning | None]:
     """The callbacks that watch a run: signals (checkpoint, then stop), the phase for messages, chance level."""
     chance = None
-    if config.chance_warning_evals > 0:
+    if config.chance_warning_evals > 0 and module.objective.kind == "classification":
         spec = module.task.spec
         chance = ChanceWarning(spec.num_classes, len(module.task.val()) * spec.num_labels, config.chance_warning_evals,
                                hints={"lr": config.lr, "layers": module.model.backbone.num_layers})
@@ -598,13 +582,21 @@ def _results(config, module, trainer, test_metrics, train_seconds, seconds) -> d
         "world_size": int(trainer.world_size),  # processes that shared each global batch (DDP)
         "backbone_identity": module.model.backbone.identity(),  # incl. source_* for run:PATH backbones
         "skipped_steps": module.bad_steps_total,
+        "cpu_seconds": round(time.process_time() - module.cpu_start, 2),  # all threads of this process
+        "objective": module.objective.describe(),  # output type, headline metric and its direction
         "val": {
-            "best_accuracy": module.best_val[0] if module.best_val else None,
+            "best_accuracy": (module.best_val[0] if module.best_val else None)
+            if module.objective.kind == "classification" else None,
+            "metric": module.objective.metric,  # the value model selection uses: val.best, in this direction
+            "higher_is_better": module.objective.higher_is_better,
+            "best": module.best_val[0] if module.best_val else None,
             "best_step": module.best_val[1] if module.best_val else None,
-            "target_accuracy": config.target_accuracy,
+            "target_accuracy": config.target_accuracy if module.objective.kind == "classification" else None,
             "first_step_at_target": module.first_step_at_target,
         },
     }
+    if hasattr(module.task, "describe_data"):  # which data exactly (problem, files, split sizes): reports match on it
+        results["data"] = module.task.describe_data()
     results.update(test_metrics)
     return results
 

@@ -107,7 +107,7 @@ def bench(args) -> dict[str, Any]:
         raise ValueError(f"--paths: unknown {bad}; choose from {', '.join(PATHS)}")
     if args.batch_size < 1 or args.steps < 1 or args.warmup < 0 or args.profile < 0:
         raise ValueError("--batch-size and --steps must be >= 1, --warmup and --profile >= 0")
-    spec, batch, shape = spec_and_batch(args, device)
+    spec, batch, shape, objective = spec_and_batch(args, device)
     out: dict[str, Any] = {
         "backbone": args.backbone, "init": args.init, "layers": args.layers, "freeze": args.freeze, "shape": shape,
         "tokens": int(batch["x"].shape[1]), "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
@@ -128,7 +128,7 @@ def bench(args) -> dict[str, Any]:
     step_paths = [p for p in paths if p != "fit"]
     if "fit" in paths and not {"naive", "fast"} & set(step_paths):
         step_paths.append("fast")  # built, not timed: the fit path takes its FLOP count and tokens from it
-    built = {name: StepPath(name, args, device, spec, batch) for name in step_paths}
+    built = {name: StepPath(name, args, device, spec, batch, objective) for name in step_paths}
     timed = [p for p in built.values() if p.name in paths]
     for _ in range(args.steps):
         for p in timed:

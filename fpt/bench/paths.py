@@ -21,12 +21,14 @@ from fpt.config import build_config
 from fpt.data.splits import TaskSpec
 from fpt.features import check_cacheable
 from fpt.model import FPT, ModelConfig
+from fpt.objectives import make_objective
 from fpt.step import TrainingStep, autocast_for, resolve_precision
 from fpt.tasks import make_task
 
 
 def spec_and_batch(args, device):
-    """The task shape and the one batch every step path trains on (synthetic with ``--tokens``)."""
+    """The task shape, the one batch every step path trains on (synthetic with ``--tokens``) and the task's
+    objective (its loss: :mod:`fpt.objectives`)."""
     if args.tokens is not None and args.task is None:
         spec = TaskSpec(input_type="continuous", input_dim=args.input_dim, max_tokens=args.tokens, num_classes=2,
                         num_labels=1, readout="last")
@@ -34,14 +36,16 @@ def spec_and_batch(args, device):
         batch = {"x": torch.randn(args.batch_size, args.tokens, args.input_dim, generator=g),
                  "y": torch.randint(0, 2, (args.batch_size, 1), generator=g)}
         shape = f"{args.tokens} tokens x {args.input_dim}"
+        objective = make_objective(spec)
     else:
         task = make_task(args.task or "bit-xor", dict(args.task_option), seed=0)
         spec = task.spec
+        objective = make_objective(spec, task)
         batch = task.train().batch(np.arange(args.batch_size, dtype=np.int64))
         t = batch["x"].shape[1]
         shape = f"{args.task or 'bit-xor'}: {t} tokens" + (f" x {spec.input_dim}" if spec.input_type == "continuous" else "")
     batch = {k: v.to(device) for k, v in batch.items()}
-    return spec, batch, shape
+    return spec, batch, shape, objective
 
 
 def path_settings(path: str, args, accelerator: str) -> dict[str, Any]:
@@ -67,7 +71,7 @@ class StepPath:
     """One path's model, optimizer and training step (:class:`fpt.step.TrainingStep`), built and warmed up
     (memory measured meanwhile)."""
 
-    def __init__(self, name: str, args, device, spec, batch):
+    def __init__(self, name: str, args, device, spec, batch, objective):
         self.name, self.device = name, device
         accelerator = "gpu" if device.type == "cuda" else "cpu"
         s = self.settings = path_settings(name, args, accelerator)
@@ -91,7 +95,7 @@ class StepPath:
         self.build_seconds = time.perf_counter() - t0
         # The 2021 loop read the loss (for logging) and the gradient norm (its finiteness) on the host every step.
         step = TrainingStep(model, optimizer, fastpath.StepGuard(1.0, 10**9), autocast,
-                            read_loss_each_step=s["sync_each_step"])
+                            read_loss_each_step=s["sync_each_step"], objective=objective)
         self.step = lambda mark=None: step(batch) if mark is None else step(batch, mark)
         t0 = time.perf_counter()
         for _ in range(args.warmup):

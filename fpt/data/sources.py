@@ -116,3 +116,43 @@ REMOTE_HOMOLOGY = Dataset(
 )
 
 DATASETS = {d.key: d for d in (MNIST, FASHION_MNIST, CIFAR10, LISTOPS, REMOTE_HOMOLOGY)}
+
+
+# -- the UCR / UEA / TSER time-series archives (the timeseries task) -----------------------------------
+TIMESERIES_HOME = "https://www.timeseriesclassification.com (UCR/UEA) and https://zenodo.org/communities/tsml"
+
+
+def zenodo_urls(record: int, filename: str) -> tuple[str, ...]:
+    """A file of a Zenodo record: the download link, then the API's content link as a mirror."""
+    return (f"https://zenodo.org/records/{record}/files/{filename}?download=1",
+            f"https://zenodo.org/api/records/{record}/files/{filename}/content")
+
+
+def timeseries_problem(name: str) -> Dataset:
+    """An archive problem's two files (``NAME_TRAIN.ts``, ``NAME_TEST.ts``), the folders they are looked
+    for in (``--data-dir``, ``$FPT_DATA_DIR``, the cache ``timeseries/<Name>``, then the aeon wheel's
+    bundled data) and, when its Zenodo record is known (aeon's tables, :func:`fpt.data.ts.zenodo_record`),
+    the download. The archive publishes no checksums: a download is checked for completeness
+    (Content-Length) by :mod:`fpt.data.store` and must parse (:func:`fpt.data.ts.find_problem`)."""
+    from fpt.data.ts import aeon_data_root, base_name, zenodo_record
+
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        raise ValueError(f"timeseries: {name!r} is not a problem name (e.g. GunPoint); for your own files use "
+                         "-o path=FILE_OR_DIR")
+    files = ((f"{name}_TRAIN.ts",), (f"{name}_TEST.ts",))
+    base = base_name(name)
+    root = aeon_data_root()
+    system = tuple(str(root / d) for d in dict.fromkeys((name, base)) if (root / d).is_dir()) if root else ()
+    record = zenodo_record(base)
+    remotes = tuple(Remote(f[0], zenodo_urls(record, f[0])) for f in files) if record else ()
+    if record:
+        how = (f"they are downloaded automatically from Zenodo record {record} when online (the archive publishes "
+               "no checksums: the download is checked for completeness and must parse); or get them from "
+               f"{TIMESERIES_HOME}")
+    else:
+        how = (f"download {name}_TRAIN.ts and {name}_TEST.ts from {TIMESERIES_HOME}"
+               + ("" if root else "; with the aeon wheel installed (pip install --no-deps aeon) fpt knows each "
+                                 "problem's Zenodo record and downloads it itself"))
+    subdirs = tuple(dict.fromkeys(("", name, base, f"Univariate_ts/{base}", f"Multivariate_ts/{base}")))
+    return Dataset(key=f"timeseries/{base}", files=files, subdirs=subdirs, system_dirs=system, remotes=remotes,
+                   how_to_get=how)

@@ -4,6 +4,8 @@ A split hands the model batches as dicts:
 
 * ``x``: ``float32 [B, T, D]`` for continuous tokens, or ``int64 [B, T]`` for discrete ones;
 * ``y``: ``int64 [B]`` (one label per sample) or ``int64 [B, K]`` (K labels per sample, e.g. bits);
+  for a regression task (``TaskSpec.output == "regression"``) ``float32 [B]`` or ``[B, K]``, the
+  targets in their original units (:mod:`fpt.objectives` standardises them for the loss);
 * ``mask`` (optional): ``bool [B, T]``, True on real tokens, False on padding (padding is on the
   right, so the last real token is at ``mask.sum(1) - 1``).
 
@@ -25,6 +27,7 @@ import torch
 
 InputType = Literal["continuous", "discrete"]
 Readout = Literal["last", "mean", "tokens"]
+OutputType = Literal["classification", "regression"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class TaskSpec:
     readout_tokens: int = 1  # with readout="tokens": how many final tokens; each predicts num_labels/readout_tokens labels
     padded: bool = False  # batches carry a `mask` (variable-length sequences)
     pad_id: int = 0  # padding token id for discrete inputs
+    # the output type (fpt.objectives): "regression" predicts num_labels real-valued targets, num_classes must be 1
+    output: OutputType = "classification"
 
     def __post_init__(self):
         if self.input_type not in ("continuous", "discrete"):
@@ -47,6 +52,11 @@ class TaskSpec:
         for name in ("input_dim", "max_tokens", "num_classes", "num_labels", "readout_tokens"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TaskSpec.{name} must be >= 1, got {getattr(self, name)}")
+        if self.output not in ("classification", "regression"):
+            raise ValueError(f"output must be 'classification' or 'regression', got {self.output!r}")
+        if self.output == "regression" and self.num_classes != 1:
+            raise ValueError(f"a regression TaskSpec predicts one number per target: num_classes must be 1 "
+                             f"(num_labels = targets per sample), got {self.num_classes}")
         if self.readout not in ("last", "mean", "tokens"):
             raise ValueError(f"readout must be 'last', 'mean' or 'tokens', got {self.readout!r}")
         if self.readout == "tokens" and self.num_labels % self.readout_tokens:

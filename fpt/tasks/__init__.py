@@ -9,4 +9,4 @@ from fpt.tasks.base import (  # noqa: F401
 
 # Importing a module registers its tasks.
 from fpt.tasks import bits  # noqa: F401,E402
-from fpt.tasks import images, listops, homology, arrays  # noqa: F401,E402
+from fpt.tasks import images, listops, homology, arrays, timeseries  # noqa: F401,E402

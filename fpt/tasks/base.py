@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fpt.data.splits import (  # noqa: F401  (re-exported: fpt.tasks.base was their home)
-    ArraySplit, GeneratedSplit, InputType, Readout, Split, TaskSpec, collate, sample_rng,
+    ArraySplit, GeneratedSplit, InputType, OutputType, Readout, Split, TaskSpec, collate, sample_rng,
 )
 from fpt.options import coerce, declared
 from fpt.text import suggest  # noqa: F401  (re-exported)
