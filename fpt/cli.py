@@ -21,6 +21,8 @@ import yaml
 
 # Command-line flags that map one-to-one onto RunConfig fields: flag -> (type, help).
 _FIT_FLAGS: dict[str, tuple[Any, str]] = {
+    "protocol": (str, "fpt (default, corrected) | paper: the 2021 code's behaviour (docs/paper-fidelity.md); "
+                      "flags and your own YAML keys still override what it sets"),
     "task": (str, "task name (fpt list)"),
     "backbone": (str, "smollm2-135m (offline default), lstm, a Hugging Face id (gpt2, EleutherAI/pythia-160m), a local dir, "
                       "or run:RUN_DIR (a finished run's trained backbone, e.g. trained on bit-memory with --freeze full)"),
@@ -47,6 +49,10 @@ _FIT_FLAGS: dict[str, tuple[Any, str]] = {
     "num_workers": (int, "data loader worker processes"),
     "readout": (str, "last | mean | tokens (default: the task's)"),
     "lstm_width": (int, "hidden size of the lstm backbone"),
+    "lstm_kind": (str, "torch (nn.LSTM) | layernorm (the 2021 code's layer-norm LSTM)"),
+    "input_dropout": (float, "dropout after a continuous input layer (the 2021 code: 0.1)"),
+    "backbone_dropout": (str, "dropout inside the backbone: a probability, or keep (its own; GPT-2: 0.1)"),
+    "input_init": (str, "embedding (token-embedding scale) | paper (the 2021 code's init of the new layers)"),
     "attn_implementation": (str, "sdpa | eager"),
     "label": (str, "free text shown in reports"),
     "num_nodes": (int, "machines (launch with torchrun or srun; README: Performance and scale)"),
@@ -141,9 +147,16 @@ def _fit(args) -> int:
         config = build_config(values)
         results = fit(config, resume=True, enable_progress_bar=not args.no_progress_bar and None)
     else:
+        from fpt.config import is_shipped_preset, preset_keys
+
         base = read_yaml(args.config) if args.config else {}
-        config = build_config(merge(base, flags))
-        results = fit(config, enable_progress_bar=not args.no_progress_bar and None, overwrite=args.overwrite)
+        # A shipped preset's keys may be overridden by --protocol; your own YAML file's keys may not.
+        overridable = preset_keys(base) - preset_keys(flags) if args.config and is_shipped_preset(args.config) else set()
+        config = build_config(merge(base, flags), overridable)
+        try:
+            results = fit(config, enable_progress_bar=not args.no_progress_bar and None, overwrite=args.overwrite)
+        except OSError as err:
+            raise _with_offline_variant(err, args.config) from None
     test = results.get("test", {})
     from fpt.distributed import global_rank_from_env
 
@@ -154,6 +167,18 @@ def _fit(args) -> int:
           f"{results['trainable_params']:,} trainable / {results['total_params']:,} params)")
     print(f"run directory: {config.run_dir}")
     return 0
+
+
+def _with_offline_variant(err: OSError, preset: str | None) -> OSError:
+    """A backbone that cannot be had offline: name the shipped SmolLM2 variant of the preset, if there is one."""
+    from fpt.config import is_shipped_preset
+
+    if preset and is_shipped_preset(preset) and is_shipped_preset(f"{preset}-smollm2") \
+            and getattr(err, "fpt_offline_backbone", False):
+        return type(err)(f"{err}\nOffline, run the SmolLM2 variant of this preset instead: "
+                         f"fpt fit --config {preset}-smollm2 (SmolLM2-135M-Instruct, 4-bit Q4_1 GGUF dequantised; "
+                         "not the paper's GPT-2, and its report rows say so)")
+    return err
 
 
 def _test(args) -> int:

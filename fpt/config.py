@@ -21,6 +21,7 @@ from fpt.tasks.base import suggest
 @dataclass
 class RunConfig:
     # -- what to train ---------------------------------------------------------------------------
+    protocol: str = "fpt"  # fpt (corrected) | paper: the 2021 code's behaviour where it differs (fpt/protocol.py, docs/paper-fidelity.md)
     task: str = "bit-xor"  # a registered task (fpt list)
     task_options: dict[str, Any] = field(default_factory=dict)  # the task's own options, e.g. {n_bits: 5}
     data_dir: str | None = None  # where the task's dataset files are (else $FPT_DATA_DIR, then the cache)
@@ -28,6 +29,8 @@ class RunConfig:
     init: str = "pretrained"  # pretrained | random (same architecture, seeded random weights)
     layers: int | None = None  # keep only the first K blocks (None: all)
     lstm_width: int = 768  # hidden size of the lstm backbone (paper: 768)
+    lstm_kind: str = "torch"  # torch (nn.LSTM, fused kernels) | layernorm (the 2021 code's layer-norm LSTM; its norms train under fpt)
+    backbone_dropout: Any = 0.0  # dropout inside the backbone: a probability (0: off), or keep (the backbone's own, GPT-2: 0.1, as the 2021 code)
     trust_remote_code: bool = False  # run Python code shipped with a hub model (off: never by default)
     attn_implementation: str = "sdpa"  # sdpa (fast) | eager (needed to read attention weights)
     # -- the FPT module (fpt.model.ModelConfig) ---------------------------------------------------
@@ -35,7 +38,8 @@ class RunConfig:
     freeze_rules: dict[str, list[str]] | None = None  # module class names per group, for unknown architectures
     readout: str | None = None  # last | mean | tokens; None: the task's default
     learned_positions: bool = True  # trained position table for backbones without one (RoPE)
-    input_init: str = "embedding"  # embedding (match token-embedding scale) | paper (orthogonal, gain 1.41)
+    input_init: str = "embedding"  # embedding (match token-embedding scale) | paper (orthogonal gain 1.41, N(0,1) embeddings, default head)
+    input_dropout: float = 0.0  # dropout after a continuous input layer (the 2021 code: 0.1; none after an embedding)
     # -- optimisation -----------------------------------------------------------------------------
     steps: int = 1000  # optimizer steps
     batch_size: int = 32  # global batch size (split across devices)
@@ -95,6 +99,16 @@ class RunConfig:
              f"cache_features needs freeze output-only (only the head trains, so the frozen network's outputs never "
              f"change); with freeze {self.freeze!r} they change every step. Use --freeze output-only or drop --cache-features"),
             (0 < self.target_accuracy <= 1, f"target_accuracy must be in (0, 1], got {self.target_accuracy!r}"),
+            (self.protocol in ("fpt", "paper"), f"protocol must be fpt or paper, got {self.protocol!r}"),
+            (self.lstm_kind in ("torch", "layernorm"), f"lstm_kind must be torch or layernorm, got {self.lstm_kind!r}"),
+            (0.0 <= self.input_dropout < 1.0, f"input_dropout must be in [0, 1), got {self.input_dropout!r}"),
+            (self.backbone_dropout == "keep" or (isinstance(self.backbone_dropout, (int, float))
+                                                 and not isinstance(self.backbone_dropout, bool)
+                                                 and 0.0 <= self.backbone_dropout < 1.0),
+             f"backbone_dropout must be a probability in [0, 1) or keep, got {self.backbone_dropout!r}"),
+            (not self.cache_features or (self.input_dropout == 0 and self.backbone_dropout in (0, 0.0)),
+             "cache_features computes the frozen network's outputs once, so it cannot apply dropout: set "
+             "input_dropout 0 and backbone_dropout 0, or drop --cache-features"),
         ]
         for ok, message in checks:
             if not ok:
@@ -162,6 +176,15 @@ def _check_type(name: str, value: Any) -> Any:
         if "None" in str(kind):
             return None
         raise ValueError(f"option {name!r} cannot be empty")
+    if name == "backbone_dropout":  # a probability, or the word keep
+        if isinstance(value, str) and value != "keep":
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"option 'backbone_dropout' must be a probability or keep, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(f"option 'backbone_dropout' must be a probability or keep, got {value!r}")
+        return value if value == "keep" else float(value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ValueError(f"option {name!r} must be true or false, got {value!r}")
@@ -217,8 +240,15 @@ _ALIASES = {
 }
 
 
-def build_config(values: dict[str, Any]) -> RunConfig:
-    """A validated ``RunConfig`` from a flat mapping, with a message naming any unknown or ill-typed option."""
+def build_config(values: dict[str, Any], preset_keys: set[str] | frozenset = frozenset()) -> RunConfig:
+    """A validated ``RunConfig`` from a flat mapping, with a message naming any unknown or ill-typed option.
+
+    ``protocol: paper`` fills in the settings the mapping does not hold (``fpt.protocol.resolve``);
+    ``preset_keys``: keys (``name`` / ``task_options.name``) that came from a shipped preset, which
+    the protocol may override."""
+    from fpt.protocol import resolve
+
+    values = resolve({k.replace("-", "_"): v for k, v in values.items()}, preset_keys)
     kwargs = {}
     for key, value in values.items():
         name = key.replace("-", "_")
@@ -239,3 +269,15 @@ def save_config(config: RunConfig, path: Path) -> None:
 
 def load_config(path: Path) -> RunConfig:
     return build_config(read_yaml(str(path)))
+
+
+def is_shipped_preset(path_or_preset: str) -> bool:
+    """True for a preset name (``fpt/presets/NAME.yaml``), False for a file of the user's."""
+    return not Path(path_or_preset).exists() and (preset_dir() / f"{path_or_preset}.yaml").is_file()
+
+
+def preset_keys(data: dict[str, Any]) -> set[str]:
+    """The keys of a preset mapping, as ``fpt.protocol.resolve`` names them (``task_options.NAME`` too)."""
+    keys = {k.replace("-", "_") for k in data}
+    keys |= {f"task_options.{k}" for k in (data.get("task_options") or {})}
+    return keys

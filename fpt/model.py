@@ -34,8 +34,9 @@ class ModelConfig:
     freeze_rules: dict[str, list[str]] | None = None  # module class names per group, for architectures fpt does not know
     readout: str | None = None  # "last", "mean" or "tokens"; None: the task's default
     learned_positions: bool = True  # add a trained position table for backbones without one (RoPE: Llama, SmolLM2, Pythia)
-    input_init: str = "embedding"  # "embedding": orthogonal, rescaled to the token embeddings' scale; "paper": orthogonal, gain 1.41
+    input_init: str = "embedding"  # "embedding": orthogonal, rescaled to the token embeddings' scale; "paper": the 2021 code's (below)
     input_gain: float = 1.41  # orthogonal init gain of the input layer (paper: 1.41)
+    input_dropout: float = 0.0  # dropout after a continuous input layer (the 2021 code: 0.1, fpt.py:118; none after an embedding)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, recorded but unused
 
 
@@ -65,6 +66,9 @@ class FPT(nn.Module):
             )
         if config.input_init not in ("embedding", "paper"):
             raise ValueError(f"input_init must be 'embedding' or 'paper', got {config.input_init!r}")
+        if not 0.0 <= config.input_dropout < 1.0:
+            raise ValueError(f"input_dropout must be in [0, 1), got {config.input_dropout!r}")
+        paper = config.input_init == "paper"
 
         # -- input layer -------------------------------------------------------------------
         scale = backbone.embedding_std
@@ -80,7 +84,11 @@ class FPT(nn.Module):
                     self.input_layer.weight.mul_(scale / natural_std)
         else:
             self.input_layer = nn.Embedding(spec.input_dim, hidden, padding_idx=spec.pad_id if spec.padded else None)
-            nn.init.normal_(self.input_layer.weight, std=scale)
+            # "paper": nn.Embedding's own N(0, 1) (fpt.py:97), whatever the backbone's embedding scale
+            nn.init.normal_(self.input_layer.weight, std=1.0 if paper else scale)
+        # The 2021 code: nn.Dropout after the input Linear (fpt.py:118), none after an embedding (fpt.py:97).
+        self.input_dropout = (nn.Dropout(config.input_dropout)
+                              if config.input_dropout > 0 and spec.input_type == "continuous" else None)
 
         # -- positions: only for backbones that have no learned table of their own --------------
         self.position_table = None
@@ -93,8 +101,9 @@ class FPT(nn.Module):
         # -- output head -------------------------------------------------------------------
         self.labels_per_readout = spec.num_labels // self.readout_tokens
         self.head = nn.Linear(hidden, self.labels_per_readout * spec.num_classes)
-        nn.init.orthogonal_(self.head.weight, gain=config.input_gain)
-        nn.init.zeros_(self.head.bias)
+        if not paper:  # "paper": nn.Linear's default init, as the 2021 code's out_net (fpt.py:129)
+            nn.init.orthogonal_(self.head.weight, gain=config.input_gain)
+            nn.init.zeros_(self.head.bias)
 
         self.group_counts = apply_freeze(self, backbone.arch, config.freeze, config.freeze_rules)
         missing = [g for g in resolve_preset(config.freeze) if g not in self.group_counts]
@@ -116,6 +125,8 @@ class FPT(nn.Module):
     # -- forward ---------------------------------------------------------------------------
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         h = self.input_layer(x)
+        if self.input_dropout is not None:
+            h = self.input_dropout(h)
         if self.position_table is not None:
             h = h + self.position_table.weight[: h.shape[1]]
         return h

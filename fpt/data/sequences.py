@@ -57,15 +57,23 @@ class PackedSequences:
         return PackedSequences([self[int(i)] for i in idx], dtype=self.flat.dtype)
 
 
-def pad_batch(seqs: list[np.ndarray], labels, pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """Right-pad token sequences: ``x`` int64 [B, T], ``mask`` bool [B, T] (True = real), ``y``."""
-    t = max(len(s) for s in seqs)
+def pad_batch(seqs: list[np.ndarray], labels, pad_id: int = 0, pad_to: int = 0) -> dict[str, torch.Tensor]:
+    """Right-pad token sequences: ``x`` int64 [B, T], ``mask`` bool [B, T] (True = real), ``y``.
+
+    ``pad_to=N``: every batch is N tokens long and carries no mask (the 2021 FPT code's ListOps
+    batches: padded to 512, the model reads the last position, a pad for shorter sequences)."""
+    t = pad_to or max(len(s) for s in seqs)
+    if pad_to and max(len(s) for s in seqs) > pad_to:
+        raise ValueError(f"a sequence of {max(len(s) for s in seqs)} tokens does not fit pad_to={pad_to}")
     x = np.full((len(seqs), t), pad_id, dtype=np.int64)
     mask = np.zeros((len(seqs), t), dtype=bool)
     for i, s in enumerate(seqs):
         x[i, : len(s)] = s
         mask[i, : len(s)] = True
-    return {"x": torch.from_numpy(x), "mask": torch.from_numpy(mask), "y": torch.as_tensor(np.asarray(labels, dtype=np.int64))}
+    out = {"x": torch.from_numpy(x), "y": torch.as_tensor(np.asarray(labels, dtype=np.int64))}
+    if not pad_to:
+        out["mask"] = torch.from_numpy(mask)
+    return out
 
 
 def apply_length_policy(lengths: dict[str, np.ndarray], max_tokens: int, policy: str, task: str,
