@@ -16,8 +16,11 @@ the default ``SWEEP_DIR`` is ``runs/sweeps/<preset>[-<experiment>][-<swept keys>
 
 Model selection is on **validation** accuracy (``results.json`` ``val.best_accuracy``), averaged
 over seeds: within each experiment variant, the grid setting with the best mean validation
-accuracy is *chosen*, and its test accuracy is reported as mean and standard deviation over seeds
-(per setting too). Test numbers never choose anything.
+accuracy is *chosen*, and its test accuracy *at the best validation point* (``at_best_val``: the
+weights kept in ``best.safetensors``, as Rothermel et al. 2021 select and evaluate) is reported as
+mean and standard deviation over seeds (per setting too); the test at the final weights is shown
+beside it. Test numbers never choose anything. With ``--set protocol=paper`` the protocol may
+override the preset's keys (not ``--set``, ``--grid`` or an experiment's), as for ``fpt fit``.
 
 Re-running the same command skips finished trials (``results.json`` present), resumes a trial that
 was interrupted after its first checkpoint (``fit(..., resume=True)``) and restarts one that was
@@ -55,7 +58,7 @@ MACHINERY = {"run_dir", "num_threads", "num_workers", "device", "devices", "num_
              "compile", "fused_optimizer", "eval_batch_size"}
 # What a source run takes over from the swept config, so that its backbone fits the trials.
 INHERITED_BY_SOURCES = ("backbone", "layers", "lstm_width", "attn_implementation", "trust_remote_code", "device",
-                        "precision", "num_threads")
+                        "precision", "num_threads", "protocol", "lstm_kind")
 
 
 # -- experiments -------------------------------------------------------------------------------
@@ -223,9 +226,13 @@ def make_plan(preset: str, *, experiment: str | None = None, grid: dict[str, lis
               sweep_dir: str | Path | None = None, threads: int | None = None, parallel: int = 1,
               command: str = "") -> Plan:
     """Every trial of a sweep, each config validated (a typo fails here, before anything runs)."""
-    from fpt.config import build_config, read_yaml
+    from fpt.config import build_config, is_shipped_preset, preset_keys, read_yaml
+    from fpt.protocol import resolve
 
-    base = apply_overrides(read_yaml(preset), sets or {})
+    preset_values = read_yaml(preset)
+    # keys a shipped preset set, which --set protocol=paper may override (fpt.protocol: preset < protocol < yours)
+    from_preset = preset_keys(preset_values) if is_shipped_preset(preset) else set()
+    base = apply_overrides(preset_values, sets or {})
     for key in ("description", "reproduces", "expected"):
         base.pop(key, None)
     exp = load_experiment(experiment) if experiment else None
@@ -262,6 +269,8 @@ def make_plan(preset: str, *, experiment: str | None = None, grid: dict[str, lis
                 values.pop(key, None)  # the swept config uses the default: so does its source
         values = apply_overrides(values, {**spec, "seed": 0, **machinery})
         values["run_dir"] = str(root / "sources" / source_name)
+        source_keys = preset_keys(read_yaml(source_preset)) if is_shipped_preset(source_preset) else set()
+        values = resolve(values, source_keys - preset_keys(spec))
         values["label"] = (str(values.get("label", "")) + f" [source {source_name} of {name}]").strip()
         build_config(values)
         sources[source_name] = (values, root / "sources" / source_name)
@@ -280,6 +289,8 @@ def make_plan(preset: str, *, experiment: str | None = None, grid: dict[str, lis
                 values = apply_overrides(values, {"seed": seed, **machinery})
                 run_dir = root / setting / f"s{seed}"
                 values["run_dir"] = str(run_dir)
+                explicit = preset_keys({**(sets or {}), **overrides, **params})
+                values = resolve(values, from_preset - explicit)  # the protocol's settings, stored with the trial
                 build_config(values)
                 trials.append(Trial(variant, params, seed, values, setting, run_dir))
     if len({t.run_dir for t in trials}) != len(trials):
@@ -380,7 +391,8 @@ def run_plan(plan: Plan, parallel: int = 1, echo: Callable[[str], None] = print)
         else:
             r = outcome["results"]
             echo(f"{where}{name}: {outcome['state']}  val {_pct(r.get('val', {}).get('best_accuracy'))}  "
-                 f"test {_pct(r.get('test', {}).get('accuracy'))}  ({r.get('steps')} steps, {r.get('seconds', 0):.0f} s)")
+                 f"test {_pct(_test_at_best(r))} at the best validation ({_pct(r.get('test', {}).get('accuracy'))} final)  "
+                 f"({r.get('steps')} steps, {r.get('seconds', 0):.0f} s)")
         write_summary(plan, outcomes)
 
     for name, (values, run_dir) in plan.sources.items():
@@ -464,7 +476,8 @@ def summarize(plan: Plan, outcomes: dict[str, dict[str, Any]] | None = None) -> 
             entry["error"] = outcome["error"]
         if results:
             entry.update(val_accuracy=results.get("val", {}).get("best_accuracy"),
-                         test_accuracy=results.get("test", {}).get("accuracy"),
+                         test_accuracy=_test_at_best(results),
+                         test_accuracy_final=results.get("test", {}).get("accuracy"),
                          test_exact_accuracy=results.get("test", {}).get("exact_accuracy"),
                          first_step_at_target=results.get("val", {}).get("first_step_at_target"),
                          steps=results.get("steps"), seconds=results.get("seconds"))
@@ -478,16 +491,20 @@ def summarize(plan: Plan, outcomes: dict[str, dict[str, Any]] | None = None) -> 
         res = s.pop("results")
         s["done"] = len(res)
         s["val"] = _stats([r["val"]["best_accuracy"] for r in res if r.get("val", {}).get("best_accuracy") is not None])
-        s["test"] = _stats([r["test"]["accuracy"] for r in res if r.get("test", {}).get("accuracy") is not None])
+        s["test"] = _stats([_test_at_best(r) for r in res if _test_at_best(r) is not None])  # at the best validation
+        s["test_final"] = _stats([r["test"]["accuracy"] for r in res if r.get("test", {}).get("accuracy") is not None])
         s["seconds"] = sum(float(r.get("seconds") or 0) for r in res)
         reached = [r["val"]["first_step_at_target"] for r in res if r.get("val", {}).get("first_step_at_target") is not None]
         s["steps_to_target"] = _stats([float(x) for x in reached])
         if res:
             r0 = res[0]
-            setting = reference.setting_of(r0)
-            ref = reference.paper_accuracy(r0["task"], setting, r0.get("backbone"))
-            s["reference"] = ({"setting": setting, "accuracy": ref.accuracy, "source": ref.source, "where": ref.where,
-                               "model": ref.model} if ref else {"setting": setting})
+            comparison = reference.compare(r0)
+            ref = comparison.reference
+            s["reference"] = ({"setting": comparison.setting, "accuracy": ref.accuracy, "source": ref.source,
+                               "where": ref.where, "model": ref.model, "label": ref.label(),
+                               "variant": comparison.variant, "differences": comparison.differences}
+                              if ref else {"setting": comparison.setting, "variant": comparison.variant,
+                                           "note": comparison.note})
     chosen: dict[str, str] = {}
     for s in settings.values():
         key = s["variant"] or "all"
@@ -501,12 +518,21 @@ def summarize(plan: Plan, outcomes: dict[str, dict[str, Any]] | None = None) -> 
     return {
         "preset": plan.preset, "experiment": plan.experiment.name if plan.experiment else None,
         "command": plan.command, "sweep_dir": str(plan.sweep_dir), "grid": plan.grid, "seeds": plan.seeds,
-        "selection": "per variant, the setting with the best mean validation accuracy (val.best_accuracy) over seeds",
+        "selection": "per variant, the setting with the best mean validation accuracy (val.best_accuracy) over seeds; "
+                     "test reported at the best validation point (at_best_val)",
         "sources": {n: str(d) for n, (_, d) in plan.sources.items()},
         "chosen": chosen, "settings": list(settings.values()), "trials": trials,
         "complete": all(t["status"] == "done" for t in trials),
         "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def _test_at_best(results: dict[str, Any]) -> float | None:
+    """Test accuracy at the best validation (results.json ``at_best_val``); runs from before it: the final one."""
+    at_best = (results.get("at_best_val") or {}).get("test") or {}
+    if at_best.get("accuracy") is not None:
+        return at_best["accuracy"]
+    return (results.get("test") or {}).get("accuracy")
 
 
 def _mean_std(stats: dict[str, Any]) -> str:
@@ -523,22 +549,25 @@ def render_markdown(summary: dict[str, Any]) -> str:
         lines += [f"Command: `{summary['command']}`", ""]
     lines += [f"Seeds: {', '.join(map(str, summary['seeds']))}. Selection: {summary['selection']}; "
               "the chosen setting of each variant is marked **bold**. Accuracy in %, mean ± std over seeds.", ""]
-    lines += ["| variant | setting | seeds done | val accuracy | test accuracy | steps to target | paper | time (s) |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["| variant | setting | seeds done | val accuracy | test accuracy (best val) | test accuracy (final) | "
+              "steps to target | paper | how it differs | time (s) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary["settings"]:
         ref = s.get("reference") or {}
-        paper = f"{ref['accuracy']:g} ({ref['where']})" if ref.get("accuracy") is not None else "-"
+        paper = f"{ref['accuracy']:g} ({ref['label']})" if ref.get("accuracy") is not None else "-"
+        differs = "; ".join(ref.get("differences") or []) if ref.get("accuracy") is not None else ref.get("note", "-")
         name = f"**{s['setting']}**" if s["chosen"] else s["setting"]
         steps = s["steps_to_target"]
         reached = f"{steps['mean']:.0f} ({steps['n']}/{s['done']})" if steps["mean"] is not None else "-"
         lines.append(f"| {s['variant'] or '-'} | {name} | {s['done']}/{len(s['seeds'])} | {_mean_std(s['val'])} | "
-                     f"{_mean_std(s['test'])} | {reached} | {paper} | {s['seconds']:.0f} |")
+                     f"{_mean_std(s['test'])} | {_mean_std(s['test_final'])} | {reached} | {paper} | {differs or '-'} | "
+                     f"{s['seconds']:.0f} |")
     lines += ["", "Chosen on validation:", ""]
     by_name = {s["setting"]: s for s in summary["settings"]}
     for variant, setting in summary["chosen"].items():
         s = by_name[setting]
-        lines.append(f"- {variant}: `{setting}`: test {_mean_std(s['test'])} ({s['test']['n']} seeds), "
-                     f"val {_mean_std(s['val'])}")
+        lines.append(f"- {variant}: `{setting}`: test at the best validation {_mean_std(s['test'])} "
+                     f"({s['test']['n']} seeds; final weights {_mean_std(s['test_final'])}), val {_mean_std(s['val'])}")
     failed = [t for t in summary["trials"] if t["status"] == "failed"]
     if failed:
         lines += ["", "Failed trials:", ""] + [f"- {t['run_dir']}: {t.get('error', '')}" for t in failed]
