@@ -412,6 +412,10 @@ def differences(results: dict[str, Any], ref: Reference) -> list[str]:
         test = results.get("test") or {}
         if "accuracy_as_published" not in test:
             out.append("the number is accuracy x 0.9739 (published_scale); this run reports plain accuracy")
+    dropped = ((results.get("data") or {}).get("dropped_too_long") or {})
+    if dropped.get("test") or dropped.get("val"):
+        out.append(f"sequences longer than max_tokens={(results.get('data') or {}).get('max_tokens')} dropped "
+                   f"(test {dropped.get('test', 0)}, val {dropped.get('val', 0)}): the test set is smaller")
     if str(results.get("label", "")).startswith("-small"):
         out.append("a -small preset: scaled down for a CPU, not the paper's setting")
     return out

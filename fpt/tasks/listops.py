@@ -209,6 +209,9 @@ class ListOps(Task):
                 self._note_files(per_split, {s: str(files[n]) for s, n in lo.FILES.items()})
             self._data, self.skipped = drop_too_long(raw, o.max_tokens, o.too_long, self.name,
                                                      where={s: str(files[n]) for s, n in lo.FILES.items()})
+            if any(self.skipped.values()):  # dropped sequences change the benchmark: results.json says how many
+                self.preprocessing = {**(self.preprocessing or {}), "max_tokens": o.max_tokens,
+                                      "dropped_too_long": dict(self.skipped)}
         return self._data
 
     def _note_files(self, per_split: dict[str, dict[str, int]], where: dict[str, str]) -> None:
