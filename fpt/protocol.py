@@ -75,7 +75,7 @@ PAPER: tuple[Setting, ...] = (
             "alphanumeric tokens only: ']' (and the parentheses) vanish", _tasks("listops")),
     Setting("task_options.truncate_at", 512, "datasets/helpers/listops.py:45,88 max_length=512, "
             "tf_encode(...)[:max_length]", _tasks("listops")),
-    Setting("task_options.pad_to", 512, "datasets/helpers/listops.py:96-101 padded_batch to 512; fpt.py:184 reads "
+    Setting("task_options.pad_to", 512, "datasets/helpers/listops.py:96-101 padded_batch to 512; fpt.py:184-185 reads "
             "the last position (a pad for shorter sequences), no attention mask", _tasks("listops")),
     Setting("task_options.test_split", "val", "datasets/listops.py:15 d_train, d_test, *_ = get_datasets(...): "
             "the second split returned is basic_val", _listops_files),
@@ -92,8 +92,6 @@ PAPER: tuple[Setting, ...] = (
             _tasks("bit-xor")),
     # remote homology
     Setting("task_options.eval_split", "valid", "datasets/remote_homology.py:26-30 'test' loader is TAPE's valid",
-            _tasks("remote-homology")),
-    Setting("task_options.max_tokens", 1024, "datasets/remote_homology.py:20 max_seq_len=1024",
             _tasks("remote-homology")),
     Setting("task_options.too_long", "skip", "datasets/remote_homology.py:39-51 batches with a longer sequence "
             "are skipped", _tasks("remote-homology")),
