@@ -406,7 +406,7 @@ def differences(results: dict[str, Any], ref: Reference) -> list[str]:
         if ref.variant == "listops-2021":
             if int(options.get("pad_to") or 0) != 512:
                 out.append("the 2021 code padded to 512 and read position 511 (pad_to=512); this run reads the last real token")
-            if options.get("test_split", "test") != "val":
+            if options.get("test_split", "test") != "val" and options.get("source", "files") == "files":
                 out.append("the number is on basic_val (test_split=val); this run's test is basic_test")
     if results.get("task") == "remote-homology" and ref.variant == "homology-valid":
         test = results.get("test") or {}
