@@ -84,7 +84,8 @@ def check_parameter_names(got: set[str], expected: set[str], where: str) -> None
 # -- building the model of a config ----------------------------------------------------------------
 def model_config(config: RunConfig) -> ModelConfig:
     return ModelConfig(freeze=config.freeze, freeze_rules=config.freeze_rules, readout=config.readout,
-                       learned_positions=config.learned_positions, input_init=config.input_init)
+                       learned_positions=config.learned_positions, input_init=config.input_init,
+                       input_dropout=config.input_dropout)
 
 
 def build_model(config: RunConfig, task=None) -> FPT:
@@ -93,7 +94,7 @@ def build_model(config: RunConfig, task=None) -> FPT:
     backbone = load_backbone(
         config.backbone, init=config.init, layers=config.layers, seed=config.seed,
         attn_implementation=config.attn_implementation, trust_remote_code=config.trust_remote_code,
-        lstm_width=config.lstm_width,
+        lstm_width=config.lstm_width, dropout=config.backbone_dropout, lstm_kind=config.lstm_kind,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed + 1)

@@ -23,7 +23,8 @@ from fpt.backbones.freeze import ENCODER_ARCHITECTURES, PRESET_HELP, SUPPORTED_A
 from fpt.bench import add_bench_parser
 from fpt.bench import main as bench_main
 from fpt.config import (
-    FIELDS, RESUMABLE, RunConfig, build_config, changed_options, list_presets, load_config, merge, read_yaml,
+    FIELDS, RESUMABLE, RunConfig, build_config, changed_options, is_shipped_preset, list_presets, load_config,
+    merge, preset_keys, read_yaml,
 )
 from fpt.data.cifar import UnsafePickleError
 from fpt.data.store import DownloadError
@@ -123,12 +124,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def given_options(args) -> dict[str, Any]:
-    """The options given on the command line: ``--config`` (a file or preset), then flags and ``-o`` on top."""
+def _flags(args) -> dict[str, Any]:
     flags = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
     if args.task_option:
         flags["task_options"] = dict(args.task_option)
+    return flags
+
+
+def given_options(args) -> dict[str, Any]:
+    """The options given on the command line: ``--config`` (a file or preset), then flags and ``-o`` on top."""
+    flags = _flags(args)
     return merge(read_yaml(args.config), flags) if args.config else flags
+
+
+def protocol_may_override(args) -> set[str]:
+    """The keys that ``--protocol`` may override: a shipped preset's, unless a flag set them too (your
+    own YAML file's keys and flags always win over the protocol; fpt/protocol.py)."""
+    if not args.config or not is_shipped_preset(args.config):
+        return set()
+    return preset_keys(read_yaml(args.config)) - preset_keys(_flags(args))
 
 
 def resume_config(run_dir: Path, given: dict[str, Any]) -> RunConfig:
@@ -160,8 +174,11 @@ def _fit(args) -> int:
         config = resume_config(Path(args.resume), given)
         results = fit(config, resume=True, enable_progress_bar=not args.no_progress_bar and None)
     else:
-        config = build_config(given)
-        results = fit(config, enable_progress_bar=not args.no_progress_bar and None, overwrite=args.overwrite)
+        config = build_config(given, protocol_may_override(args))
+        try:
+            results = fit(config, enable_progress_bar=not args.no_progress_bar and None, overwrite=args.overwrite)
+        except OSError as err:
+            raise _with_offline_variant(err, args.config) from None
     test = results.get("test", {})
     if global_rank_from_env() != 0:  # torchrun / srun: every process gets here; rank 0 speaks
         return 0
@@ -171,6 +188,16 @@ def _fit(args) -> int:
           f"{results['trainable_params']:,} trainable / {results['total_params']:,} params)")
     print(f"run directory: {config.run_dir}")
     return 0
+
+
+def _with_offline_variant(err: OSError, preset: str | None) -> OSError:
+    """A backbone that cannot be had offline: name the shipped SmolLM2 variant of the preset, if there is one."""
+    if preset and is_shipped_preset(preset) and is_shipped_preset(f"{preset}-smollm2") \
+            and getattr(err, "fpt_offline_backbone", False):
+        return type(err)(f"{err}\nOffline, run the SmolLM2 variant of this preset instead: "
+                         f"fpt fit --config {preset}-smollm2 (SmolLM2-135M-Instruct, 4-bit Q4_1 GGUF dequantised; "
+                         "not the paper's GPT-2, and its report rows say so)")
+    return err
 
 
 def _test(args) -> int:

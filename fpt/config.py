@@ -16,7 +16,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from fpt.io import atomic_write_text
-from fpt.options import coerce, declared, how, what, when
+from fpt.options import coerce, declared, how, probability_or_keep, what, when
 from fpt.text import description, suggest
 
 
@@ -31,6 +31,8 @@ class RunConfig:
     the README's main options) come from here. Adding an option: docs/architecture.md."""
 
     # -- what to train ---------------------------------------------------------------------------
+    protocol: str = what("fpt", "fpt (fpt's corrected protocol) or paper (the 2021 code's behaviour wherever it differs: "
+                         "fpt/protocol.py, docs/paper-fidelity.md); explicit options still win", choices=("fpt", "paper"))
     task: str = what("bit-xor", "a registered task (fpt list)")
     task_options: dict[str, Any] = what(dict, "the task's own options, e.g. {n_bits: 5} (on the command line: -o KEY=VALUE)",
                                         flag=False)
@@ -42,6 +44,11 @@ class RunConfig:
                      choices=("pretrained", "random"))
     layers: int | None = what(None, "keep only the first K blocks (default: all)")
     lstm_width: int = what(768, "hidden size of the lstm backbone (paper: 768)")
+    lstm_kind: str = what("torch", "the lstm backbone: torch (nn.LSTM, fused kernels) or layernorm (the 2021 code's "
+                          "layer-norm LSTM; its norms train under fpt)", choices=("torch", "layernorm"))
+    backbone_dropout: float | str = what(0.0, "dropout inside the backbone: a probability (0: off), or keep (the "
+                                         "backbone's own; GPT-2: 0.1, as the 2021 code)", convert=probability_or_keep,
+                                         expected="a probability in [0, 1) or keep")
     trust_remote_code: bool = what(False, "run Python code shipped with a hub model (never by default)")
     # -- the FPT module (fpt.model.ModelConfig) ---------------------------------------------------
     freeze: str | list[str] = what("fpt", "what trains: a preset (fpt, output-only, +ln, +input, +pos, +ff, +attn, full) "
@@ -53,7 +60,9 @@ class RunConfig:
                                "BERT-style, first for ViT)", choices=("last", "mean", "first", "tokens"))
     learned_positions: bool = what(True, "a trained position table for backbones without one (RoPE)")
     input_init: str = what("embedding", "input layer init: embedding (orthogonal, at the token embeddings' scale) or "
-                           "paper (orthogonal, gain 1.41)", choices=("embedding", "paper"))
+                           "paper (the 2021 code's: orthogonal with gain 1.41 unscaled, N(0, 1) embeddings, default head)",
+                           choices=("embedding", "paper"))
+    input_dropout: float = what(0.0, "dropout after a continuous input layer (the 2021 code: 0.1; none after an embedding)")
     # -- optimisation -----------------------------------------------------------------------------
     steps: int = when(1000, "optimizer steps")
     batch_size: int = what(32, "global batch size (split across devices)")
@@ -122,6 +131,10 @@ class RunConfig:
             (not self.cache_features or self.freeze in ("output-only", ["output"], ("output",)),
              f"cache_features needs freeze output-only (only the head trains, so the frozen network's outputs never "
              f"change); with freeze {self.freeze!r} they change every step. Use --freeze output-only or drop --cache-features"),
+            (0.0 <= self.input_dropout < 1.0, f"input_dropout must be in [0, 1), got {self.input_dropout!r}"),
+            (not self.cache_features or (self.input_dropout == 0 and self.backbone_dropout in (0, 0.0)),
+             "cache_features computes the frozen network's outputs once, so it cannot apply dropout: set "
+             "input_dropout 0 and backbone_dropout 0, or drop --cache-features"),
         ]
         for ok, message in checks:
             if not ok:
@@ -221,8 +234,15 @@ _ALIASES = {
 DOCUMENTATION_KEYS = ("description", "reproduces", "expected")  # keys of preset files that are not options
 
 
-def build_config(values: dict[str, Any]) -> RunConfig:
-    """A validated ``RunConfig`` from a flat mapping, with a message naming any unknown or ill-typed option."""
+def build_config(values: dict[str, Any], preset_keys: set[str] | frozenset = frozenset()) -> RunConfig:
+    """A validated ``RunConfig`` from a flat mapping, with a message naming any unknown or ill-typed option.
+
+    ``protocol: paper`` fills in the settings the mapping does not hold (``fpt.protocol.resolve``);
+    ``preset_keys``: keys (``name`` / ``task_options.name``) that came from a shipped preset, which
+    the protocol may override."""
+    from fpt.protocol import resolve
+
+    values = resolve({k.replace("-", "_"): v for k, v in values.items()}, preset_keys)
     kwargs = {}
     for key, value in values.items():
         name = key.replace("-", "_")
@@ -232,7 +252,8 @@ def build_config(values: dict[str, Any]) -> RunConfig:
             hint = f" Did you mean {_ALIASES[name]!r}?" if name in _ALIASES else suggest(name, FIELDS)
             raise ValueError(f"unknown option {key!r}.{hint} See `fpt fit --help`.")
         field_ = FIELDS[name]
-        kwargs[name] = coerce(value, field_.type, name, expected=field_.metadata.get("expected"))
+        kwargs[name] = coerce(value, field_.type, name, expected=field_.metadata.get("expected"),
+                              convert=field_.metadata.get("convert"))
     return RunConfig(**kwargs).validate()
 
 
@@ -250,3 +271,15 @@ def save_config(config: RunConfig, path: Path) -> None:
 
 def load_config(path: Path) -> RunConfig:
     return build_config(read_yaml(str(path)))
+
+
+def is_shipped_preset(path_or_preset: str) -> bool:
+    """True for a preset name (``fpt/presets/NAME.yaml``), False for a file of the user's."""
+    return not Path(path_or_preset).exists() and (preset_dir() / f"{path_or_preset}.yaml").is_file()
+
+
+def preset_keys(data: dict[str, Any]) -> set[str]:
+    """The keys of a preset mapping, as ``fpt.protocol.resolve`` names them (``task_options.NAME`` too)."""
+    keys = {k.replace("-", "_") for k in data}
+    keys |= {f"task_options.{k}" for k in (data.get("task_options") or {})}
+    return keys

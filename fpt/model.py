@@ -38,9 +38,11 @@ class ModelConfig:
     # default, or on an encoder its family's in place of "last"
     readout: str | None = None
     learned_positions: bool = True  # add a trained position table for backbones without one (RoPE: Llama, SmolLM2, Pythia)
-    # "embedding": orthogonal, rescaled to the token embeddings' scale; "paper": orthogonal, gain 1.41
+    # "embedding": orthogonal, rescaled to the token embeddings' scale; "paper": the 2021 code's (below)
     input_init: str = "embedding"
     input_gain: float = 1.41  # orthogonal init gain of the input layer (paper: 1.41)
+    # dropout after a continuous input layer (the 2021 code: 0.1, fpt.py:118; none after an embedding)
+    input_dropout: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, recorded but unused
 
 
@@ -69,6 +71,9 @@ class FPT(nn.Module):
             )
         if config.input_init not in ("embedding", "paper"):
             raise ValueError(f"input_init must be 'embedding' or 'paper', got {config.input_init!r}")
+        if not 0.0 <= config.input_dropout < 1.0:
+            raise ValueError(f"input_dropout must be in [0, 1), got {config.input_dropout!r}")
+        paper = config.input_init == "paper"
 
         # -- input layer -------------------------------------------------------------------
         scale = backbone.embedding_std
@@ -84,7 +89,11 @@ class FPT(nn.Module):
                     self.input_layer.weight.mul_(scale / natural_std)
         else:
             self.input_layer = nn.Embedding(spec.input_dim, width, padding_idx=spec.pad_id if spec.padded else None)
-            nn.init.normal_(self.input_layer.weight, std=scale)
+            # "paper": nn.Embedding's own N(0, 1) (fpt.py:97), whatever the backbone's embedding scale
+            nn.init.normal_(self.input_layer.weight, std=1.0 if paper else scale)
+        # The 2021 code: nn.Dropout after the input Linear (fpt.py:118), none after an embedding (fpt.py:97).
+        self.input_dropout = (nn.Dropout(config.input_dropout)
+                              if config.input_dropout > 0 and spec.input_type == "continuous" else None)
 
         # -- positions: only for backbones that have no learned table of their own --------------
         self.position_table = None
@@ -97,8 +106,9 @@ class FPT(nn.Module):
         # -- output head -------------------------------------------------------------------
         self.labels_per_readout = spec.num_labels // self.readout_tokens
         self.head = nn.Linear(hidden, self.labels_per_readout * spec.num_classes)
-        nn.init.orthogonal_(self.head.weight, gain=config.input_gain)
-        nn.init.zeros_(self.head.bias)
+        if not paper:  # "paper": nn.Linear's default init, as the 2021 code's out_net (fpt.py:129)
+            nn.init.orthogonal_(self.head.weight, gain=config.input_gain)
+            nn.init.zeros_(self.head.bias)
 
         # -- summary token of the 'first' read-out (created last: other models' seeded init is unchanged) --
         self.summary_token = None
@@ -158,6 +168,8 @@ class FPT(nn.Module):
         """The sequence the backbone sees: the input layer's tokens (after the summary token, with the
         'first' read-out), plus FPT's position table where the backbone has none of its own."""
         h = self.input_layer(x)
+        if self.input_dropout is not None:
+            h = self.input_dropout(h)
         if self.summary_token is not None:
             h = torch.cat([self.summary_token.weight.to(h.dtype).expand(h.shape[0], 1, -1), h], 1)
         if self.position_table is not None:

@@ -216,8 +216,16 @@ def val_score(results: dict[str, Any]) -> float | None:
     return None if value is None else float(value)
 
 
-def test_score(results: dict[str, Any]) -> float | None:
-    """The run's headline test value (``test.<metric>``)."""
+def test_score(results: dict[str, Any], at: str = "best") -> float | None:
+    """The run's headline test value: ``at="best"``, with the weights of the best validation
+    (``at_best_val.test.<metric>``; how Rothermel et al. 2021 select and evaluate; runs from before
+    it was kept: the final one), or ``at="final"``, with the final weights (``test.<metric>``)."""
+    if at not in ("best", "final"):
+        raise ValueError(f"at must be 'best' or 'final', got {at!r}")
     metric, _ = headline(results)
+    if at == "best":
+        value = ((results.get("at_best_val") or {}).get("test") or {}).get(metric)
+        if value is not None:
+            return float(value)
     value = (results.get("test") or {}).get(metric)
     return None if value is None else float(value)

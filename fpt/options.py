@@ -157,12 +157,24 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def coerce(value: Any, annotation: Any, name: str, owner: str | None = None, expected: str | None = None) -> Any:
+def probability_or_keep(value: Any) -> Any:
+    """A dropout setting: a probability in [0, 1), or the word ``keep`` (the backbone's own rates)."""
+    if isinstance(value, str) and value.strip().lower() == "keep":
+        return "keep"
+    p = _as_number(value, integer=False)
+    if not 0.0 <= p < 1.0:
+        raise ValueError
+    return p
+
+
+def coerce(value: Any, annotation: Any, name: str, owner: str | None = None, expected: str | None = None,
+           convert: Callable[[Any], Any] | None = None) -> Any:
     """``value`` as the declared type ``annotation`` (a field's type), or ``ValueError`` naming ``name``.
 
     Strings are read as their type would be written (``"3"`` -> 3, ``"1e-3"`` -> 0.001, ``"yes"`` ->
     True); a bool is never an integer; an integer-valued float is an integer. ``owner`` (e.g.
     ``task 'bit-xor'``) prefixes the message and names the declared type instead of describing it.
+    ``convert``: the field's own converter (declared as ``convert=`` in its metadata), instead of its type's.
     """
     kind, optional = base_kind(annotation)
     prefix = f"{owner}: " if owner else ""
@@ -171,7 +183,7 @@ def coerce(value: Any, annotation: Any, name: str, owner: str | None = None, exp
             return None
         raise ValueError(f"{prefix}option {name!r} cannot be empty")
     try:
-        return _CONVERTERS[kind](value)
+        return (convert or _CONVERTERS[kind])(value)
     except (TypeError, ValueError):
         what_text = type_name(annotation) if owner else (expected or _EXPECTED.get(kind, type_name(annotation)))
         raise ValueError(f"{prefix}option {name!r} must be {what_text}, got {value!r}") from None

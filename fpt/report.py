@@ -8,11 +8,14 @@
 
 ``fpt report`` writes, in ``--out`` (default ``report/``):
 
-* ``report.md`` and ``report.csv``: one row per run: task, backbone, init, freeze, layers, our test
-  accuracy and the paper's for the same setting (matched on task + init + freeze + backbone kind,
-  :mod:`fpt.reference`), validation accuracy, steps to the target accuracy (ours, first validation
-  at or above ``target_accuracy``) and the paper's steps to converge, trainable parameters, time,
-  device, and the run's label (``-small`` runs are not the paper's setting and say so);
+* ``report.md`` and ``report.csv``: one row per run: task, backbone, init, freeze, layers, protocol,
+  our test accuracy at the final weights and at the best validation, and the published number for
+  the same setting *and task variant* (:func:`fpt.reference.compare`: the same data and evaluation,
+  e.g. ListOps with the 2021 loader's 512-token cut is compared only with numbers measured that
+  way), which table it is from and with which model, and every way the run differs from it (model
+  size, depth, protocol, ``-small``); validation accuracy, steps to the target accuracy (ours, first
+  validation at or above ``target_accuracy``) and the paper's steps to converge, trainable
+  parameters, time, device, and the run's label;
 * ``curves-<task>.png``: validation accuracy against optimizer steps, one line per run, pretrained
   and random (and LSTM) on the same axes;
 * ``convergence.png``: steps to target, ours next to the paper's, per task and setting;
@@ -118,24 +121,24 @@ def _freeze_text(freeze: Any) -> str:
     return freeze if isinstance(freeze, str) else "+".join(freeze)
 
 
+def _pct(x: Any) -> float | None:
+    return None if x is None else 100 * float(x)
+
+
 def run_row(run_dir: Path, results: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One report row: our numbers and the paper's for the same setting."""
+    """One report row: our numbers and the published one for the same setting and task variant."""
     r = results or read_results(run_dir)
     task = r.get("task", "")
-    setting = reference.setting_of(r)
-    ref = reference.paper_accuracy(task, setting, r.get("backbone"))
-    others = [x for x in reference.lookup(task, setting, r.get("backbone")) if x is not ref]
+    comparison = reference.compare(r)
+    setting, ref = comparison.setting, comparison.reference
     val = r.get("val") or {}
     test = r.get("test") or {}
-    if task in reference.NO_PAPER_NUMBER:
-        paper_note = reference.NO_PAPER_NUMBER[task]
-    elif setting is None:
-        paper_note = "no published setting matches (task + init + freeze + backbone kind)"
-    elif ref is None:
-        paper_note = f"the paper reports no {setting} number for {task}"
+    at_best = (r.get("at_best_val") or {}).get("test") or {}
+    if ref is None:
+        paper_note = comparison.note
     else:
-        paper_note = "; ".join([f"{ref.where}: {ref.note}"] if ref.note else []
-                               + [f"{o.source} {o.where} ({o.model}): {o.accuracy:g}" for o in others])
+        paper_note = "; ".join([ref.note] if ref.note else []
+                               + [f"also {o.accuracy:g} ({o.label()})" for o in comparison.others])
     return {
         "run": str(run_dir),
         "label": r.get("label", ""),
@@ -146,14 +149,21 @@ def run_row(run_dir: Path, results: dict[str, Any] | None = None) -> dict[str, A
         "layers": r.get("layers"),
         "seed": r.get("seed"),
         "setting": setting or "",
-        "test_accuracy": None if test.get("accuracy") is None else 100 * test["accuracy"],
+        "protocol": reference.protocol_of(r),
+        "variant": comparison.variant,
+        "test_accuracy": _pct(test.get("accuracy")),
+        "test_accuracy_at_best_val": _pct(at_best.get("accuracy")),
+        # the paper's own form where it scaled its numbers (remote homology: x 0.9739), else None
+        "test_accuracy_as_published": _pct(test.get("accuracy_as_published")),
         "paper_accuracy": ref.accuracy if ref else None,
-        "paper_source": f"{ref.source} {ref.where}" if ref else "",
+        "paper_source": ref.label() if ref else "",
+        "differences": "; ".join(comparison.differences) if ref else "",
         "paper_note": paper_note,
         "val_best_accuracy": None if val.get("best_accuracy") is None else 100 * val["best_accuracy"],
         "target_accuracy": None if val.get("target_accuracy") is None else 100 * val["target_accuracy"],
         "steps_to_target": val.get("first_step_at_target"),
         "paper_steps_to_converge": reference.paper_steps(task, setting),
+        "batch_size": r.get("batch_size"),
         "steps": r.get("steps"),
         "trainable_params": r.get("trainable_params"),
         "total_params": r.get("total_params"),
@@ -162,9 +172,10 @@ def run_row(run_dir: Path, results: dict[str, Any] | None = None) -> dict[str, A
     }
 
 
-COLUMNS = ("run", "label", "task", "backbone", "init", "freeze", "layers", "seed", "setting", "test_accuracy",
-           "paper_accuracy", "paper_source", "val_best_accuracy", "target_accuracy", "steps_to_target",
-           "paper_steps_to_converge", "steps", "trainable_params", "total_params", "seconds", "device", "paper_note")
+COLUMNS = ("run", "label", "task", "backbone", "init", "freeze", "layers", "seed", "setting", "protocol", "variant",
+           "test_accuracy", "test_accuracy_at_best_val", "test_accuracy_as_published", "paper_accuracy", "paper_source",
+           "differences", "val_best_accuracy", "target_accuracy", "steps_to_target", "paper_steps_to_converge", "steps",
+           "trainable_params", "total_params", "seconds", "device", "paper_note")
 
 
 def _num(x: Any, digits: int = 1) -> str:
@@ -182,29 +193,46 @@ def _steps(x: Any) -> str:
     return f"{x:.0e}".replace("e+0", "e") if x >= 1e4 else f"{x:.0f}"
 
 
+def _paper_steps(r: dict[str, Any]) -> str:
+    """The paper's steps to converge, flagged when our batch size is not the 2021 code's 4 (steps are per batch)."""
+    text = _steps(r["paper_steps_to_converge"])
+    if r["paper_steps_to_converge"] is not None and r.get("batch_size") not in (None, 4):
+        text += f" (at batch 4; ours {r['batch_size']})"
+    return text
+
+
 def render_markdown(rows: list[dict[str, Any]], figures: dict[str, str] | None = None) -> str:
     lines = ["# fpt report", "",
-             "Test accuracy in %, ours next to the published number for the same setting "
-             "(task + init + freeze + backbone kind; `fpt/reference.py`). "
+             "Test accuracy in %: ours at the final weights and at the best validation (`best.safetensors`), next to "
+             "the published number for the same setting (task + init + freeze + backbone kind) measured on the same "
+             "task variant (`fpt/reference.py`: e.g. ListOps with the 2021 loader's cut only beside numbers measured "
+             "that way). *How it differs* lists every other difference (model size, depth, protocol, `-small`); "
+             "empty means none. "
              "Steps to target: our first validation at or above the run's target accuracy; the paper's: steps to converge.",
              ""]
     if any(str(r["label"]).startswith("-small") for r in rows):
         lines += ["Runs labelled `-small` are scaled down for a CPU (fewer layers, steps, shorter inputs): "
                   "they are **not** the paper's setting, so their numbers are not expected to match it.", ""]
-    lines += ["| task | run | label | backbone | init | freeze | layers | setting | test acc (ours) | paper | "
-              "val acc | steps to target (target) | paper steps | trainable params | time (s) | device |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| task | run | label | backbone | init | freeze | layers | protocol | setting | test acc (final) | "
+              "test acc (best val) | paper | how it differs | val acc | steps to target (target) | paper steps | "
+              "trainable params | time (s) | device |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         target = f"{_steps(r['steps_to_target'])} ({_num(r['target_accuracy'], 0)}%)" if r["steps_to_target"] is not None \
             else f"not reached in {r['steps']} ({_num(r['target_accuracy'], 0)}%)"
         if r["target_accuracy"] is None:  # regression: no accuracy target
             target = "-"
         paper = _num(r["paper_accuracy"]) + (f" ({r['paper_source']})" if r["paper_source"] else "")
+        ours = _num(r["test_accuracy"])
+        if r.get("test_accuracy_as_published") is not None:
+            ours += f" (x 0.9739 as published: {_num(r['test_accuracy_as_published'])})"
+        differs = r.get("differences") or ("-" if r["paper_accuracy"] is None else "")
         lines.append(
             f"| {r['task']} | {r.get('name') or Path(r['run']).name} | {r['label'] or '-'} | {r['backbone']} | "
             f"{r['init']} | {r['freeze']} | "
-            f"{r['layers']} | {r['setting'] or '-'} | {_num(r['test_accuracy'])} | {paper} | {_num(r['val_best_accuracy'])} | "
-            f"{target} | {_steps(r['paper_steps_to_converge'])} | {_num(r['trainable_params'])} | "
+            f"{r['layers']} | {r.get('protocol', 'fpt')} | {r['setting'] or '-'} | {ours} | "
+            f"{_num(r.get('test_accuracy_at_best_val'))} | {paper} | {differs} | {_num(r['val_best_accuracy'])} | "
+            f"{target} | {_paper_steps(r)} | {_num(r['trainable_params'])} | "
             f"{_num(r['seconds'], 0)} | {r['device']} |")
     notes = sorted({(r["task"], r["setting"], r["paper_note"]) for r in rows if r["paper_note"]})
     if notes:

@@ -17,8 +17,11 @@ the default ``SWEEP_DIR`` is ``runs/sweeps/<preset>[-<experiment>][-<swept keys>
 Model selection is on **validation** (``results.json`` ``val.best``: accuracy, or RMSE for
 regression tasks, :mod:`fpt.objectives`), averaged over seeds: within each experiment variant, the
 grid setting with the best mean validation value (highest accuracy, lowest RMSE) is *chosen*, and
-its test value is reported as mean and standard deviation over seeds (per setting too). Test
-numbers never choose anything.
+its test value *at the best validation point* (``at_best_val``: the weights kept in
+``best.safetensors``, as Rothermel et al. 2021 select and evaluate) is reported as mean and
+standard deviation over seeds (per setting too); the test at the final weights is shown beside it.
+Test numbers never choose anything. With ``--set protocol=paper`` the protocol may override the
+preset's keys (not ``--set``, ``--grid`` or an experiment's), as for ``fpt fit``.
 
 Re-running the same command skips finished trials (``results.json`` present), resumes a trial that
 was interrupted after its first checkpoint (``fit(..., resume=True)``) and restarts one that was
@@ -51,11 +54,14 @@ import yaml
 
 from fpt import reference
 from fpt.checkpoint import read_results, results_or_none
-from fpt.config import DOCUMENTATION_KEYS, MACHINERY, build_config, preset_dir, read_yaml
+from fpt.config import (
+    DOCUMENTATION_KEYS, MACHINERY, build_config, is_shipped_preset, preset_dir, preset_keys, read_yaml,
+)
 from fpt.fastpath import physical_cores
 from fpt.io import atomic_write_json, atomic_write_text
 from fpt.objectives import headline, test_score, val_score
 from fpt.options import parse_text as parse_value
+from fpt.protocol import resolve
 from fpt.rundir import LOCK_NAME, RunLock, move_aside
 from fpt.text import description, suggest
 
@@ -63,7 +69,7 @@ from fpt.text import description, suggest
 # differ between the command that started a trial and the one that resumes or re-checks it.
 # What a source run takes over from the swept config, so that its backbone fits the trials.
 INHERITED_BY_SOURCES = ("backbone", "layers", "lstm_width", "attn_implementation", "trust_remote_code", "device",
-                        "precision", "num_threads")
+                        "precision", "num_threads", "protocol", "lstm_kind")
 
 
 # -- experiments -------------------------------------------------------------------------------
@@ -219,6 +225,8 @@ def _plan_sources(exp: Experiment | None, preset: str, base: dict[str, Any], roo
                 values.pop(key, None)  # the swept config uses the default: so does its source
         values = apply_overrides(values, {**spec, "seed": 0, **machinery})
         values["run_dir"] = str(root / "sources" / source_name)
+        source_keys = preset_keys(read_yaml(source_preset)) if is_shipped_preset(source_preset) else set()
+        values = resolve(values, source_keys - preset_keys(spec))  # the protocol's settings (fpt.protocol)
         values["label"] = (str(values.get("label", "")) + f" [source {source_name} of {name}]").strip()
         build_config(values)
         sources[source_name] = (values, root / "sources" / source_name)
@@ -230,7 +238,10 @@ def make_plan(preset: str, *, experiment: str | None = None, grid: dict[str, lis
               sweep_dir: str | Path | None = None, threads: int | None = None, parallel: int = 1,
               command: str = "") -> Plan:
     """Every trial of a sweep, each config validated (a typo fails here, before anything runs)."""
-    base = apply_overrides(read_yaml(preset), sets or {})
+    preset_values = read_yaml(preset)
+    # keys a shipped preset set, which --set protocol=paper may override (fpt.protocol: preset < protocol < yours)
+    from_preset = preset_keys(preset_values) if is_shipped_preset(preset) else set()
+    base = apply_overrides(preset_values, sets or {})
     for key in DOCUMENTATION_KEYS:
         base.pop(key, None)
     exp = load_experiment(experiment) if experiment else None
@@ -265,6 +276,8 @@ def make_plan(preset: str, *, experiment: str | None = None, grid: dict[str, lis
                 values = apply_overrides(values, {"seed": seed, **machinery})
                 run_dir = root / setting / f"s{seed}"
                 values["run_dir"] = str(run_dir)
+                explicit = preset_keys({**(sets or {}), **overrides, **params})
+                values = resolve(values, from_preset - explicit)  # the protocol's settings, stored with the trial
                 build_config(values)
                 trials.append(Trial(variant, params, seed, values, setting, run_dir))
     if len({t.run_dir for t in trials}) != len(trials):
@@ -360,7 +373,8 @@ def run_plan(plan: Plan, parallel: int = 1, echo: Callable[[str], None] = print)
             r = outcome["results"]
             metric = headline(r)[0]
             echo(f"{where}{name}: {outcome['state']}  val {_value(val_score(r), metric)}  "
-                 f"test {_value(test_score(r), metric)}  ({r.get('steps')} steps, {r.get('seconds', 0):.0f} s)")
+                 f"test {_value(test_score(r), metric)} at the best validation "
+                 f"({_value(test_score(r, at='final'), metric)} final)  ({r.get('steps')} steps, {r.get('seconds', 0):.0f} s)")
         write_summary(plan, outcomes)
 
     for name, (values, run_dir) in plan.sources.items():
@@ -433,9 +447,12 @@ def _trial_entry(trial: Trial, results: dict[str, Any] | None, outcome: dict[str
     if outcome.get("error"):
         entry["error"] = outcome["error"]
     if results:
-        entry.update(metric=headline(results)[0], val_value=val_score(results), test_value=test_score(results),
+        at_best = (results.get("at_best_val") or {}).get("test") or {}
+        entry.update(metric=headline(results)[0], val_value=val_score(results),
+                     test_value=test_score(results), test_value_final=test_score(results, at="final"),
                      val_accuracy=results.get("val", {}).get("best_accuracy"),
-                     test_accuracy=results.get("test", {}).get("accuracy"),
+                     test_accuracy=at_best.get("accuracy", results.get("test", {}).get("accuracy")),
+                     test_accuracy_final=results.get("test", {}).get("accuracy"),
                      test_exact_accuracy=results.get("test", {}).get("exact_accuracy"),
                      first_step_at_target=results.get("val", {}).get("first_step_at_target"),
                      steps=results.get("steps"), seconds=results.get("seconds"))
@@ -460,16 +477,20 @@ def summarize(plan: Plan, outcomes: dict[str, dict[str, Any]] | None = None) -> 
         s["done"] = len(res)
         s["metric"], s["higher_is_better"] = headline(res[0]) if res else ("accuracy", True)
         s["val"] = _stats([v for v in map(val_score, res) if v is not None])
-        s["test"] = _stats([v for v in map(test_score, res) if v is not None])
+        s["test"] = _stats([v for v in map(test_score, res) if v is not None])  # at the best validation
+        s["test_final"] = _stats([v for r in res if (v := test_score(r, at="final")) is not None])
         s["seconds"] = sum(float(r.get("seconds") or 0) for r in res)
         reached = [r["val"]["first_step_at_target"] for r in res if r.get("val", {}).get("first_step_at_target") is not None]
         s["steps_to_target"] = _stats([float(x) for x in reached])
         if res:
             r0 = res[0]
-            setting = reference.setting_of(r0)
-            ref = reference.paper_accuracy(r0["task"], setting, r0.get("backbone"))
-            s["reference"] = ({"setting": setting, "accuracy": ref.accuracy, "source": ref.source, "where": ref.where,
-                               "model": ref.model} if ref else {"setting": setting})
+            comparison = reference.compare(r0)
+            ref = comparison.reference
+            s["reference"] = ({"setting": comparison.setting, "accuracy": ref.accuracy, "source": ref.source,
+                               "where": ref.where, "model": ref.model, "label": ref.label(),
+                               "variant": comparison.variant, "differences": comparison.differences}
+                              if ref else {"setting": comparison.setting, "variant": comparison.variant,
+                                           "note": comparison.note})
             if r0.get("task") == "timeseries":  # the field's published numbers for the same problem and split
                 published, _ = reference.ts_lookup(r0.get("data"))
                 s["reference"]["published"] = ", ".join(f"{p.method} {p.value:g}" for p in published) or None
@@ -488,7 +509,7 @@ def summarize(plan: Plan, outcomes: dict[str, dict[str, Any]] | None = None) -> 
         "preset": plan.preset, "experiment": plan.experiment.name if plan.experiment else None,
         "command": plan.command, "sweep_dir": str(plan.sweep_dir), "grid": plan.grid, "seeds": plan.seeds,
         "selection": "per variant, the setting with the best mean validation value (val.best: highest accuracy, "
-                     "lowest rmse) over seeds",
+                     "lowest rmse) over seeds; test reported at the best validation point (at_best_val)",
         "sources": {n: str(d) for n, (_, d) in plan.sources.items()},
         "chosen": chosen, "settings": list(settings.values()), "trials": trials,
         "complete": all(t["status"] == "done" for t in trials),
@@ -515,23 +536,28 @@ def render_markdown(summary: dict[str, Any]) -> str:
     lines += [f"Seeds: {', '.join(map(str, summary['seeds']))}. Selection: {summary['selection']}; "
               f"the chosen setting of each variant is marked **bold**. Metric: {units}; mean ± std over seeds.", ""]
     shown = metrics[0] if len(metrics) == 1 else "value"
-    lines += [f"| variant | setting | seeds done | val {shown} | test {shown} | steps to target | paper | time (s) |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| variant | setting | seeds done | val {shown} | test {shown} (best val) | test {shown} (final) | "
+              "steps to target | paper | how it differs | time (s) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary["settings"]:
         ref = s.get("reference") or {}
-        paper = f"{ref['accuracy']:g} ({ref['where']})" if ref.get("accuracy") is not None else (ref.get("published") or "-")
+        paper = (f"{ref['accuracy']:g} ({ref['label']})" if ref.get("accuracy") is not None
+                 else (ref.get("published") or "-"))
+        differs = "; ".join(ref.get("differences") or []) if ref.get("accuracy") is not None else ref.get("note", "-")
         name = f"**{s['setting']}**" if s["chosen"] else s["setting"]
         steps = s["steps_to_target"]
         reached = f"{steps['mean']:.0f} ({steps['n']}/{s['done']})" if steps["mean"] is not None else "-"
         metric = s.get("metric", "accuracy")
         lines.append(f"| {s['variant'] or '-'} | {name} | {s['done']}/{len(s['seeds'])} | {_mean_std(s['val'], metric)} | "
-                     f"{_mean_std(s['test'], metric)} | {reached} | {paper} | {s['seconds']:.0f} |")
+                     f"{_mean_std(s['test'], metric)} | {_mean_std(s['test_final'], metric)} | {reached} | {paper} | "
+                     f"{differs or '-'} | {s['seconds']:.0f} |")
     lines += ["", "Chosen on validation:", ""]
     by_name = {s["setting"]: s for s in summary["settings"]}
     for variant, setting in summary["chosen"].items():
         s = by_name[setting]
         metric = s.get("metric", "accuracy")
-        lines.append(f"- {variant}: `{setting}`: test {metric} {_mean_std(s['test'], metric)} ({s['test']['n']} seeds), "
+        lines.append(f"- {variant}: `{setting}`: test {metric} at the best validation {_mean_std(s['test'], metric)} "
+                     f"({s['test']['n']} seeds; final weights {_mean_std(s['test_final'], metric)}), "
                      f"val {_mean_std(s['val'], metric)}")
     failed = [t for t in summary["trials"] if t["status"] == "failed"]
     if failed:

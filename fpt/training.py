@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fpt import fastpath
 from fpt.callbacks import (
-    AtomicCheckpointIO, ChanceWarning, FlushLogsOnCheckpoint, GracefulStop, PhaseTracker, Progress, ResumableCSVLogger,
-    ResumeCheckpoint, progress_bar,
+    BEST_WEIGHTS, AtomicCheckpointIO, BestValidationWeights, ChanceWarning, FlushLogsOnCheckpoint, GracefulStop,
+    PhaseTracker, Progress, ResumableCSVLogger, ResumeCheckpoint, progress_bar,
 )
 from fpt.checkpoint import (  # noqa: F401  (re-exported: these were defined here)
     CHECKPOINT_FORMAT, build_model, check_compatible, check_identity, check_parameter_names, checkpoint_step, load_run,
@@ -138,6 +138,7 @@ class FPTModule(L.LightningModule):
             self.feature_cache = FeatureCache(self.model, config)
         self.first_step_at_target: int | None = None
         self.best_val: tuple[float, int] | None = None  # (accuracy, step)
+        self.eval_tag = ""  # prefix of logged test metrics ("best/": the test at the best validation)
 
     # non-finite step counters (device tensors; reading them is a host sync)
     @property
@@ -233,7 +234,7 @@ class FPTModule(L.LightningModule):
         # Global over all ranks: each rank evaluates its share of the batches (EvalBatchSampler) and
         # torchmetrics' compute() reduces the metric states across processes (sum of counts, weighted
         # means) before computing, so no sync_dist is needed (it would average the ranks' numbers).
-        values = {f"{prefix}/{k}": v for k, v in self.objective.compute(self.eval_metrics[prefix]).items()}
+        values = {f"{self.eval_tag}{prefix}/{k}": v for k, v in self.objective.compute(self.eval_metrics[prefix]).items()}
         self.log_dict(values, prog_bar=prefix == "val", sync_dist=False)
         return {k: float(v) for k, v in values.items()}
 
@@ -537,8 +538,13 @@ def _fit_locked(config, module, run_dir: Path, resume: bool, resumed_step, enabl
     if rank_zero:
         save_config(config, run_dir / "config.yaml")
     stopper, phases, chance = _health_callbacks(config, module, last)
-    # the stopper last: its checkpoint must include the state of every other callback
-    callbacks = [phases, *([chance] if chance else []), *user_callbacks, stopper]
+    # the trained weights of the best validation (best.safetensors), tested at the end too
+    best = BestValidationWeights(run_dir / BEST_WEIGHTS, metric=f"val/{module.objective.metric}",
+                                 higher_is_better=module.objective.higher_is_better,
+                                 enabled=config.strategy != "fsdp")
+    # best before the checkpoint writers (its best step is in each checkpoint); the stopper last: its
+    # checkpoint must include the state of every other callback
+    callbacks = [phases, *([chance] if chance else []), best, *user_callbacks, stopper]
     trainer = _trainer(config, run_dir, enable_progress_bar, resumed_step, extra_callbacks=callbacks)
     _train(trainer, module, config, last, resume, stopper, phases, f"fpt fit --resume {run_dir} --steps {config.steps}")
     _save_trained_state(trainer, module, config, run_dir, last)
@@ -546,11 +552,16 @@ def _fit_locked(config, module, run_dir: Path, resume: bool, resumed_step, enabl
     try:
         with stopper.installed():  # a signal now lets the test finish (seconds): the run completes
             test_metrics = _test(trainer, module)
+            at_best = best.test_at_best(trainer, module, test_metrics)  # the test at the best validation
     except Exception as err:
         if is_out_of_memory(err):
             raise out_of_memory_error(err, "test", config) from err
         raise
     results = _results(config, module, trainer, test_metrics, train_seconds, time.time() - start)
+    adjust = getattr(module.task, "adjust_test_metrics", None)  # e.g. homology's paper-scaled accuracy
+    if adjust is not None:
+        adjust({k: v for k, v in at_best.items() if isinstance(v, dict)})
+    results["at_best_val"] = at_best
     if chance is not None and chance.message:
         results["warnings"] = [chance.message]
     if trainer.is_global_zero:
@@ -584,6 +595,7 @@ def _results(config, module, trainer, test_metrics, train_seconds, seconds) -> d
         "skipped_steps": module.bad_steps_total,
         "cpu_seconds": round(time.process_time() - module.cpu_start, 2),  # all threads of this process
         "objective": module.objective.describe(),  # output type, headline metric and its direction
+        "protocol": _protocol_record(config, module.task),  # fpt.protocol: what --protocol set, and what was used
         "val": {
             "best_accuracy": (module.best_val[0] if module.best_val else None)
             if module.objective.kind == "classification" else None,
@@ -595,10 +607,25 @@ def _results(config, module, trainer, test_metrics, train_seconds, seconds) -> d
             "first_step_at_target": module.first_step_at_target,
         },
     }
-    if hasattr(module.task, "describe_data"):  # which data exactly (problem, files, split sizes): reports match on it
-        results["data"] = module.task.describe_data()
+    adjust = getattr(module.task, "adjust_test_metrics", None)
+    if adjust is not None:
+        adjust(test_metrics)
     results.update(test_metrics)
+    # which data exactly (time series: problem, files, split sizes; reports match on it) and what the data
+    # options changed (ListOps' brackets and cuts, homology's dropped sequences)
+    data = {**(module.task.describe_data() if hasattr(module.task, "describe_data") else {}),
+            **(getattr(module.task, "preprocessing", None) or {})}
+    if data:
+        results["data"] = data
+    if config.backbone == "lstm":
+        results["lstm_kind"] = config.lstm_kind
     return results
+
+
+def _protocol_record(config: RunConfig, task) -> dict[str, Any]:
+    from fpt.protocol import record
+
+    return record(config, dict(task.options.__dict__))
 
 
 def test_run(run_dir: str | Path, enable_progress_bar: bool | None = None) -> dict[str, Any]:

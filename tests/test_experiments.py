@@ -118,21 +118,25 @@ def test_sweep_runs_grid_x_seeds_skips_finished_and_selects_on_validation(tmp_pa
     assert all((t.run_dir / "results.json").stat().st_mtime_ns == stamps[t.run_dir] for t in plan.trials)
 
     # Selection is on validation, never on test: make lr=0.03 best on validation but worst on test.
+    # What is reported is the test at the best validation point (at_best_val), not at the final weights.
     for t in plan.trials:
         r = _results(t.run_dir)
+        assert r["at_best_val"]["step"] == r["val"]["best_step"]
         good = t.params["lr"] == 0.03
         r["val"]["best_accuracy"] = 0.9 if good else 0.6
-        r["test"]["accuracy"] = (0.2 + 0.1 * t.seed) if good else 0.95
+        r["at_best_val"]["test"]["accuracy"] = (0.2 + 0.1 * t.seed) if good else 0.95
+        r["test"]["accuracy"] = 0.5  # the final weights: shown, never the reported number
         (t.run_dir / "results.json").write_text(json.dumps(r))
     summary = sweep.write_summary(plan)
     assert summary["chosen"] == {"all": "lr=0.03"}
     best = next(s for s in summary["settings"] if s["setting"] == "lr=0.03")
     assert best["chosen"] and best["test"]["mean"] == pytest.approx(0.25)
     assert best["test"]["std"] == pytest.approx(0.0707106, rel=1e-4)  # sample std over the 2 seeds
+    assert best["test_final"]["mean"] == pytest.approx(0.5)
     other = next(s for s in summary["settings"] if s["setting"] == "lr=0.001")
     assert not other["chosen"] and other["test"]["mean"] == pytest.approx(0.95)
     markdown = (tmp_path / "sw" / "sweep.md").read_text()
-    assert "**lr=0.03**" in markdown and "25.0 ± 7.1" in markdown
+    assert "**lr=0.03**" in markdown and "25.0 ± 7.1" in markdown and "50.0" in markdown
 
 
 def test_sweep_resumes_an_interrupted_trial_and_restarts_one_without_checkpoint(tmp_path, base_file):

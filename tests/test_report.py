@@ -13,24 +13,81 @@ from fpt.config import build_config
 
 
 # -- reference numbers ------------------------------------------------------------------------------
-def test_reference_table1_and_lookups():
+def test_reference_numbers_come_from_the_right_table_model_and_variant():
+    paper = dict(variant=None, protocol="paper")
     assert reference.paper_accuracy("bit-xor", "fpt").accuracy == 100
-    assert reference.paper_accuracy("bit-memory", "frozen-random").accuracy == 75.8
-    assert reference.paper_accuracy("listops", "full-lstm").accuracy == 17.1
-    assert reference.paper_accuracy("remote-homology", "frozen-bit-memory").accuracy == 7.8
-    # CIFAR-10: Table 1 is GPT-2 large (72.1); a GPT-2 base run is compared with 68.2
-    assert reference.paper_accuracy("cifar10", "fpt", "smollm2-135m").accuracy == 72.1
-    assert reference.paper_accuracy("cifar10", "fpt", "gpt2").accuracy == 68.2
-    assert reference.paper_accuracy("cifar10", "fpt", "gpt2-large").accuracy == 72.1
-    assert reference.paper_steps("bit-xor", "fpt") == 5e2 and reference.paper_steps("bit-xor", "frozen-random") == 2e4
-    ladder = {r.setting: r.accuracy for r in reference.REFERENCES if r.task == "mnist" and r.where == "parameter-group ladder"}
-    assert ladder == {"output-only": 23, "+ln": 96, "+input": 98, "fpt": 98}
+    # frozen random and bit-memory-pretrained: Table 2 (GPT-2 base), not Table 1
+    r = reference.paper_accuracy("bit-memory", "frozen-random")
+    assert (r.accuracy, r.source, r.where) == (75.8, "lu2021", "Table 2")
+    r = reference.paper_accuracy("remote-homology", "frozen-bit-memory", variant="homology-valid")
+    assert (r.accuracy, r.where) == (7.8, "Table 2")
+    # ListOps: the 2021 loader's variant -> 38.4 (Lu Table 1); the fixed one (fpt's default) -> Rothermel's 46.1
+    r = reference.paper_accuracy("listops", "fpt", "gpt2", variant="listops-2021", protocol="paper")
+    assert (r.accuracy, r.source, r.where) == (38.4, "lu2021", "Table 1")
+    r = reference.paper_accuracy("listops", "fpt", "gpt2")
+    assert (r.accuracy, r.source) == (46.1, "rothermel2021")
+    assert reference.paper_accuracy("listops", "full-lstm", variant="listops-2021").accuracy == 17.1
+    assert reference.paper_accuracy("listops", "full-lstm") is None  # nobody published it on the fixed task
+    # "Full" for ListOps / CIFAR-10 LRA is LRA's, for homology TAPE's (its fold holdout), each its own variant
+    r = reference.paper_accuracy("listops", "full-transformer", variant="listops-lra")
+    assert (r.accuracy, r.source, r.via) == (38, "lra2020", "Lu et al. 2021 Table 1")
+    lra = [r for r in reference.lookup("cifar10-lra", "full-transformer", "gpt2", protocol="paper")]
+    assert [(r.source, r.accuracy) for r in lra] == [("rothermel2021", 62.0), ("lra2020", 42)]  # GPT-2 arch first
+    r = reference.paper_accuracy("remote-homology", "full-transformer")  # fpt's default variant: fold holdout
+    assert (r.accuracy, r.source) == (9, "tape2019")
+    assert reference.paper_accuracy("remote-homology", "fpt") is None  # 12.7 is on TAPE's valid, x 0.9739
+    assert reference.paper_accuracy("remote-homology", "fpt", variant="homology-valid").accuracy == 12.7
+    # CIFAR-10 FPT: the run's own GPT-2 size; any other backbone is compared with GPT-2 base, never large
+    assert reference.paper_accuracy("cifar10", "fpt", "smollm2-135m", **paper).accuracy == 68.2
+    assert reference.paper_accuracy("cifar10", "fpt", "gpt2", **paper).accuracy == 68.2
+    assert reference.paper_accuracy("cifar10", "fpt", "gpt2-medium", **paper).accuracy == 69.8
+    assert reference.paper_accuracy("cifar10", "fpt", "openai-community/gpt2-large", **paper).accuracy == 72.1
+    assert reference.paper_accuracy("cifar10", "frozen-random", "gpt2-large", **paper).accuracy == 65.7
+    # Table 13's +FF / +Attn / +Both rows
+    assert reference.paper_accuracy("cifar10", "+ff", **paper).accuracy == 76.6
+    assert reference.paper_accuracy("mnist", "+attn", **paper).note.startswith("training diverged")
+    assert reference.paper_accuracy("cifar10", "finetuned", "gpt2", **paper).accuracy == 32.9  # Table 13 "+ Both"
+    assert reference.paper_accuracy("cifar10", "finetuned", "gpt2").accuracy == 77.7  # fpt runs: Rothermel first
     rothermel = {r.setting: r.accuracy for r in reference.REFERENCES if r.task == "cifar10-lra" and r.source == "rothermel2021"}
-    assert rothermel == {"fpt": 54.7, "finetuned": 67.8}
-    blog = {r.setting: r.accuracy for r in reference.REFERENCES if r.source == "lu2021-blog"}
-    assert blog == {"frozen-random": 62, "frozen-random-lstm": 34, "frozen-bit-memory": 63}
+    assert rothermel == {"frozen-random": 44.2, "fpt": 54.7, "full-transformer": 62.0, "finetuned": 67.8}
+    assert reference.paper_steps("bit-xor", "fpt") == 5e2 and reference.paper_steps("bit-xor", "frozen-random") == 2e4
+    ladder = {r.setting: r.accuracy for r in reference.REFERENCES if r.task == "mnist" and r.where == "Table 15"}
+    assert ladder == {"output-only": 23, "+ln": 96, "+input": 98, "fpt": 98}
+    assert not [r for r in reference.REFERENCES if r.source == "lu2021-blog"]  # unsourced numbers are gone
+    assert reference.lookup("cifar10", "frozen-random-lstm") == []
     assert reference.lookup("fashion-mnist", "fpt") == [] and "not in the paper" in reference.describe("fashion-mnist")
     assert all(r.source in reference.CITATIONS for r in reference.REFERENCES + reference.STEPS_TO_CONVERGE)
+    assert all(r.variant in reference.VARIANTS for r in reference.REFERENCES)
+
+
+def _results_of(**kw):
+    base = {"task": "cifar10", "backbone": "gpt2", "init": "pretrained", "freeze": "fpt", "layers": 12,
+            "task_options": {}, "protocol": {"name": "paper"}}
+    base.update(kw)
+    return base
+
+
+def test_compare_never_pairs_another_model_with_a_larger_gpt2_silently():
+    c = reference.compare(_results_of(backbone="smollm2-135m", layers=30))
+    assert c.reference.accuracy == 68.2 and c.reference.model == "gpt2"
+    assert any("smollm2-135m" in d and "GPT-2 base" in d for d in c.differences)
+    c = reference.compare(_results_of(backbone="gpt2-large", layers=36))
+    assert c.reference.accuracy == 72.1 and c.differences == []
+    c = reference.compare(_results_of(backbone="gpt2-large", layers=2))
+    assert c.differences == ["depth: this run 2 layers, the number 36"]
+
+
+def test_compare_listops_by_protocol_variant():
+    fixed = reference.compare(_results_of(task="listops", protocol={"name": "fpt"}))
+    assert fixed.reference.accuracy == 46.1 and fixed.variant == "listops-fixed"
+    assert any("Rothermel" in d for d in fixed.differences)  # protocols differ (fpt vs lr-swept), said so
+    paper = reference.compare(_results_of(task="listops", task_options={
+        "close_bracket": False, "truncate_at": 512, "pad_to": 512, "test_split": "val"}))
+    assert paper.reference.accuracy == 38.4 and paper.variant == "listops-2021" and paper.differences == []
+    assert [r.accuracy for r in paper.elsewhere if r.source == "rothermel2021"] == [46.1]
+    # the LRA loader's tokens without its 512 cut: no FPT number exists for that variant
+    lra = reference.compare(_results_of(task="listops", task_options={"close_bracket": False}))
+    assert lra.reference is None and "38.4" in lra.note and "not comparable" in lra.note
 
 
 @pytest.mark.parametrize("run, setting", [
@@ -45,6 +102,7 @@ def test_reference_table1_and_lookups():
     ({"backbone": "gpt2", "init": "pretrained", "freeze": ["output", "norm", "input", "positions"]}, "fpt"),
     ({"backbone": "run:x", "init": "pretrained", "freeze": "fpt", "backbone_identity": {"source_task": "bit-memory"}},
      "frozen-bit-memory"),
+    ({"backbone": "gpt2", "init": "pretrained", "freeze": "+attn"}, "+attn"),
     ({"backbone": "gpt2", "init": "random", "freeze": "+attn"}, None),
 ])
 def test_setting_of(run, setting):

@@ -59,8 +59,8 @@ class Backbone(nn.Module):
                  causal: bool | None = True, input_size: int | None = None, default_readout: str | None = None,
                  summary_init: torch.Tensor | None = None):
         super().__init__()
-        # Loaders may hand back eval-mode models; dropout is off anyway (see _disable_dropout), and
-        # a uniform train() state keeps Lightning's mode bookkeeping quiet and predictable.
+        # Loaders may hand back eval-mode models; dropout follows the run's backbone_dropout (see
+        # _set_dropout), and a uniform train() state keeps Lightning's mode bookkeeping predictable.
         self.model = model.train()
         self.name = name  # what the user asked for (e.g. "smollm2-135m", "gpt2", a directory)
         self.arch = arch  # config.model_type ("gpt2", "llama", "gpt_neox", ...) or "lstm"
@@ -111,9 +111,10 @@ class Backbone(nn.Module):
 class LSTMBackbone(nn.Module):
     """The paper's LSTM baseline on cuDNN/oneDNN kernels (``torch.nn.LSTM``), not a Python loop."""
 
-    def __init__(self, hidden_size: int = 768, num_layers: int = 3):
+    def __init__(self, hidden_size: int = 768, num_layers: int = 3, dropout: float = 0.0):
         super().__init__()
-        self.lstm = nn.LSTM(hidden_size, hidden_size, num_layers=num_layers, batch_first=True)
+        # dropout: nn.LSTM's, on the outputs of every layer but the last
+        self.lstm = nn.LSTM(hidden_size, hidden_size, num_layers=num_layers, batch_first=True, dropout=dropout)
 
     def forward(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
         out, _ = self.lstm(inputs_embeds)
@@ -145,31 +146,51 @@ def _check_layers(layers: int | None, available: int, name: str) -> int:
     return layers
 
 
-def _disable_dropout(config) -> None:
-    # FPT trains ~0.1% of the weights; dropout inside a frozen block only adds noise and makes
-    # resumed runs depend on RNG state, so it is off (the paper's own configs used 0 as well).
-    for attr in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout", "hidden_dropout",
-                 "hidden_dropout_prob", "attention_probs_dropout_prob", "dropout"):
+_DROPOUT_ATTRS = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout", "hidden_dropout",
+                  "hidden_dropout_prob", "attention_probs_dropout_prob", "dropout")
+
+
+def _set_dropout(config, dropout: float | str = 0.0, model: nn.Module | None = None) -> None:
+    """The backbone's dropout: ``0.0`` (fpt's default), another probability, or ``"keep"`` (its own config's).
+
+    fpt's default is off: FPT trains ~0.1% of the weights, dropout in a frozen block adds noise, and
+    runs that use none resume bit for bit. The 2021 code kept GPT-2's own 0.1 (``backbone_dropout:
+    keep``, set by ``--protocol paper``). ``model``: an already built model (GGUF), whose modules
+    copied the config's rates when they were built.
+    """
+    if dropout == "keep":
+        return
+    p = float(dropout)
+    for attr in _DROPOUT_ATTRS:
         if isinstance(getattr(config, attr, None), float):
-            setattr(config, attr, 0.0)
+            setattr(config, attr, p)
+    if model is not None:
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = p
+            elif isinstance(getattr(module, "attention_dropout", None), float):  # Llama attention keeps a float
+                module.attention_dropout = p
 
 
 def prepare_config(config, name: str, options: BuildOptions):
     """The one place a transformers config is made ready before a model is built from it: keep the
-    first ``options.layers`` blocks, dropout off (``_disable_dropout``), the attention implementation."""
+    first ``options.layers`` blocks, the dropout policy (``_set_dropout``: off unless ``options.dropout``
+    says otherwise), the attention implementation."""
     depth_attr = _config_depth_attr(config)
     setattr(config, depth_attr, _check_layers(options.layers, getattr(config, depth_attr), name))
-    _disable_dropout(config)
+    _set_dropout(config, options.dropout)
     config._attn_implementation = options.attn_implementation
     return config
 
 
 def hf_config(name: str, trust_remote_code: bool = False):
-    """The transformers config of a hub id or a local directory, with messages that say what to do."""
-    from transformers import AutoConfig
+    """The transformers config of a hub id or a local directory, with messages that say what to do.
+    The GPT-2 family's comes from fpt's shipped copies when the hub is unreachable (fpt/backbones/shipped.py)."""
+
+    from fpt.backbones import shipped
 
     try:
-        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        return shipped.load_config(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         local = Path(name).exists()
         from fpt.text import suggest
@@ -308,6 +329,7 @@ def _load_smollm2(options: BuildOptions, path: str | None = None) -> Backbone:
         else:
             model = load_llama_gguf(path, num_layers=layers)
             model.config._attn_implementation = options.attn_implementation
+            _set_dropout(model.config, options.dropout, model)  # the modules copied the config's rates
     except ValueError as err:
         if str(err).startswith("--layers"):
             raise
@@ -331,9 +353,15 @@ def load_lstm_source(name: str, options: BuildOptions) -> Backbone:
     if options.init == "pretrained":
         raise ValueError("the LSTM baseline has no pretrained weights: use --init random")
     n = _check_layers(options.layers, 10**6, "lstm") if options.layers is not None else 3
+    p = 0.0 if options.dropout == "keep" else float(options.dropout)  # an LSTM has no dropout of its own to keep
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
-        model = LSTMBackbone(options.lstm_width, n)
+        if options.lstm_kind == "layernorm":
+            from fpt.backbones.lnlstm import LayerNormLSTM
+
+            model = LayerNormLSTM(options.lstm_width, options.lstm_width, n, dropout=p)
+        else:
+            model = LSTMBackbone(options.lstm_width, n, dropout=p)
     return Backbone(model, name="lstm", arch="lstm", init=options.init, hidden_size=options.lstm_width, num_layers=n,
                     max_positions=None, learned_positions=False, embedding_std=1.0)
 
@@ -341,21 +369,28 @@ def load_lstm_source(name: str, options: BuildOptions) -> Backbone:
 def load_hf_source(name: str, options: BuildOptions) -> Backbone:
     """A Hugging Face id or a local directory (the registry's fallback)."""
     _check_backbone_name(name)
+    if options.init == "pretrained":
+        from fpt.backbones import shipped
+
+        shipped.require_weights(name)  # GPT-2 offline and not cached: say so now, not after ~30 s of retries
     config = prepare_config(hf_config(name, options.trust_remote_code), name, options)
     return build_hf(config, name, options)
 
 
 def load_backbone(name: str = OFFLINE_DEFAULT, *, init: Init = "pretrained", layers: int | None = None,
                   seed: int = 0, attn_implementation: str = "sdpa", trust_remote_code: bool = False,
-                  lstm_width: int = 768) -> Backbone:
+                  lstm_width: int = 768, dropout: float | str = 0.0, lstm_kind: str = "torch") -> Backbone:
     """Load (``init="pretrained"``) or build (``init="random"``, seeded) a backbone by name.
 
     The one factory: the registry (``fpt/backbones/registry.py``, ``fpt list``) picks the loader.
     ``attn_implementation``: "sdpa" (fast, default) or "eager" (needed to read attention weights).
     ``trust_remote_code`` stays off unless the user asks: it runs Python shipped with the model.
+    ``dropout``: the backbone's dropout probability, or ``"keep"`` its own (see :func:`_set_dropout`).
+    ``lstm_kind``: for ``lstm``, ``torch`` (``nn.LSTM``) or ``layernorm`` (the 2021 code's, fpt/backbones/lnlstm.py).
     """
     options = BuildOptions(init=init, layers=layers, seed=seed, attn_implementation=attn_implementation,
-                           trust_remote_code=trust_remote_code, lstm_width=lstm_width)
+                           trust_remote_code=trust_remote_code, lstm_width=lstm_width, dropout=dropout,
+                           lstm_kind=lstm_kind)
     return create_backbone(name, options)
 
 

@@ -233,7 +233,11 @@ def group_rules(model: nn.Module, arch: str, user_rules: dict[str, Iterable[str]
     if user_rules:
         rules += _user_rules(user_rules)
     elif arch == "lstm":
-        rules.append(("recurrent", lambda m: isinstance(m, nn.LSTM)))
+        from fpt.backbones.lnlstm import LayerNormLSTMCell, LNLSTMLayerNorm
+
+        # the layer-norm LSTM's norms first: they sit inside its cells, which are "recurrent"
+        rules.append(("norm", lambda m: isinstance(m, LNLSTMLayerNorm)))
+        rules.append(("recurrent", lambda m: isinstance(m, (nn.LSTM, LayerNormLSTMCell))))
     elif known is not None:
         for group, types in known.rules():
             if types:

@@ -48,12 +48,19 @@ class BuildOptions:
     attn_implementation: str = "sdpa"  # "sdpa" (fast) or "eager" (needed to read attention weights)
     trust_remote_code: bool = False  # run Python code shipped with a hub model (never by default)
     lstm_width: int = 768  # hidden size of the LSTM baseline
+    lstm_kind: str = "torch"  # the LSTM baseline: "torch" (nn.LSTM) or "layernorm" (the 2021 code's, lnlstm.py)
+    # the backbone's dropout probability, or "keep" its own config's (fpt.backbones._set_dropout; default off)
+    dropout: float | str = 0.0
 
     def __post_init__(self):
         if self.init not in ("pretrained", "random"):
             raise ValueError(f"init must be 'pretrained' or 'random', got {self.init!r}")
         if self.attn_implementation not in ("sdpa", "eager"):
             raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', got {self.attn_implementation!r}")
+        if self.lstm_kind not in ("torch", "layernorm"):
+            raise ValueError(f"lstm_kind must be torch or layernorm, got {self.lstm_kind!r}")
+        if self.dropout != "keep" and not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
+            raise ValueError(f"backbone dropout must be a probability in [0, 1) or 'keep', got {self.dropout!r}")
 
 
 @dataclass(frozen=True)
@@ -100,7 +107,8 @@ SOURCES: list[BackboneSource] = [
         "fpt.backbones.minilm:load_minilm"),
     BackboneSource(
         "lstm",
-        "the paper's LSTM baseline: torch.nn.LSTM, 3 layers x 768 by default (--layers, --lstm-width); --init random",
+        "the paper's LSTM baseline, 3 layers x 768 by default (--layers, --lstm-width): torch.nn.LSTM, or with "
+        "--lstm-kind layernorm the 2021 code's layer-norm LSTM; --init random",
         "fpt.backbones:load_lstm_source"),
     BackboneSource(
         "run:DIR",

@@ -43,14 +43,14 @@ def run_dir_of(name: str) -> Path:
 
 def load_run_source(name: str, options):
     """The registry's loader for ``run:DIR`` (options: ``fpt.backbones.registry.BuildOptions``; the
-    seed and LSTM width are the source run's own)."""
+    seed, LSTM width and LSTM kind are the source run's own)."""
     return load_run_backbone(name, init=options.init, layers=options.layers,
                              attn_implementation=options.attn_implementation,
-                             trust_remote_code=options.trust_remote_code)
+                             trust_remote_code=options.trust_remote_code, dropout=options.dropout)
 
 
 def load_run_backbone(name: str, *, init: str = "pretrained", layers: int | None = None,
-                      attn_implementation: str = "sdpa", trust_remote_code: bool = False):
+                      attn_implementation: str = "sdpa", trust_remote_code: bool = False, dropout: float | str = 0.0):
     """The backbone of the finished run in ``name`` ("run:PATH"), with that run's trained weights."""
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -75,7 +75,7 @@ def load_run_backbone(name: str, *, init: str = "pretrained", layers: int | None
     backbone = load_backbone(
         source.backbone, init=source.init, layers=source.layers, seed=source.seed,
         attn_implementation=attn_implementation, trust_remote_code=trust_remote_code or source.trust_remote_code,
-        lstm_width=source.lstm_width,
+        lstm_width=source.lstm_width, lstm_kind=source.lstm_kind, dropout=dropout,
     )
     source_identity = backbone.identity()
     try:
@@ -107,7 +107,7 @@ def load_run_backbone(name: str, *, init: str = "pretrained", layers: int | None
         backbone = load_backbone(
             source.backbone, init=source.init, layers=layers, seed=source.seed,
             attn_implementation=attn_implementation, trust_remote_code=trust_remote_code or source.trust_remote_code,
-            lstm_width=source.lstm_width,
+            lstm_width=source.lstm_width, lstm_kind=source.lstm_kind, dropout=dropout,
         )
         own = backbone.state_dict()
         trained = {k: v for k, v in trained.items() if k in own}

@@ -125,6 +125,33 @@ def read_listops_tsv(path: str | Path) -> tuple[PackedSequences, np.ndarray]:
     return PackedSequences(seqs), np.asarray(labels, dtype=np.int64)
 
 
+def strip_and_truncate(seqs: PackedSequences, close_bracket: bool = True, truncate_at: int = 0
+                       ) -> tuple[PackedSequences, dict[str, int]]:
+    """The 2021 FPT code's ListOps preprocessing, as options: drop every ``]`` (``close_bracket=False``:
+    its tfds tokenizer kept alphanumeric tokens only) and cut to the first ``truncate_at`` tokens
+    (its ``[:max_length]``, 512). Returns the sequences and counts of what changed."""
+    flat, offsets = seqs.flat, seqs.offsets
+    lengths = np.diff(offsets)
+    stats = {"sequences": int(len(lengths)), "longest_before": int(lengths.max()) if len(lengths) else 0,
+             "close_brackets_removed": 0, "truncated": 0}
+    keep = np.ones(len(flat), dtype=bool)
+    if not close_bracket:
+        keep &= flat != CLOSE_ID
+        stats["close_brackets_removed"] = int((flat == CLOSE_ID).sum())
+    seq_of = np.repeat(np.arange(len(lengths)), lengths)  # which sequence each token belongs to
+    if truncate_at:
+        kept_before = np.cumsum(keep) - keep  # kept tokens before this one, over the whole flat array
+        start = np.concatenate([[0], np.cumsum(np.bincount(seq_of[keep], minlength=len(lengths)))])[:-1]
+        position = kept_before - start[seq_of]  # position of a kept token within its (stripped) sequence
+        stats["truncated"] = int(np.unique(seq_of[keep & (position >= truncate_at)]).size)
+        keep &= position < truncate_at
+    lengths = np.bincount(seq_of[keep], minlength=len(lengths)).astype(np.int64)
+    flat = flat[keep]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    stats["longest_after"] = int(lengths.max()) if len(lengths) else 0
+    return PackedSequences(flat=flat, offsets=offsets), stats
+
+
 # -- generator ---------------------------------------------------------------------------------
 VALUE_P = 0.25  # LRA: a node below max_depth is an operator with this probability
 

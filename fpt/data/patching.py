@@ -75,3 +75,33 @@ def random_crop_flip(images: torch.Tensor, rng: np.random.Generator, padding: in
     cols = torch.where(flips[:, None], (w - 1) - cols, cols) + ox[:, None]  # [B, W]
     batch = torch.arange(b)[:, None, None]
     return padded[batch, rows[:, :, None], cols[:, None, :]]
+
+
+def random_rotation(images: torch.Tensor, rng: np.random.Generator, degrees: float) -> torch.Tensor:
+    """Rotate each image by an angle drawn uniformly from ``[-degrees, degrees]``, counter-clockwise for
+    positive angles, about the image centre, nearest-neighbour, corners filled with 0.
+
+    What torchvision's ``RandomRotation(degrees)`` does (the 2021 code's CIFAR augmentation, applied
+    after crop and flip, before normalisation), with torch ops (``affine_grid`` + ``grid_sample``,
+    ``align_corners=False``). One angle per image, from ``rng`` (reproducible). ``images``:
+    ``[B, H, W, C]``, any dtype; the result has the same dtype.
+    """
+    b, h, w, c = images.shape
+    if degrees <= 0 or b == 0:
+        return images
+    angles = np.deg2rad(rng.uniform(-degrees, degrees, size=b))
+    cos = torch.as_tensor(np.cos(angles), dtype=torch.float32)
+    sin = torch.as_tensor(np.sin(angles), dtype=torch.float32)
+    # affine_grid maps each output location to the input location it samples, in coordinates normalised
+    # to [-1, 1] per axis: a counter-clockwise turn of the picture (y pointing down) samples the input
+    # at the output location turned clockwise; h/w and w/h correct for non-square images.
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = cos
+    theta[:, 0, 1] = -sin * h / w
+    theta[:, 1, 0] = sin * w / h
+    theta[:, 1, 1] = cos
+    x = images.permute(0, 3, 1, 2).to(torch.float32)
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    out = torch.nn.functional.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return out.permute(0, 2, 3, 1).round().to(images.dtype) if not images.is_floating_point() \
+        else out.permute(0, 2, 3, 1).to(images.dtype)

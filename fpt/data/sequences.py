@@ -59,15 +59,23 @@ class PackedSequences:
         return PackedSequences([self[int(i)] for i in idx], dtype=self.flat.dtype)
 
 
-def pad_batch(seqs: list[np.ndarray], labels, pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """Right-pad token sequences: ``x`` int64 [B, T], ``mask`` bool [B, T] (True = real), ``y``."""
-    t = max(len(s) for s in seqs)
+def pad_batch(seqs: list[np.ndarray], labels, pad_id: int = 0, pad_to: int = 0) -> dict[str, torch.Tensor]:
+    """Right-pad token sequences: ``x`` int64 [B, T], ``mask`` bool [B, T] (True = real), ``y``.
+
+    ``pad_to=N``: every batch is N tokens long and carries no mask (the 2021 FPT code's ListOps
+    batches: padded to 512, the model reads the last position, a pad for shorter sequences)."""
+    t = pad_to or max(len(s) for s in seqs)
+    if pad_to and max(len(s) for s in seqs) > pad_to:
+        raise ValueError(f"a sequence of {max(len(s) for s in seqs)} tokens does not fit pad_to={pad_to}")
     x = np.full((len(seqs), t), pad_id, dtype=np.int64)
     mask = np.zeros((len(seqs), t), dtype=bool)
     for i, s in enumerate(seqs):
         x[i, : len(s)] = s
         mask[i, : len(s)] = True
-    return {"x": torch.from_numpy(x), "mask": torch.from_numpy(mask), "y": torch.as_tensor(np.asarray(labels, dtype=np.int64))}
+    out = {"x": torch.from_numpy(x), "y": torch.as_tensor(np.asarray(labels, dtype=np.int64))}
+    if not pad_to:
+        out["mask"] = torch.from_numpy(mask)
+    return out
 
 
 def apply_length_policy(lengths: dict[str, np.ndarray], max_tokens: int, policy: str, task: str,
@@ -117,29 +125,33 @@ def drop_too_long(raw: dict[str, tuple[PackedSequences, np.ndarray]], max_tokens
 
 
 class PackedSequenceSplit(ArraySplit):
-    """An :class:`ArraySplit` over packed sequences: batches are padded and always carry a mask."""
+    """An :class:`ArraySplit` over packed sequences: batches are padded and carry a mask (or, with
+    ``pad_to=N``, are N tokens long without one: the 2021 code's ListOps, :func:`pad_batch`)."""
 
-    def __init__(self, seqs: PackedSequences, labels: np.ndarray, shuffle_seed: int | None = None, pad_id: int = 0):
+    def __init__(self, seqs: PackedSequences, labels: np.ndarray, shuffle_seed: int | None = None, pad_id: int = 0,
+                 pad_to: int = 0):
         super().__init__({"row": np.arange(len(seqs), dtype=np.int64), "y": np.asarray(labels, dtype=np.int64)},
                          shuffle_seed=shuffle_seed)
         self.seqs = seqs
         self.pad_id = pad_id
+        self.pad_to = pad_to  # N: every batch N tokens, no mask (pad_batch)
 
     def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
         out = super().batch(indices)
         rows = out["row"].numpy()
-        return pad_batch([self.seqs[int(r)] for r in rows], out["y"].numpy(), self.pad_id)
+        return pad_batch([self.seqs[int(r)] for r in rows], out["y"].numpy(), self.pad_id, self.pad_to)
 
 
 class GeneratedSequenceSplit(GeneratedSplit):
-    """A :class:`GeneratedSplit` of ``{"x": tokens, "y": label}`` samples, padded with a mask.
+    """A :class:`GeneratedSplit` of ``{"x": tokens, "y": label}`` samples, padded as :class:`PackedSequenceSplit`.
 
     A finite split (``size`` set) remembers its samples, so evaluation sets are generated once.
     """
 
-    def __init__(self, make_sample, seed: int, stream: int, size: int | None, pad_id: int = 0):
+    def __init__(self, make_sample, seed: int, stream: int, size: int | None, pad_id: int = 0, pad_to: int = 0):
         super().__init__(make_sample, seed, stream, size)
         self.pad_id = pad_id
+        self.pad_to = pad_to
         self._memo: dict[int, dict[str, np.ndarray]] | None = {} if size is not None else None
 
     def _sample(self, i: int) -> dict[str, np.ndarray]:
@@ -154,4 +166,4 @@ class GeneratedSequenceSplit(GeneratedSplit):
         if self.size is not None and len(indices) and (int(np.max(indices)) >= self.size or int(np.min(indices)) < 0):
             raise IndexError(f"indices outside 0..{self.size - 1}")
         samples = [self._sample(int(i)) for i in indices]
-        return pad_batch([s["x"] for s in samples], [s["y"] for s in samples], self.pad_id)
+        return pad_batch([s["x"] for s in samples], [s["y"] for s in samples], self.pad_id, self.pad_to)

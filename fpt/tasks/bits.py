@@ -1,7 +1,9 @@
 """The paper's two synthetic bit tasks.
 
 Bits are fed as +1 / -1 (a masked bit in Bit Memory is 0), so every token is a unit-variance
-vector with no exactly-zero patch. Labels are the bits themselves, 0 or 1.
+vector with no exactly-zero patch. Labels are the bits themselves, 0 or 1. The 2021 code fed Bit
+XOR's bits as 0 / 1 (``datasets/bit_xor.py``): ``bit_values=binary`` (set by ``--protocol paper``);
+its Bit Memory used +1 / -1 with 0 for a masked bit, as fpt does.
 """
 
 from __future__ import annotations
@@ -51,10 +53,13 @@ class BitXor(_BitTask):
         patch_size: int = 1  # bits per token; the model reads 2*n_bits/patch_size tokens
         val_samples: int = 512  # fixed held-out validation samples
         test_samples: int = 1024  # fixed held-out test samples
+        bit_values: str = "signed"  # how bits are fed: signed (+1/-1) | binary (0/1, the 2021 code)
 
     def __init__(self, options, seed=0, data_dir=None):
         super().__init__(options, seed, data_dir)
         _check_patching(options.n_bits, options.patch_size, self.name)
+        if options.bit_values not in ("signed", "binary"):
+            raise ValueError(f"{self.name}: option bit_values must be signed or binary, got {options.bit_values!r}")
 
     @property
     def spec(self) -> TaskSpec:
@@ -68,7 +73,9 @@ class BitXor(_BitTask):
         n, p = self.options.n_bits, self.options.patch_size
         a = rng.integers(0, 2, size=n, dtype=np.int64)
         b = rng.integers(0, 2, size=n, dtype=np.int64)
-        bits = np.concatenate([a, b]).astype(np.float32) * 2 - 1
+        bits = np.concatenate([a, b]).astype(np.float32)
+        if self.options.bit_values == "signed":
+            bits = bits * 2 - 1
         return {"x": bits.reshape(2 * n // p, p), "y": np.bitwise_xor(a, b)}
 
 

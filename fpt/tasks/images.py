@@ -11,7 +11,14 @@ seed so every run sees the same validation set); ``test`` is the official test s
 
 CIFAR-10 training augmentation (on by default for ``cifar10``, off for ``cifar10-lra``, option
 ``augment``): a random 32x32 crop of the image zero-padded by 4 pixels and a horizontal flip with
-probability 1/2, drawn from the training stream's seeded generator (so reproducible).
+probability 1/2, drawn from the training stream's seeded generator (so reproducible); with
+``rotation=D`` also a random rotation by up to D degrees (the 2021 code: RandomRotation(20),
+after crop and flip, for both CIFAR tasks).
+
+``normalize``: ``stats`` (default) standardises with the training split's per-channel mean / std;
+``paper`` uses the 2021 code's constants instead: none for MNIST (``Normalize(0, 1)`` on pixels in
+[0, 1]; Fashion-MNIST follows MNIST), CIFAR-10's usual (0.4914, 0.4822, 0.4465) / (0.2023, 0.1994,
+0.2010), greyscale CIFAR 0.5 / 0.5.
 
 Files are looked for as :mod:`fpt.data.store` describes (``data_dir``, ``FPT_DATA_DIR``, the
 cache, system folders) and downloaded into the cache when missing and allowed (``download``).
@@ -31,7 +38,8 @@ from fpt.data import sources
 from fpt.data.arrays import ArrayLayout
 from fpt.data.cifar import load_cifar10, to_greyscale
 from fpt.data.idx import load_idx_dataset
-from fpt.data.patching import channel_stats, check_patch_size, normalise, patchify, random_crop_flip
+from fpt.data.patching import (channel_stats, check_patch_size, normalise, patchify, random_crop_flip,
+                               random_rotation)
 from fpt.data.store import Dataset, ensure_files
 from fpt.tasks.base import ArraySplit, Task, TaskSpec, register_task
 
@@ -70,13 +78,17 @@ class ImageTransform:
     generator that :class:`ArraySplit` seeds from the stream positions.
     """
 
-    def __init__(self, mean: np.ndarray, std: np.ndarray, patch_size: int, augment: bool = False, padding: int = 4):
+    def __init__(self, mean: np.ndarray, std: np.ndarray, patch_size: int, augment: bool = False, padding: int = 4,
+                 rotation: float = 0.0):
         self.mean, self.std, self.patch_size, self.augment, self.padding = mean, std, patch_size, augment, padding
+        self.rotation = rotation
 
     def __call__(self, batch: dict[str, torch.Tensor], rng: np.random.Generator) -> dict[str, torch.Tensor]:
         images = batch.pop("images")
         if self.augment:
             images = random_crop_flip(images, rng, padding=self.padding, flip=True)
+            if self.rotation:
+                images = random_rotation(images, rng, self.rotation)
         batch["x"] = patchify(normalise(images, self.mean, self.std), self.patch_size).contiguous()
         return batch
 
@@ -88,6 +100,7 @@ class ImageTask(Task):
     height = width = 28
     channels = 1
     num_classes = 10
+    paper_normalization = ((0.0,), (1.0,))  # the 2021 code's Normalize(mean, std) (datasets/mnist.py:19)
 
     @dataclass
     class Options:
@@ -95,12 +108,20 @@ class ImageTask(Task):
         val_fraction: float = 0.1  # share of the official training set held out for validation
         split_seed: int = 0  # which validation set (fixed, independent of the run seed)
         download: bool = True  # fetch missing files from the official source into the cache
+        normalize: str = "stats"  # stats: the training split's per-channel mean/std | paper: the 2021 code's constants
 
     def __init__(self, options, seed=0, data_dir=None):
         super().__init__(options, seed, data_dir)
         check_patch_size(self.height, self.width, options.patch_size, f"{self.name}: images")
         if not 0.0 < options.val_fraction < 1.0:
             raise ValueError(f"{self.name}: val_fraction must be in (0, 1), got {options.val_fraction}")
+        if options.normalize not in ("stats", "paper"):
+            raise ValueError(f"{self.name}: option normalize must be stats or paper, got {options.normalize!r}")
+        rotation = getattr(options, "rotation", 0.0)
+        if rotation < 0 or rotation > 180:
+            raise ValueError(f"{self.name}: rotation must be in [0, 180] degrees, got {rotation}")
+        if rotation and not getattr(options, "augment", False):
+            raise ValueError(f"{self.name}: rotation={rotation} is part of the augmentation; set augment=true too")
         self._data = None
 
     # -- shape -------------------------------------------------------------------------------
@@ -128,7 +149,10 @@ class ImageTask(Task):
                     raise ValueError(f"{self.name}: {what} images have shape {x.shape[1:]}, expected {expected}")
             tr, va = carve_validation(len(x_train), self.options.val_fraction, self.options.split_seed, self.name)
             train_x = x_train[tr]
-            mean, std = channel_stats(train_x)
+            if self.options.normalize == "paper":
+                mean, std = (np.asarray(v, dtype=np.float64) for v in self.paper_normalization)
+            else:
+                mean, std = channel_stats(train_x)
             self._data = {
                 "train": (train_x, y_train[tr]), "val": (x_train[va], y_train[va]), "test": (x_test, y_test),
                 "mean": mean, "std": std,
@@ -142,7 +166,8 @@ class ImageTask(Task):
         d = self._load()
         x, y = d[name]
         transform = ImageTransform(d["mean"], d["std"], self.options.patch_size,
-                                   augment=training and self._augments())
+                                   augment=training and self._augments(),
+                                   rotation=float(getattr(self.options, "rotation", 0.0)))
         return ArraySplit({"images": x, "y": y}, shuffle_seed=self.seed if training else None, transform=transform)
 
     def train(self) -> ArraySplit:
@@ -186,6 +211,7 @@ class FashionMNIST(_IdxTask):
 class _CifarTask(ImageTask):
     dataset = sources.CIFAR10
     height = width = 32
+    paper_normalization = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))  # datasets/cifar10.py:23
 
     def _read_rgb(self, files):
         return _read_cifar_cached(_stamp(files.values()))
@@ -203,6 +229,7 @@ class CIFAR10(_CifarTask):
     @dataclass
     class Options(ImageTask.Options):
         augment: bool = True  # random crop (4-pixel zero padding) + horizontal flip on the training stream
+        rotation: float = 0.0  # with augment: also rotate by up to this many degrees (the 2021 code: 20)
 
     def _read(self, files):
         return self._read_rgb(files)
@@ -213,11 +240,13 @@ class CIFAR10LRA(_CifarTask):
     name = "cifar10-lra"
     description = "CIFAR-10 in greyscale as in Long Range Arena: 1024 tokens of 1 pixel"
     channels = 1
+    paper_normalization = ((0.5,), (0.5,))  # datasets/cifar10_gray.py:24
 
     @dataclass
     class Options(ImageTask.Options):
         patch_size: int = 1  # LRA: one pixel per token -> 1024 tokens
-        augment: bool = False  # LRA uses none; true: random crop + flip as for cifar10
+        augment: bool = False  # LRA uses none; true: random crop + flip as for cifar10 (the 2021 code: on)
+        rotation: float = 0.0  # with augment: also rotate by up to this many degrees (the 2021 code: 20)
 
     def _read(self, files):
         x_train, y_train, x_test, y_test = self._read_rgb(files)
