@@ -104,7 +104,7 @@ PROTOCOL_SETTINGS: dict[str, tuple[Setting, ...]] = {"fpt": (), "paper": PAPER}
 
 def check_protocol(name: Any) -> str:
     if name not in PROTOCOLS:
-        from fpt.tasks.base import suggest
+        from fpt.text import suggest
 
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {name!r}.{suggest(str(name), PROTOCOLS)}")
     return name
@@ -145,14 +145,10 @@ def resolve(values: dict[str, Any], overridable: Iterable[str] = ()) -> dict[str
     return out
 
 
-def _fpt_default(key: str, task: str) -> Any:
+def _fpt_default(key: str, task_defaults: dict[str, Any]) -> Any:
+    """fpt's own default of a setting: a RunConfig field's, or the task's option (``task_defaults``)."""
     if key.startswith("task_options."):
-        from fpt.tasks.base import TASKS, make_options
-        import fpt.tasks  # noqa: F401  (registers the tasks)
-
-        name = key.split(".", 1)[1]
-        cls = TASKS.get(task)
-        return getattr(make_options(cls, {}), name, None) if cls else None
+        return task_defaults.get(key.split(".", 1)[1])
     import dataclasses
 
     from fpt.config import FIELDS
@@ -161,14 +157,19 @@ def _fpt_default(key: str, task: str) -> Any:
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
-def record(config, task_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def record(config, task_options: dict[str, Any] | None = None,
+           task_defaults: dict[str, Any] | None = None) -> dict[str, Any]:
     """What ``results.json`` says about the protocol: its name and, per setting it defines for this
-    run, the protocol's value, fpt's default, the value used, and where the value comes from."""
+    run, the protocol's value, fpt's default, the value used, and where the value comes from.
+
+    ``task_options``: the options the task ran with; ``task_defaults``: the task's own defaults (this
+    module sits below the tasks, so the caller, which has the task, passes them)."""
     values = config.to_dict()
+    task_defaults = task_defaults or {}
     used_options = dict(task_options if task_options is not None else values.get("task_options") or {})
     changed = {}
     for key, s in settings_for(values).items():
-        default = _fpt_default(key, config.task)
+        default = _fpt_default(key, task_defaults)
         used = used_options.get(key.split(".", 1)[1]) if key.startswith("task_options.") else values.get(key)
         if s.value == default:
             continue

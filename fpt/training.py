@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -50,6 +51,7 @@ from fpt.objectives import make_objective
 from fpt.rundir import RunLock, is_run_dir, prepare_run_dir
 from fpt.step import BACKWARD_RANGE, FORWARD_RANGE, logits_and_loss, resolve_precision
 from fpt.tasks import make_task
+from fpt.tasks.base import make_options
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -625,7 +627,8 @@ def _results(config, module, trainer, test_metrics, train_seconds, seconds) -> d
 def _protocol_record(config: RunConfig, task) -> dict[str, Any]:
     from fpt.protocol import record
 
-    return record(config, dict(task.options.__dict__))
+    defaults = dataclasses.asdict(make_options(type(task), {}))  # the task's own defaults: what fpt does
+    return record(config, dict(task.options.__dict__), defaults)
 
 
 def test_run(run_dir: str | Path, enable_progress_bar: bool | None = None) -> dict[str, Any]:

@@ -68,7 +68,7 @@ def test_list(capsys):
     # shipped presets and experiments are described in whole sentences, never cut mid-sentence
     for name, text in {**info["config_presets"], **info["experiments"]}.items():
         assert text.endswith(".") and text[0].isupper(), (name, text)
-    assert "query with half the bits masked." in info["config_presets"]["bit-memory"]
+    assert "half the bits masked -> the original." in info["config_presets"]["bit-memory"]
 
 
 def test_list_subprocess():
