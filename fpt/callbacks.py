@@ -378,10 +378,10 @@ BEST_WEIGHTS = "best.safetensors"
 # Best-validation weights: keep the trained parameters of the best validation, test them at the end.
 #
 # :class:`BestValidationWeights` is a self-contained Lightning callback. After every validation
-# whose headline value (accuracy; RMSE for regression, lower) beats every earlier one (strictly: the
-# first of equal bests is kept) it copies the
-# trained parameters (input layer, head, norms, positions: ~100 KB for FPT; everything for
-# ``--freeze full``) to CPU memory on every process and, on rank 0, writes them to
+# whose headline value (accuracy; RMSE for regression, lower) beats every earlier one, or equals the
+# best with a lower validation loss (small validation sets tie often), it copies the trained
+# parameters (input layer, head, norms, positions: ~100 KB for FPT; everything for ``--freeze full``)
+# to CPU memory on every process and, on rank 0, writes them to
 # ``RUN_DIR/best.safetensors`` (the ``model.safetensors`` format, with ``best_step`` and
 # ``val_<metric>`` in its metadata; written atomically). Its best value and step live in the
 # resume checkpoint, so a resumed run keeps the best it had.
@@ -402,15 +402,17 @@ class BestValidationWeights(Callback):
         self.enabled = enabled
         self.best_value: float | None = None
         self.best_step: int | None = None
+        self.best_loss: float | None = None  # breaks ties of the metric: the lower validation loss wins
         self._weights: dict[str, torch.Tensor] | None = None  # CPU copy on every process
 
     # -- resume state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"best_value": self.best_value, "best_step": self.best_step}
+        return {"best_value": self.best_value, "best_step": self.best_step, "best_loss": self.best_loss}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best_value = state_dict.get("best_value", state_dict.get("best_accuracy"))
         self.best_step = state_dict.get("best_step")
+        self.best_loss = state_dict.get("best_loss")
         self._weights = None  # read back from best.safetensors when needed
 
     # -- during training -------------------------------------------------------------------------
@@ -421,12 +423,17 @@ class BestValidationWeights(Callback):
         if value is None:
             return
         value, step = float(value), int(trainer.global_step)  # the same global value on every rank
+        loss = trainer.callback_metrics.get("val/loss")
+        loss = float(loss) if loss is not None else None
         if math.isnan(value):
             return
-        if self.best_value is not None and not (
-                value > self.best_value if self.higher_is_better else value < self.best_value):
-            return  # strictly better only: the first of equal bests is kept
-        self.best_value, self.best_step = value, step
+        if self.best_value is not None:
+            better = value > self.best_value if self.higher_is_better else value < self.best_value
+            tie_won = (value == self.best_value and loss is not None and self.best_loss is not None
+                       and loss < self.best_loss)
+            if not (better or tie_won):
+                return  # an equal value is kept only with a lower validation loss (as FPTModule's val.best)
+        self.best_value, self.best_step, self.best_loss = value, step, loss
         self._weights = {n: t.detach().to("cpu", copy=True) for n, t in pl_module.model.trainable_state_dict().items()}
         if trainer.is_global_zero:
             save_trained(pl_module.model, self.path, extra={"best_step": str(step), self._value_key: repr(value)},

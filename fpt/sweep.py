@@ -477,6 +477,9 @@ def summarize(plan: Plan, outcomes: dict[str, dict[str, Any]] | None = None) -> 
         s["done"] = len(res)
         s["metric"], s["higher_is_better"] = headline(res[0]) if res else ("accuracy", True)
         s["val"] = _stats([v for v in map(val_score, res) if v is not None])
+        # the validation loss at those best points: breaks ties between settings (small validation sets)
+        s["val_loss"] = _stats([float(v) for r in res if (v := (r.get("val") or {}).get("best_loss")) is not None
+                                and not math.isnan(float(v))])
         s["test"] = _stats([v for v in map(test_score, res) if v is not None])  # at the best validation
         s["test_final"] = _stats([v for r in res if (v := test_score(r, at="final")) is not None])
         s["seconds"] = sum(float(r.get("seconds") or 0) for r in res)
@@ -500,8 +503,11 @@ def summarize(plan: Plan, outcomes: dict[str, dict[str, Any]] | None = None) -> 
         if s["val"]["mean"] is None:
             continue
         best = settings.get(chosen.get(key, ""))
+        # the better mean validation value; on a tie, the lower mean validation loss at those points
         if best is None or (s["val"]["mean"] > best["val"]["mean"] if s["higher_is_better"]
-                            else s["val"]["mean"] < best["val"]["mean"]):
+                            else s["val"]["mean"] < best["val"]["mean"]) or (
+                s["val"]["mean"] == best["val"]["mean"] and s["val_loss"]["mean"] is not None
+                and best["val_loss"]["mean"] is not None and s["val_loss"]["mean"] < best["val_loss"]["mean"]):
             chosen[key] = s["setting"]
     for s in settings.values():
         s["chosen"] = chosen.get(s["variant"] or "all") == s["setting"]
@@ -509,7 +515,8 @@ def summarize(plan: Plan, outcomes: dict[str, dict[str, Any]] | None = None) -> 
         "preset": plan.preset, "experiment": plan.experiment.name if plan.experiment else None,
         "command": plan.command, "sweep_dir": str(plan.sweep_dir), "grid": plan.grid, "seeds": plan.seeds,
         "selection": "per variant, the setting with the best mean validation value (val.best: highest accuracy, "
-                     "lowest rmse) over seeds; test reported at the best validation point (at_best_val)",
+                     "lowest rmse) over seeds, ties to the lower mean validation loss at those points; test reported "
+                     "at the best validation point (at_best_val)",
         "sources": {n: str(d) for n, (_, d) in plan.sources.items()},
         "chosen": chosen, "settings": list(settings.values()), "trials": trials,
         "complete": all(t["status"] == "done" for t in trials),

@@ -139,7 +139,8 @@ class FPTModule(L.LightningModule):
         if config.cache_features:
             self.feature_cache = FeatureCache(self.model, config)
         self.first_step_at_target: int | None = None
-        self.best_val: tuple[float, int] | None = None  # (accuracy, step)
+        # (value, step, loss) of the best validation: the objective's metric, ties broken by the lower loss
+        self.best_val: tuple[float, int, float] | None = None
         self.eval_tag = ""  # prefix of logged test metrics ("best/": the test at the best validation)
 
     # non-finite step counters (device tensors; reading them is a host sync)
@@ -248,8 +249,10 @@ class FPTModule(L.LightningModule):
         if self.trainer.sanity_checking:
             return
         acc, step = values[f"val/{self.objective.metric}"], int(self.global_step)
-        if self.objective.better(acc, self.best_val[0] if self.best_val else None):
-            self.best_val = (acc, step)
+        loss = values.get("val/loss", float("nan"))
+        best, best_loss = (self.best_val[0], self.best_val[2]) if self.best_val else (None, None)
+        if self.objective.better(acc, best, loss, best_loss):
+            self.best_val = (acc, step, loss)
         if self.objective.kind != "classification":
             return  # target_accuracy, stop_at_target: accuracy only
         if self.first_step_at_target is None and acc >= self.config.target_accuracy - 1e-9:
@@ -333,7 +336,9 @@ class FPTModule(L.LightningModule):
         check_parameter_names(set(checkpoint["state_dict"]), expected, "the checkpoint")
         self.bad_steps_total = meta.get("bad_steps_total", 0)
         self.first_step_at_target = meta.get("first_step_at_target")
-        self.best_val = tuple(meta["best_val"]) if meta.get("best_val") else None
+        best = meta.get("best_val")
+        # checkpoints from before the loss tie-break hold (value, step)
+        self.best_val = (best[0], best[1], best[2] if len(best) > 2 else float("nan")) if best else None
 
 
 def ddp_ignored_names(module: FPTModule) -> list[str]:
@@ -605,6 +610,7 @@ def _results(config, module, trainer, test_metrics, train_seconds, seconds) -> d
             "higher_is_better": module.objective.higher_is_better,
             "best": module.best_val[0] if module.best_val else None,
             "best_step": module.best_val[1] if module.best_val else None,
+            "best_loss": module.best_val[2] if module.best_val else None,  # ties of val.best: the lower loss wins
             "target_accuracy": config.target_accuracy if module.objective.kind == "classification" else None,
             "first_step_at_target": module.first_step_at_target,
         },

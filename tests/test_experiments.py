@@ -138,6 +138,20 @@ def test_sweep_runs_grid_x_seeds_skips_finished_and_selects_on_validation(tmp_pa
     markdown = (tmp_path / "sw" / "sweep.md").read_text()
     assert "**lr=0.03**" in markdown and "25.0 ± 7.1" in markdown and "50.0" in markdown
 
+    # Settings that tie on mean validation accuracy (small validation sets) are split by the lower mean
+    # validation loss at those points, whatever their order in the grid.
+    for t in plan.trials:
+        r = _results(t.run_dir)
+        r["val"]["best_accuracy"] = 0.9
+        r["val"]["best_loss"] = 0.4 if t.params["lr"] == 0.001 else 0.2
+        (t.run_dir / "results.json").write_text(json.dumps(r))
+    assert sweep.write_summary(plan)["chosen"] == {"all": "lr=0.03"}
+    for t in plan.trials:
+        r = _results(t.run_dir)
+        r["val"]["best_loss"] = 0.1 if t.params["lr"] == 0.001 else 0.2
+        (t.run_dir / "results.json").write_text(json.dumps(r))
+    assert sweep.write_summary(plan)["chosen"] == {"all": "lr=0.001"}
+
 
 def test_sweep_resumes_an_interrupted_trial_and_restarts_one_without_checkpoint(tmp_path, base_file):
     from fpt import sweep
