@@ -20,6 +20,7 @@ Command (from the repository root, offline, on a quiet machine)::
     python benchmarks/encoder_evidence.py --threads 1              # everything, then the report
     python benchmarks/encoder_evidence.py --dry-run                # the 72 trials and their state
     python benchmarks/encoder_evidence.py --render-only            # the report from what has finished
+    python benchmarks/encoder_evidence.py --set bit-memory-small:steps=300   # one preset's trials shortened
 
 Re-running skips finished runs and resumes interrupted ones (``fpt sweep``'s rules), so the grid can be
 run in pieces (``--presets``, ``--variants``, ``--seeds``).
@@ -55,8 +56,9 @@ def _plans(args):
 
     plans = []
     for preset in args.presets:
+        sets = dict(args.set.get(preset, {}))
         plan = make_plan(preset, experiment=EXPERIMENT, seeds=args.seeds, sweep_dir=Path(args.sweep_root) / preset,
-                         threads=args.threads, command=" ".join(["python", *sys.argv]))
+                         threads=args.threads, sets=sets, command=" ".join(["python", *sys.argv]))
         if args.variants:
             plan.trials = [t for t in plan.trials if t.variant in args.variants]
         plans.append(plan)
@@ -138,6 +140,19 @@ def render(summaries: dict[str, dict], out: Path) -> str:
     return text
 
 
+def _preset_set(text: str) -> tuple[str, str, object]:
+    from fpt.sweep import parse_assignment
+
+    if ":" not in text:
+        raise argparse.ArgumentTypeError(f"expected PRESET:KEY=VALUE, got {text!r}")
+    preset, assignment = text.split(":", 1)
+    try:
+        key, value = parse_assignment(assignment, many=False)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return preset, key, value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -148,9 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--presets", type=lambda s: s.split(","), default=list(PRESETS), help="comma separated")
     parser.add_argument("--variants", type=lambda s: s.split(","), default=None,
                         help="comma separated subset of the experiment's variants (default: all six)")
+    parser.add_argument("--set", action="append", default=[], type=_preset_set, metavar="PRESET:KEY=VALUE",
+                        help="an override for one preset's trials, e.g. bit-memory-small:steps=300 (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="list the trials and their state; run nothing")
     parser.add_argument("--render-only", action="store_true", help="write the report from finished runs only")
     args = parser.parse_args(argv)
+    overrides: dict[str, dict] = {}
+    for preset, key, value in args.set:
+        overrides.setdefault(preset, {})[key] = value
+    args.set = overrides
 
     from fpt.sweep import describe_plan, run_plan, write_summary
 
