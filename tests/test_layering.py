@@ -21,7 +21,7 @@ LAYERS = {
     "model": ("fpt.backbones", "fpt.model", "fpt.checkpoint", "fpt.features", "fpt.fastpath", "fpt.step",
               "fpt.predict", "fpt.reference", "fpt.report"),
     "training": ("fpt.training", "fpt.callbacks", "fpt.health", "fpt.rundir", "fpt.distributed", "fpt.bench"),
-    "cli": ("fpt.cli", "fpt.sweep", "fpt.experiment_cli"),
+    "cli": ("fpt.cli", "fpt.sweep", "fpt.slurm", "fpt.experiment_cli"),
 }
 ORDER = list(LAYERS)
 
