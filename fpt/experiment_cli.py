@@ -107,7 +107,7 @@ def sweep_main(args) -> int:
         return 0 if summary["complete"] else 1
     if not args.preset:
         raise ValueError("fpt sweep needs a preset or config file (or --status SWEEP_DIR, or SWEEP_DIR --summarize)")
-    if args.launcher != "slurm" and args.launcher != "submitit-local" and args.no_wait:
+    if args.launcher == "local" and args.no_wait:
         raise ValueError("--no-wait is for --launcher slurm (the local launcher runs the trials in this command)")
     if args.launcher != "local" and args.parallel != 1:
         raise ValueError("--parallel is for --launcher local; with slurm, --slurm-array-parallelism")

@@ -15,7 +15,7 @@ ROOT = Path(__file__).parents[1] / "fpt"
 
 # In order: a module may import only from its own layer or an earlier one. A package name covers its submodules.
 LAYERS = {
-    "base": ("fpt", "fpt.io", "fpt.text", "fpt.options", "fpt.config"),  # words every layer shares
+    "base": ("fpt", "fpt.io", "fpt.text", "fpt.options", "fpt.config", "fpt.cpu"),  # words every layer shares
     "data": ("fpt.data",),
     "tasks": ("fpt.tasks",),
     "model": ("fpt.backbones", "fpt.model", "fpt.checkpoint", "fpt.features", "fpt.fastpath", "fpt.step",
