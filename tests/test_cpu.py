@@ -51,3 +51,15 @@ def test_bench_load_runs_competing_processes_and_reports_them(pretrained_dirs, t
     assert other["threads"] == 1 and other["steps"] >= 1 and other["step_ms"] > 0  # it ran while this one timed
     assert result["load"]["others_samples_per_s"] == other["samples_per_s"]
     assert main(["bench", "--backbone", tiny_llama, "--tokens", "8", "--load", "-1", "--device", "cpu"]) == 2
+
+
+def test_threads_follow_the_cpus_slurm_gave_the_task(monkeypatch):
+    from fpt import fastpath
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    assert fastpath.cpu_threads(None) == 1 and fastpath.cpu_threads(3) == 3  # an explicit --num-threads wins
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "512")
+    assert fastpath.cpu_threads(None) == fastpath.physical_cores()  # never more than the physical cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert fastpath.cpu_threads(None) == 2
