@@ -34,7 +34,7 @@ class Competitors:
                  and not k.startswith("_")}
         (self.dir / _ARGS).write_text(json.dumps(plain))
         self.logs = [open(self.dir / f"log-{i}.txt", "w") for i in range(n)]
-        self.procs = [subprocess.Popen([sys.executable, "-m", "fpt.bench.load", str(self.dir), str(i)],
+        self.procs = [subprocess.Popen([sys.executable, "-m", "fpt.bench.load", str(self.dir), str(i), str(os.getpid())],
                                        stdout=log, stderr=subprocess.STDOUT) for i, log in enumerate(self.logs)]
 
     def _check_alive(self) -> None:
@@ -80,8 +80,9 @@ class Competitors:
             log.close()
 
 
-def competitor(directory: str, index: int) -> None:
-    """One competing process: the fast path's training step in a loop (see the module doc)."""
+def competitor(directory: str, index: int, parent: int) -> None:
+    """One competing process: the fast path's training step in a loop (see the module doc), until the measuring
+    process ``parent`` says so or is gone."""
     import torch
 
     from fpt import fastpath
@@ -89,7 +90,6 @@ def competitor(directory: str, index: int) -> None:
 
     d = Path(directory)
     args = argparse.Namespace(**json.loads((d / _ARGS).read_text()))
-    parent = os.getppid()
     torch.set_num_threads(fastpath.cpu_threads(args.num_threads))
     device = torch.device("cpu")
     spec, batch, _, objective = spec_and_batch(args, device)
@@ -110,4 +110,4 @@ def competitor(directory: str, index: int) -> None:
 
 
 if __name__ == "__main__":
-    competitor(sys.argv[1], int(sys.argv[2]))
+    competitor(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
