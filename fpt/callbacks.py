@@ -218,7 +218,7 @@ class ChanceWarning(Callback):
 
 
 class GracefulStop(Callback):
-    """Catches SIGINT/SIGTERM during ``fit``; saves ``last.ckpt`` at a step boundary and stops.
+    """Catches SIGINT/SIGTERM/SIGUSR2 (fpt.health.STOP_SIGNALS) during ``fit``; saves ``last.ckpt`` at a step boundary and stops.
 
     Installed with :meth:`installed` around training. Lightning registers its own SIGTERM notifier
     when ``trainer.fit`` starts (it raises ``SIGTERMException`` at the end of the next batch, before

@@ -74,6 +74,10 @@ class RunConfig:
     max_bad_steps: int = what(10, "stop after this many consecutive steps with a non-finite gradient norm")
     seed: int = what(0, "seed of the training stream, generated held-out sets, random init and the new layers")
     # -- evaluation ---------------------------------------------------------------------------------
+    bucket_by_length: int = what(100, "padded tasks (variable-length sequences): sort each window of this many "
+                                 "training batches by length, so that a batch holds sequences of similar length (less "
+                                 "padding; TAPE's bucketing, a pure function of seed and step); 0: batches of any "
+                                 "lengths. Evaluation batches are always grouped by length")
     eval_every: int = when(100, "steps between validations (and checkpoints)")
     eval_batch_size: int = how(256, "batch size for validation and test")
     target_accuracy: float = what(1.0, "record the first step at which validation accuracy reaches this")
@@ -119,6 +123,8 @@ class RunConfig:
              f"num_threads must be >= 1, got {self.num_threads!r}"),
             (isinstance(self.chance_warning_evals, int) and self.chance_warning_evals >= 0,
              f"chance_warning_evals must be >= 0, got {self.chance_warning_evals!r}"),
+            (isinstance(self.bucket_by_length, int) and self.bucket_by_length >= 0,
+             f"bucket_by_length must be >= 0 (0: off), got {self.bucket_by_length!r}"),
             (isinstance(self.cache_train_samples, int) and self.cache_train_samples >= 0,
              f"cache_train_samples must be >= 0, got {self.cache_train_samples!r}"),
             (isinstance(self.lr, (int, float)) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}"),
@@ -269,8 +275,14 @@ def save_config(config: RunConfig, path: Path) -> None:
     atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
+# Options added after runs were made: a run's config.yaml without them gets the value that reproduces how it
+# ran (a resumed run keeps its batches), not today's default.
+ABSENT_FROM_OLDER_RUNS = {"bucket_by_length": 0}
+
+
 def load_config(path: Path) -> RunConfig:
-    return build_config(read_yaml(str(path)))
+    values = read_yaml(str(path))
+    return build_config({**{k: v for k, v in ABSENT_FROM_OLDER_RUNS.items() if k not in values}, **values})
 
 
 def is_shipped_preset(path_or_preset: str) -> bool:

@@ -51,11 +51,15 @@ def physical_cores() -> int:
 
 
 def cpu_threads(requested: int | None, local_processes: int = 1) -> int:
-    """Intra-op threads for one process: ``requested``, else physical cores shared among the local processes."""
+    """Intra-op threads for one process: ``requested``, else ``$OMP_NUM_THREADS``, else the CPUs SLURM gave this
+    task (``$SLURM_CPUS_PER_TASK``: clusters without CPU binding show every core), else physical cores shared
+    among the local processes."""
     if requested:
         return int(requested)
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         return int(os.environ["OMP_NUM_THREADS"])
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit() and int(os.environ["SLURM_CPUS_PER_TASK"]) > 0:
+        return min(int(os.environ["SLURM_CPUS_PER_TASK"]), physical_cores())
     return max(1, physical_cores() // max(1, local_processes))
 
 

@@ -5,10 +5,11 @@ they raise and say, without Lightning:
 
 * ``ChanceWarning``: validation accuracy at chance (``1/num_classes``) for the first K
   validations -> one warning, printed, logged (logger ``fpt``) and kept in ``results.json``.
-* ``GracefulStop``: SIGINT (Ctrl-C) or SIGTERM during training -> the current step finishes
+* ``GracefulStop``: SIGINT (Ctrl-C), SIGTERM or SIGUSR2 (SLURM's warning before a time limit, as
+  ``fpt sweep --launcher slurm`` asks for it) during training -> the current step finishes
   (and its validation, if one is due), ``checkpoints/last.ckpt`` is written, training stops and
   ``fit`` raises :class:`TrainingInterrupted`, whose message is the exact command that resumes.
-  The ``fpt`` command then exits with 128 + the signal number (130 for SIGINT, 143 for SIGTERM),
+  The ``fpt`` command then exits with 128 + the signal number (130 for SIGINT, 143 for SIGTERM, 140 for SIGUSR2),
   the shell convention for "stopped by a signal", so job scripts can tell an interrupted run from
   a finished one (0). A second signal stops at once (the last checkpoint stays intact).
 * :func:`out_of_memory_error`: turns ``torch.OutOfMemoryError`` / CPU allocation failures into
@@ -57,7 +58,9 @@ class StopForSignal(Exception):
         self.signum, self.step = signum, step
 
 
-STOP_SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None)) if s is not None)
+# SIGUSR2: what SLURM sends before a job's time limit when asked to (sbatch --signal=USR2@SECONDS; submitit
+# asks for it), and on preemption: checkpoint, then stop (fpt.slurm requeues the trial, which resumes).
+STOP_SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGUSR2")) if s is not None)
 
 
 # -- memory -----------------------------------------------------------------------------------------

@@ -95,6 +95,11 @@ PAPER: tuple[Setting, ...] = (
             _tasks("remote-homology")),
     Setting("task_options.too_long", "skip", "datasets/remote_homology.py:39-51 batches with a longer sequence "
             "are skipped", _tasks("remote-homology")),
+    Setting("bucket_by_length", 100, "datasets/remote_homology.py:28-29 tape.utils.setup_loader: TAPE's "
+            "BucketBatchSampler (utils/_sampler.py, bucket_size_multiplier=100: pools of 100 batches sorted by length, "
+            "batch order shuffled within a pool); the only 2021 loader that groups by length", _tasks("remote-homology")),
+    Setting("bucket_by_length", 0, "every other 2021 loader draws batches of any length mix (ListOps: padded to 512 "
+            "anyway)", lambda v: _task(v) != "remote-homology"),
     Setting("task_options.published_scale", 0.9739, "datasets/remote_homology.py:10-13 'we multiply reported "
             "accuracies for the paper by .9739'", _tasks("remote-homology")),
 )

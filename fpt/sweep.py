@@ -28,7 +28,14 @@ was interrupted after its first checkpoint (``fit(..., resume=True)``) and resta
 interrupted before it (the partial directory is moved aside to ``<dir>.old-<timestamp>``). A trial
 directory that holds a run with *different* settings is an error, never silently reused.
 ``SWEEP_DIR/sweep.json`` and ``sweep.md`` are rewritten after every trial; each trial's output
-goes to ``SWEEP_DIR/<setting>/s<seed>.log``.
+goes to ``SWEEP_DIR/<setting>/s<seed>.log`` (a failed trial's last line there says why).
+``SWEEP_DIR/plan.json`` holds every trial's full config, so that the sweep directory alone is the
+source of truth: ``fpt sweep --status SWEEP_DIR`` (trials pending / running / finished / failed /
+interrupted, read from the files) and ``fpt sweep SWEEP_DIR --summarize`` (sweep.json and sweep.md
+rebuilt) need nothing else.
+
+``--launcher local`` (default) runs the trials here, ``--parallel`` at a time; ``--launcher slurm``
+submits every pending trial as a SLURM job array through submitit (:mod:`fpt.slurm`).
 
 Experiments may name *sources*: runs trained once before the trials, whose directory a variant
 uses as ``backbone: run:@NAME`` (the bit-memory-pretrained initialisation). A source is a preset
@@ -39,6 +46,7 @@ on the swept config's backbone, depth and LSTM width, seed 0, in ``SWEEP_DIR/sou
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import re
@@ -53,7 +61,7 @@ from typing import Any, Callable
 import yaml
 
 from fpt import reference
-from fpt.checkpoint import read_results, results_or_none
+from fpt.checkpoint import checkpoint_step, read_results, results_or_none
 from fpt.config import (
     DOCUMENTATION_KEYS, MACHINERY, build_config, is_shipped_preset, preset_dir, preset_keys, read_yaml,
 )
@@ -344,13 +352,39 @@ def execute_trial(values: dict[str, Any], log_path: str | None = None) -> dict[s
         raise
     except Exception as err:  # a failed trial is recorded; the sweep goes on with the others
         if type(err).__name__ == "TrainingInterrupted":
+            _mark(log, "interrupted", str(err).splitlines()[0])
             raise
-        return {"state": "failed", "error": f"{type(err).__name__}: {err}", "seconds": time.time() - start}
+        error = f"{type(err).__name__}: {err}"
+        _mark(log, "failed", error)
+        return {"state": "failed", "error": error, "seconds": time.time() - start}
     finally:
         if log is not None:
             log.close()
     return {"state": {"new": "ran", "resume": "resumed", "restart": "restarted"}[state], "results": results,
             "seconds": time.time() - start}
+
+
+FAILED_MARK = "failed: "  # after "== <time> " in a trial's log: the trial ended with this error
+INTERRUPTED_MARK = "interrupted: "  # stopped by a signal after a checkpoint (resumable)
+
+
+def _mark(log, what: str, text: str) -> None:
+    """The last line of a trial's log says how it ended (``fpt sweep --status`` reads it)."""
+    if log is not None:
+        line = " ".join(text.split())  # one line
+        log.write(f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')} {what}: {line}\n")
+        log.flush()
+
+
+def describe_outcome(name: str, outcome: dict[str, Any], where: str = "") -> str:
+    """One line for a trial that has ended (the sweep prints it as each trial finishes)."""
+    if outcome["state"] in ("failed", "interrupted"):
+        return f"{where}{name}: {outcome['state'].upper()} ({outcome['error']})"
+    r = outcome["results"]
+    metric = headline(r)[0]
+    return (f"{where}{name}: {outcome['state']}  val {_value(val_score(r), metric)}  "
+            f"test {_value(test_score(r), metric)} at the best validation "
+            f"({_value(test_score(r, at='final'), metric)} final)  ({r.get('steps')} steps, {r.get('seconds', 0):.0f} s)")
 
 
 def _init_worker(threads: int | None) -> None:
@@ -360,21 +394,13 @@ def _init_worker(threads: int | None) -> None:
 
 def run_plan(plan: Plan, parallel: int = 1, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the sources, then every trial (skipping finished ones); returns the summary (sweep.json)."""
-    plan.sweep_dir.mkdir(parents=True, exist_ok=True)
+    save_plan(plan)
     outcomes: dict[str, dict[str, Any]] = {}
     total = len(plan.trials)
 
     def record(name: str, outcome: dict[str, Any], index: int | None = None) -> None:
         outcomes[name] = outcome
-        where = f"[{index}/{total}] " if index else ""
-        if outcome["state"] == "failed":
-            echo(f"{where}{name}: FAILED ({outcome['error']})")
-        else:
-            r = outcome["results"]
-            metric = headline(r)[0]
-            echo(f"{where}{name}: {outcome['state']}  val {_value(val_score(r), metric)}  "
-                 f"test {_value(test_score(r), metric)} at the best validation "
-                 f"({_value(test_score(r, at='final'), metric)} final)  ({r.get('steps')} steps, {r.get('seconds', 0):.0f} s)")
+        echo(describe_outcome(name, outcome, f"[{index}/{total}] " if index else ""))
         write_summary(plan, outcomes)
 
     for name, (values, run_dir) in plan.sources.items():
@@ -466,7 +492,8 @@ def summarize(plan: Plan, outcomes: dict[str, dict[str, Any]] | None = None) -> 
     trials = []
     for trial in plan.trials:
         results = results_or_none(trial.run_dir)
-        trials.append(_trial_entry(trial, results, outcomes.get(f"{trial.setting}/s{trial.seed}", {})))
+        outcome = outcomes.get(f"{trial.setting}/s{trial.seed}") or ({} if results else logged_outcome(trial.log_path))
+        trials.append(_trial_entry(trial, results, outcome))
         s = settings.setdefault(trial.setting, {"setting": trial.setting, "variant": trial.variant,
                                                 "params": trial.params, "seeds": [], "results": []})
         s["seeds"].append(trial.seed)
@@ -594,3 +621,183 @@ def describe_plan(plan: Plan) -> str:
 
 def command_line(argv: list[str] | None = None) -> str:
     return "fpt " + " ".join(argv if argv is not None else sys.argv[1:])
+
+
+# -- the sweep directory alone: plan.json, --status, --summarize ----------------------------------
+PLAN_FILE = "plan.json"
+PLAN_FORMAT = 1
+
+
+def save_plan(plan: Plan) -> None:
+    """``SWEEP_DIR/plan.json``: every trial and source with its full config (paths relative to the sweep)."""
+    record = {
+        "format": PLAN_FORMAT, "preset": plan.preset, "command": plan.command,
+        "experiment": ({"name": plan.experiment.name, "description": plan.experiment.description}
+                       if plan.experiment else None),
+        "grid": plan.grid, "seeds": plan.seeds, "base": plan.base,
+        "sources": {name: values for name, (values, _) in plan.sources.items()},
+        "trials": [{"variant": t.variant, "params": t.params, "seed": t.seed, "setting": t.setting, "values": t.values}
+                   for t in plan.trials],
+    }
+    plan.sweep_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(plan.sweep_dir / PLAN_FILE, record)
+
+
+def load_plan(sweep_dir: str | Path) -> Plan:
+    """The plan of an existing sweep, from its ``plan.json``; run directories are taken relative to
+    ``sweep_dir`` (so a sweep directory read from another working directory, or moved, still works)."""
+    root = Path(sweep_dir)
+    path = root / PLAN_FILE
+    if not path.is_file():
+        hint = (" It has a sweep.json: it was started by an older fpt; run the sweep command again (finished trials "
+                "are skipped) to write plan.json." if (root / "sweep.json").is_file() else
+                " Is it a sweep directory (fpt sweep ... --sweep-dir DIR)?")
+        raise FileNotFoundError(f"{root}: no {PLAN_FILE}.{hint}")
+    try:
+        record = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); run the sweep command again to rewrite it") from None
+    if record.get("format") != PLAN_FORMAT:
+        raise ValueError(f"{path}: unknown plan format {record.get('format')!r} (this fpt reads {PLAN_FORMAT})")
+    exp = record.get("experiment")
+    experiment = Experiment(exp["name"], exp.get("description", ""), {}) if exp else None
+    sources = {}
+    for name, values in record.get("sources", {}).items():
+        run_dir = root / "sources" / name
+        sources[name] = ({**values, "run_dir": str(run_dir)}, run_dir)
+    trials = []
+    for t in record["trials"]:
+        run_dir = root / t["setting"] / f"s{t['seed']}"
+        trials.append(Trial(t["variant"], t["params"], t["seed"], {**t["values"], "run_dir": str(run_dir)},
+                            t["setting"], run_dir))
+    return Plan(record["preset"], record.get("base", {}), experiment, record.get("grid", {}), record.get("seeds", []),
+                root, sources, trials, record.get("command", ""))
+
+
+def _tail(path: Path, size: int = 8192) -> list[str]:
+    """The last lines of a (possibly large) log file."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - size))
+            return f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+def logged_outcome(log_path: Path) -> dict[str, Any]:
+    """How the last attempt of a trial ended, from its log: ``{"state": "failed" | "interrupted", "error"}``, or {}."""
+    for line in reversed(_tail(log_path)):
+        if line.startswith("== "):
+            words = line.split(" ", 3)  # "==", date, time, rest
+            rest = words[3] if len(words) > 3 else ""
+            if rest.startswith(FAILED_MARK):
+                return {"state": "failed", "error": rest[len(FAILED_MARK):]}
+            if rest.startswith(INTERRUPTED_MARK):
+                return {"state": "interrupted", "error": rest[len(INTERRUPTED_MARK):]}
+            return {}  # the header of an attempt that has not ended (running, or killed without a word)
+    return {}
+
+
+def _last_output_line(log_path: Path) -> str | None:
+    """The last line a trial printed before fpt's own end-of-attempt line."""
+    lines = [ln for ln in _tail(log_path) if ln.strip()]
+    while lines and lines[-1].startswith("== "):
+        lines.pop()
+    return lines[-1].strip() if lines else None
+
+
+def _lock_owner(run_dir: Path) -> dict[str, Any] | None:
+    """The live process writing ``run_dir`` (its lock), or None. A lock from another host counts as live:
+    fpt cannot check it from here."""
+    try:
+        owner = json.loads((run_dir / LOCK_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    import socket
+
+    if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
+        try:
+            os.kill(owner["pid"], 0)
+        except ProcessLookupError:
+            return None  # stale: that process is gone
+        except PermissionError:
+            pass
+    return owner
+
+
+def trial_status(trial: Trial) -> dict[str, Any]:
+    """``{"status": finished | running | failed | interrupted | pending, "detail": ...}`` from the files alone."""
+    run_dir = trial.run_dir
+    results = results_or_none(run_dir)
+    if results is not None:
+        metric = headline(results)[0]
+        return {"status": "finished", "detail": f"val {_value(val_score(results), metric)}  test "
+                                                f"{_value(test_score(results), metric)} ({results.get('steps')} steps)"}
+    owner = _lock_owner(run_dir)
+    if owner is not None:
+        step = checkpoint_note(run_dir)
+        return {"status": "running", "detail": f"pid {owner.get('pid')} on {owner.get('host')} since "
+                                               f"{owner.get('started', '?')}{step}"}
+    outcome = logged_outcome(trial.log_path)
+    if outcome.get("state") == "failed":
+        last = _last_output_line(trial.log_path)
+        detail = outcome["error"] + (f" | last log line: {last}" if last and last not in outcome["error"] else "")
+        return {"status": "failed", "detail": detail}
+    if (run_dir / "checkpoints" / "last.ckpt").exists():
+        return {"status": "interrupted", "detail": "resumable" + checkpoint_note(run_dir)}
+    if run_dir.exists() and any(run_dir.iterdir()):
+        return {"status": "interrupted", "detail": "before its first checkpoint: restarts from scratch"}
+    return {"status": "pending", "detail": ""}
+
+
+def checkpoint_note(run_dir: Path) -> str:
+    """", last checkpoint at step N" (the checkpoint holds trained parameters only: small), or ""."""
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    step = checkpoint_step(ckpt) if ckpt.exists() else None  # None also for a file being written
+    return f", last checkpoint at step {step}" if step is not None else ""
+
+
+STATUSES = ("finished", "running", "failed", "interrupted", "pending")
+
+
+def sweep_status(sweep_dir: str | Path) -> dict[str, Any]:
+    """Every trial's status (see :func:`trial_status`) and the counts, from the sweep directory's files."""
+    plan = load_plan(sweep_dir)
+    jobs = _submitted_jobs(plan.sweep_dir)
+    rows = []
+    for name, (values, run_dir) in plan.sources.items():
+        trial = Trial(None, {}, 0, values, f"sources/{name}", run_dir)
+        rows.append({"trial": f"sources/{name}", **trial_status(trial)})
+    for t in plan.trials:
+        rows.append({"trial": f"{t.setting}/s{t.seed}", **trial_status(t)})
+    for row in rows:
+        if row["status"] in ("pending", "interrupted") and row["trial"] in jobs:
+            row["detail"] = (row["detail"] + "; " if row["detail"] else "") + f"submitted as SLURM job {jobs[row['trial']]}"
+    counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
+    return {"sweep_dir": str(plan.sweep_dir), "trials": rows, "counts": counts}
+
+
+def format_status(status: dict[str, Any]) -> str:
+    counts = status["counts"]
+    lines = [f"{status['sweep_dir']}: {len(status['trials'])} trials: "
+             + ", ".join(f"{counts[s]} {s}" for s in STATUSES)]
+    width = max((len(r["trial"]) for r in status["trials"]), default=0)
+    for r in status["trials"]:
+        lines.append(f"  {r['trial']:<{width}}  {r['status']:<11}  {r['detail']}".rstrip())
+    return "\n".join(lines)
+
+
+JOBS_FILE = "slurm/jobs.json"  # trial name -> SLURM job id, written by fpt.slurm
+
+
+def _submitted_jobs(sweep_dir: Path) -> dict[str, str]:
+    try:
+        return dict(json.loads((sweep_dir / JOBS_FILE).read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def summarize_dir(sweep_dir: str | Path) -> dict[str, Any]:
+    """``fpt sweep SWEEP_DIR --summarize``: sweep.json and sweep.md rebuilt from the trial directories."""
+    return write_summary(load_plan(sweep_dir))

@@ -39,7 +39,7 @@ from fpt.checkpoint import (  # noqa: F401  (re-exported: these were defined her
     save_trained, spec_dict,
 )
 from fpt.config import RunConfig, save_config
-from fpt.data.splits import Split
+from fpt.data.splits import LengthBucketedStream, Split, by_length
 from fpt.distributed import global_rank_from_env, local_processes, make_strategy
 from fpt.features import FeatureCache
 from fpt.health import (  # noqa: F401  (NonFiniteGradientError: re-exported, it was defined here)
@@ -95,19 +95,21 @@ class EvalBatchSampler(Sampler):
     in the metrics' cross-rank reduction.
     """
 
-    def __init__(self, n: int, batch_size: int, rank: int = 0, world: int = 1):
+    def __init__(self, n: int, batch_size: int, rank: int = 0, world: int = 1, order: np.ndarray | None = None):
         if world > 1:
             if n < world:
                 raise ValueError(f"an evaluation split of {n} samples cannot be shared by {world} processes")
             batch_size = max(1, min(batch_size, n // world))
         self.n, self.b, self.rank, self.world = n, batch_size, rank, world
+        self.order = order  # the indices in the order to batch them (fpt.data.splits.by_length), else 0..n-1
 
     def _starts(self):
         return list(range(0, self.n, self.b))[self.rank::self.world]
 
     def __iter__(self):
         for s in self._starts():
-            yield np.arange(s, min(s + self.b, self.n), dtype=np.int64)
+            batch = np.arange(s, min(s + self.b, self.n), dtype=np.int64)
+            yield batch if self.order is None else self.order[batch]
 
     def __len__(self) -> int:
         return len(self._starts())
@@ -195,12 +197,21 @@ class FPTModule(L.LightningModule):
         accumulate = self.config.accumulate_grad_batches
         sampler = StreamBatchSampler(self.config.batch_size // world, lambda: self.trainer.global_step * accumulate,
                                      rank, world)
-        return self._loader(self._source("train", self.task.train()), sampler)
+        train = self.task.train()
+        source = self._source("train", train)
+        if self.config.bucket_by_length and self.task.spec.padded and train.token_lengths(np.zeros(0, np.int64)) is not None:
+            # batches of similar length, grouped by the task's own lengths (also when training on cached features, so
+            # that both train on the same batches); global batch = consecutive stream positions (StreamBatchSampler)
+            source = LengthBucketedStream(source, self.config.batch_size, self.config.bucket_by_length, self.config.seed,
+                                          lengths=train.token_lengths)
+        return self._loader(source, sampler)
 
     def _eval_loader(self, split: Split, name: str):
         rank, world = self._rank_world()
+        # longest first, similar lengths together: less padding, and a batch that does not fit shows up at once
+        order = by_length(split) if self.task.spec.padded else None
         split = self._source(name, split)
-        return self._loader(split, EvalBatchSampler(len(split), self.config.eval_batch_size, rank, world))
+        return self._loader(split, EvalBatchSampler(len(split), self.config.eval_batch_size, rank, world, order=order))
 
     def val_dataloader(self):
         return self._eval_loader(self.task.val(), "val")

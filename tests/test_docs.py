@@ -19,7 +19,8 @@ DOCS = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
 # Flags of other programs that the docs show (pip, torchrun, SLURM, git...).
 FOREIGN_FLAGS = {"--no-deps", "--force-reinstall", "--nproc-per-node", "--nnodes", "--rdzv-backend", "--rdzv-endpoint",
                  "--standalone", "--nodes", "--ntasks-per-node", "--gpus-per-node", "--cpus-per-task", "--upgrade",
-                 "--label-smoothing"}  # the last: the option that the add-an-option recipe adds
+                 "--label-smoothing",  # the option that the add-an-option recipe adds
+                 "--signal", "--dependency"}  # sbatch's (docs/distributed.md)
 
 
 # -- options ---------------------------------------------------------------------------------------

@@ -15,13 +15,13 @@ ROOT = Path(__file__).parents[1] / "fpt"
 
 # In order: a module may import only from its own layer or an earlier one. A package name covers its submodules.
 LAYERS = {
-    "base": ("fpt", "fpt.io", "fpt.text", "fpt.options", "fpt.config"),  # words every layer shares
+    "base": ("fpt", "fpt.io", "fpt.text", "fpt.options", "fpt.config", "fpt.cpu"),  # words every layer shares
     "data": ("fpt.data",),
     "tasks": ("fpt.tasks",),
     "model": ("fpt.backbones", "fpt.model", "fpt.checkpoint", "fpt.features", "fpt.fastpath", "fpt.step",
               "fpt.predict", "fpt.reference", "fpt.report"),
     "training": ("fpt.training", "fpt.callbacks", "fpt.health", "fpt.rundir", "fpt.distributed", "fpt.bench"),
-    "cli": ("fpt.cli", "fpt.sweep", "fpt.experiment_cli"),
+    "cli": ("fpt.cli", "fpt.sweep", "fpt.slurm", "fpt.experiment_cli"),
 }
 ORDER = list(LAYERS)
 

@@ -50,7 +50,9 @@ from typing import Any
 import torch
 
 from fpt import fastpath
+from fpt.cpu import openmp_wait
 from fpt.backbones import load_backbone
+from fpt.bench.load import Competitors
 from fpt.bench.measure import flops_per_step, matmul_params, measured_bf16_peak_tflops  # noqa: F401
 from fpt.bench.paths import FitPath, StepPath, spec_and_batch
 from fpt.bench.profile import (  # noqa: F401  (tests and tools import these from fpt.bench)
@@ -89,6 +91,9 @@ def add_bench_parser(sub, parse_task_option) -> argparse.ArgumentParser:
     b.add_argument("--num-threads", type=int, default=None, help="CPU threads (unset: physical cores)")
     b.add_argument("--profile", type=int, default=3, help="steps per path under torch.profiler after the timed ones, "
                                                         "for the 'where the time goes' table (0: skip)")
+    b.add_argument("--load", type=int, default=0, metavar="N",
+                   help="CPU: N other processes run the fast path's step in a loop meanwhile (a machine shared with "
+                        "other fpt jobs); the table adds their step times and the samples/s of all processes")
     b.add_argument("--lr", type=float, default=1e-3)
     b.add_argument("--json", metavar="FILE", help="also write the numbers to FILE")
     return b
@@ -107,6 +112,18 @@ def bench(args) -> dict[str, Any]:
         raise ValueError(f"--paths: unknown {bad}; choose from {', '.join(PATHS)}")
     if args.batch_size < 1 or args.steps < 1 or args.warmup < 0 or args.profile < 0:
         raise ValueError("--batch-size and --steps must be >= 1, --warmup and --profile >= 0")
+    load = getattr(args, "load", 0) or 0
+    if load < 0 or (load and use_cuda):
+        raise ValueError("--load N: N >= 0 competing processes, on the CPU only")
+    competitors = Competitors(args, load) if load else None  # they load while this process builds its paths
+    try:
+        return _bench(args, device, use_cuda, paths, competitors)
+    finally:
+        if competitors is not None:
+            competitors.close()
+
+
+def _bench(args, device, use_cuda: bool, paths: list[str], competitors: Competitors | None) -> dict[str, Any]:
     spec, batch, shape, objective = spec_and_batch(args, device)
     out: dict[str, Any] = {
         "backbone": args.backbone, "init": args.init, "layers": args.layers, "freeze": args.freeze, "shape": shape,
@@ -114,6 +131,8 @@ def bench(args) -> dict[str, Any]:
         "device": torch.cuda.get_device_name(device) if use_cuda else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__, "paths": {},
     }
+    if not use_cuda:  # how idle OpenMP threads wait: what decides how a shared CPU is used (fpt/cpu.py)
+        out["openmp"] = openmp_wait()
     if use_cuda:
         if getattr(args, "_peak", None) is None:
             args._peak = measured_bf16_peak_tflops(device)
@@ -130,9 +149,14 @@ def bench(args) -> dict[str, Any]:
         step_paths.append("fast")  # built, not timed: the fit path takes its FLOP count and tokens from it
     built = {name: StepPath(name, args, device, spec, batch, objective) for name in step_paths}
     timed = [p for p in built.values() if p.name in paths]
+    if competitors is not None:
+        competitors.wait_ready()
+        competitors.start_timing()
     for _ in range(args.steps):
         for p in timed:
             p.timed_step()
+    if competitors is not None:
+        competitors.stop_timing()
     if args.profile > 0:  # after the timing, so that the profiler cannot disturb it
         for p in timed:
             p.breakdown = profile_breakdown(p.step, device, args.profile, statistics.median(p.times) * 1000)
@@ -141,6 +165,10 @@ def bench(args) -> dict[str, Any]:
     if "fit" in paths:
         reference = built.get("fast") or built["naive"]
         out["paths"]["fit"] = FitPath(args, device).result_for(reference, args.batch_size)
+    if competitors is not None:
+        others = competitors.finish()
+        out["load"] = {"processes": competitors.n, "others": others,
+                       "others_samples_per_s": sum(o.get("samples_per_s", 0.0) for o in others)}
     if "naive" in out["paths"] and "fast" in out["paths"]:
         out["speedup_fast_over_naive"] = out["paths"]["naive"]["step_ms"] / out["paths"]["fast"]["step_ms"]
     if "cached" in out["paths"]:

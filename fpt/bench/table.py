@@ -8,7 +8,8 @@ def format_table(out: dict[str, Any]) -> str:
     layers = out["layers"] if out["layers"] is not None else "all"
     lines = [f"fpt bench: {out['backbone']} ({out['init']}, {layers} layers, freeze {out['freeze']}), {out['shape']}, "
              f"batch {out['batch_size']}, {out['device']}, torch {out['torch']}; "
-             f"median of {out['steps']} steps after {out['warmup']} warm-up"]
+             f"median of {out['steps']} steps after {out['warmup']} warm-up"
+             + (f"; OpenMP: {out['openmp']}" if out.get("openmp") else "")]
     head = ["path", "precision", "attention", "optimizer", "compile", "step ms", "samples/s", "tokens/s",
             "TFLOP/s", "peak MB"]
     peak = out.get("bf16_matmul_peak_tflops")
@@ -43,6 +44,14 @@ def format_table(out: dict[str, Any]) -> str:
     if "speedup_fit_over_naive" in out:
         lines.append(f"fit / naive: x{out['speedup_fit_over_naive']:.2f} samples/s (fit: the whole `fpt fit` loop, "
                      f"mean step by wall clock, run after the others)")
+    if out.get("load"):
+        load = out["load"]
+        ms = ", ".join(f"{o['step_ms']:.0f}" if "step_ms" in o else "-" for o in load["others"])
+        totals = "; ".join(f"{name} {r['samples_per_s'] + load['others_samples_per_s']:.1f}"
+                           for name, r in out["paths"].items() if name != "fit")
+        lines.append(f"under load: {load['processes']} other process(es) ran the fast step meanwhile "
+                     f"({load['others'][0].get('threads', '?')} threads each), step ms {ms}; samples/s of all processes "
+                     f"together: {totals}")
     if peak:
         lines.append(f"measured bf16 matmul peak of this GPU: {peak:.0f} TFLOP/s (8192^3)")
     lines += _time_table(out)

@@ -136,6 +136,11 @@ class PackedSequenceSplit(ArraySplit):
         self.pad_id = pad_id
         self.pad_to = pad_to  # N: every batch N tokens, no mask (pad_batch)
 
+    def token_lengths(self, indices: np.ndarray) -> np.ndarray | None:
+        if self.pad_to:  # every batch pad_to tokens long: no length to group by
+            return None
+        return self.seqs.lengths[self.arrays["row"][self.positions_to_indices(indices)]]
+
     def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
         out = super().batch(indices)
         rows = out["row"].numpy()
@@ -153,14 +158,37 @@ class GeneratedSequenceSplit(GeneratedSplit):
         self.pad_id = pad_id
         self.pad_to = pad_to
         self._memo: dict[int, dict[str, np.ndarray]] | None = {} if size is not None else None
+        # an endless stream keeps the samples it drew for their lengths (length bucketing) until batched
+        self._recent: dict[int, dict[str, np.ndarray]] = {}
+        self._recent_tokens = 0
 
     def _sample(self, i: int) -> dict[str, np.ndarray]:
         if self._memo is not None and i in self._memo:
             return self._memo[i]
+        if i in self._recent:
+            s = self._recent.pop(i)
+            self._recent_tokens -= len(s["x"])
+            return s
         s = self.make_sample(sample_rng(self.seed, self.stream, i))
         if self._memo is not None:
             self._memo[i] = s
         return s
+
+    def token_lengths(self, indices: np.ndarray) -> np.ndarray | None:
+        if self.pad_to:
+            return None
+        if self._memo is None:
+            lengths = np.empty(len(indices), dtype=np.int64)
+            for k, i in enumerate(map(int, indices)):
+                if i not in self._recent:
+                    if self._recent_tokens > 20_000_000:  # ~160 MB: dropping them only means drawing them again
+                        self._recent.clear()
+                        self._recent_tokens = 0
+                    self._recent[i] = self.make_sample(sample_rng(self.seed, self.stream, i))
+                    self._recent_tokens += len(self._recent[i]["x"])
+                lengths[k] = len(self._recent[i]["x"])
+            return lengths
+        return np.array([len(self._sample(int(i))["x"]) for i in indices], dtype=np.int64)
 
     def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
         if self.size is not None and len(indices) and (int(np.max(indices)) >= self.size or int(np.min(indices)) < 0):

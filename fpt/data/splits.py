@@ -79,6 +79,11 @@ class Split:
     def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def token_lengths(self, indices: np.ndarray) -> np.ndarray | None:
+        """Real tokens of each sample at ``indices`` (stream positions or indices, as ``batch``), for splits
+        whose samples vary in length (padded batches); None for the others."""
+        return None
+
 
 def sample_rng(seed: int, stream: int, index: int) -> np.random.Generator:
     """An independent generator for sample ``index`` of stream ``stream`` (0 train, 1 val, 2 test...)."""
@@ -147,6 +152,11 @@ class ArraySplit(Split):
             out[sel] = self._permutation(int(epoch))[positions[sel] % self.n]
         return out
 
+    def token_lengths(self, indices: np.ndarray) -> np.ndarray | None:
+        if "mask" not in self.arrays:  # fixed-length samples
+            return None
+        return self.arrays["mask"][self.positions_to_indices(indices)].sum(axis=1)
+
     def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
         idx = self.positions_to_indices(indices)
         out = {k: torch.as_tensor(np.ascontiguousarray(v[idx])) for k, v in self.arrays.items()}
@@ -154,6 +164,73 @@ class ArraySplit(Split):
             rng = np.random.default_rng([int(self.shuffle_seed or 0), 7, int(indices[0]), len(indices)])
             out = self.transform(out, rng)
         return out
+
+
+class LengthBucketedStream(Split):
+    """A training stream whose batches hold sequences of similar length: less padding, same samples.
+
+    TAPE's (and PyTorch-NLP's) ``BucketBatchSampler``, made a pure function of the stream position so
+    that a resumed run and every DDP rank see exactly the batches of one uninterrupted run. The stream
+    is cut into windows of ``pool`` global batches (positions ``[w P G, (w+1) P G)``, ``G`` the global
+    batch, which the trainer reads as consecutive positions); within window ``w`` the samples that
+    ``split`` has at those positions are sorted by length (ties keep stream order), cut into ``P``
+    batches of ``G`` and put in an order drawn from ``(seed, w)``. So each window holds exactly the
+    samples the plain stream has there (a finite dataset still sees each sample once per epoch, up to
+    the windows that straddle an epoch's end), only grouped by length.
+    """
+
+    def __init__(self, split: Split, global_batch: int, pool: int, seed: int,
+                 lengths: Callable[[np.ndarray], np.ndarray | None] | None = None):
+        if global_batch < 1 or pool < 1:
+            raise ValueError(f"LengthBucketedStream needs global_batch >= 1 and pool >= 1, got {global_batch}, {pool}")
+        self.split, self.global_batch, self.pool, self.seed = split, int(global_batch), int(pool), int(seed)
+        # the lengths of the plain stream's samples (default: the split's own; cached features: the task's split's)
+        self.lengths = lengths or split.token_lengths
+        self.window = self.global_batch * self.pool
+        self._arrangements: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def arrangement(self, w: int) -> np.ndarray:
+        """The plain stream's positions of window ``w``, in bucketed order."""
+        if w not in self._arrangements:
+            if len(self._arrangements) > 2:
+                self._arrangements.clear()
+            base = np.arange(w * self.window, (w + 1) * self.window, dtype=np.int64)
+            lengths = self.lengths(base)
+            if lengths is None:
+                raise ValueError("LengthBucketedStream: the split has no sequence lengths (fixed-length samples)")
+            by_length = np.argsort(np.asarray(lengths), kind="stable").reshape(self.pool, self.global_batch)
+            order = np.random.default_rng([self.seed, 0x6275636B, int(w)]).permutation(self.pool)  # "buck"
+            self._arrangements[w] = base[by_length[order].reshape(-1)]
+        return self._arrangements[w]
+
+    def positions(self, positions: np.ndarray) -> np.ndarray:
+        """The plain stream's positions that the bucketed ``positions`` hold."""
+        positions = np.asarray(positions, dtype=np.int64)
+        windows = positions // self.window
+        out = np.empty_like(positions)
+        for w in np.unique(windows):
+            sel = windows == w
+            out[sel] = self.arrangement(int(w))[positions[sel] - int(w) * self.window]
+        return out
+
+    def token_lengths(self, indices: np.ndarray) -> np.ndarray | None:
+        return self.lengths(self.positions(indices))
+
+    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        return self.split.batch(self.positions(indices))
+
+
+def by_length(split: Split) -> np.ndarray | None:
+    """Evaluation order: the indices of ``split`` from the longest sample to the shortest (stable), so that
+    each evaluation batch holds sequences of similar length; None for fixed-length splits."""
+    n = len(split)
+    lengths = split.token_lengths(np.arange(n, dtype=np.int64))
+    if lengths is None:
+        return None
+    return np.argsort(-np.asarray(lengths), kind="stable").astype(np.int64)
 
 
 def collate(samples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
