@@ -50,12 +50,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from fpt import reference
 from fpt.checkpoint import read_results, results_or_none
 from fpt.config import (
-    DOCUMENTATION_KEYS, MACHINERY, build_config, is_shipped_preset, preset_dir, preset_keys, read_yaml,
+    DOCUMENTATION_KEYS, MACHINERY, build_config, is_shipped_preset, parse_yaml, preset_dir, preset_keys, read_text_file,
+    read_yaml,
 )
 from fpt.fastpath import physical_cores
 from fpt.io import atomic_write_json, atomic_write_text
@@ -99,7 +98,7 @@ def list_experiments() -> dict[str, str]:
 def load_experiment(name_or_path: str) -> Experiment:
     path = Path(name_or_path)
     if path.is_file():
-        text, name = path.read_text(), path.stem
+        text, name = read_text_file(path, "experiment file"), path.stem
     else:
         entry = experiment_dir() / f"{name_or_path}.yaml"
         if not entry.is_file():
@@ -107,7 +106,7 @@ def load_experiment(name_or_path: str) -> Experiment:
             raise FileNotFoundError(f"no experiment named {name_or_path!r}.{suggest(name_or_path, known)} "
                                     f"Experiments: {', '.join(known)}.")
         text, name = entry.read_text(), name_or_path
-    data = yaml.safe_load(text) or {}
+    data = parse_yaml(text, f"experiment {name!r}") or {}
     if not isinstance(data, dict) or not isinstance(data.get("variants"), dict) or not data["variants"]:
         raise ValueError(f"experiment {name!r} must be a mapping with a non-empty 'variants' mapping")
     unknown = sorted(set(data) - {"variants", "sources", "grid", "seeds", "description"})
