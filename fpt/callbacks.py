@@ -447,7 +447,7 @@ class BestValidationWeights(Callback):
         self._weights = {n: t.detach().to("cpu", copy=True) for n, t in pl_module.model.trainable_state_dict().items()}
         if trainer.is_global_zero:
             save_trained(pl_module.model, self.path, extra={"best_step": str(step), self._value_key: repr(value)},
-                         trained=self._weights)
+                         trained=self._weights, step=step)
 
     @property
     def _value_key(self) -> str:

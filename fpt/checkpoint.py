@@ -122,13 +122,14 @@ def build_model(config: RunConfig, task=None) -> FPT:
 
 # -- model.safetensors ------------------------------------------------------------------------------
 def save_trained(model: FPT, path: Path, extra: dict[str, str] | None = None,
-                 trained: dict[str, torch.Tensor] | None = None) -> None:
+                 trained: dict[str, torch.Tensor] | None = None, step: int | None = None) -> None:
     """``model.safetensors``: trained parameters + the backbone identity (metadata strings).
 
-    ``trained``: the tensors to write instead of ``model``'s own (FSDP: gathered from the shards)."""
+    ``trained``: the tensors to write instead of ``model``'s own (FSDP: gathered from the shards). Non-finite
+    tensors are never written (:class:`NonFiniteWeightsError`, naming ``step``)."""
     trained = model.trainable_state_dict() if trained is None else trained
     tensors = {n: t.detach().cpu().contiguous() for n, t in trained.items()}
-    check_finite_weights(tensors, str(path))
+    check_finite_weights(tensors, str(path), step)
     metadata = {"format": CHECKPOINT_FORMAT, **model.backbone.identity(),
                 "task_spec": json.dumps(spec_dict(model.spec)), **(extra or {})}
     atomic_write_bytes(Path(path), safetensors_bytes(tensors, metadata=metadata))  # tmp + fsync + rename
@@ -177,7 +178,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[RunConfig, FPT]:
 
 
 # -- results.json ---------------------------------------------------------------------------------
-RESULTS_KEYS = ("task", "backbone", "steps")  # what every results.json fpt writes holds (and reports need)
+RESULTS_KEYS = ("task", "backbone")  # what every results.json fpt writes holds (and reports need)
 
 
 def read_results(run_dir: str | Path) -> dict[str, Any]:

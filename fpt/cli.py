@@ -24,7 +24,7 @@ from fpt.bench import add_bench_parser
 from fpt.bench import main as bench_main
 from fpt.config import (
     FIELDS, RESUMABLE, RunConfig, build_config, changed_options, is_shipped_preset, list_presets, load_config,
-    merge, preset_keys, read_yaml,
+    merge, note_changes_in_label, preset_keys, read_yaml,
 )
 from fpt.checkpoint import NonFiniteWeightsError
 from fpt.data.cifar import UnsafePickleError
@@ -141,7 +141,10 @@ def _flags(args) -> dict[str, Any]:
 def given_options(args) -> dict[str, Any]:
     """The options given on the command line: ``--config`` (a file or preset), then flags and ``-o`` on top."""
     flags = _flags(args)
-    return merge(read_yaml(args.config), flags) if args.config else flags
+    if not args.config:
+        return flags
+    written = read_yaml(args.config)
+    return note_changes_in_label(written, merge(written, flags))  # a preset's label says what the flags changed
 
 
 def protocol_may_override(args) -> set[str]:

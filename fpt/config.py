@@ -221,10 +221,13 @@ def read_text_file(path: Path, what: str, limit: int = MAX_CONFIG_BYTES) -> str:
 
 def parse_yaml(text: str, where: str) -> Any:
     """YAML text as plain data (``safe_load`` semantics: nothing is evaluated; no aliases)."""
+    loader = _NoAliasLoader(text)  # a SafeLoader: what yaml.safe_load does, with aliases refused
     try:
-        return yaml.load(text, Loader=_NoAliasLoader)
+        return loader.get_single_data()
     except yaml.YAMLError as err:
         raise ValueError(f"{where} is not valid YAML: {err}") from None
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path_or_preset: str) -> dict[str, Any]:
@@ -283,7 +286,10 @@ def build_config(values: dict[str, Any], preset_keys: set[str] | frozenset = fro
     the protocol may override."""
     from fpt.protocol import resolve
 
-    values = resolve({k.replace("-", "_"): v for k, v in values.items()}, preset_keys)
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    if values.get("task_options") is not None:  # read by the protocol before the other options are checked
+        values["task_options"] = coerce_field(values["task_options"], FIELDS["task_options"])
+    values = resolve(values, preset_keys)
     kwargs = {}
     for key, value in values.items():
         name = key.replace("-", "_")
@@ -294,6 +300,40 @@ def build_config(values: dict[str, Any], preset_keys: set[str] | frozenset = fro
             raise ValueError(f"unknown option {key!r}.{hint} See `fpt fit --help`.")
         kwargs[name] = coerce_field(value, FIELDS[name], flag=flag_of(FIELDS[name]))
     return RunConfig(**kwargs).validate()
+
+
+def _same(name: str, a: Any, b: Any) -> bool:
+    """Two values of option ``name`` are the same once coerced (``"3e-3"`` and ``0.003``)."""
+    try:
+        return coerce_field(a, FIELDS[name]) == coerce_field(b, FIELDS[name])
+    except (KeyError, ValueError):
+        return a == b
+
+
+def note_changes_in_label(written: dict[str, Any], values: dict[str, Any], limit: int = 200) -> dict[str, Any]:
+    """``values`` with its label followed by the options that differ from ``written``'s (the preset or file that
+    label was written for): ``-small: 2 SmolLM2 layers ... [changed: layers=1]``. A label describes the run it
+    is shown with: flags on top of a preset must not leave it stale. Only when the label itself is the file's;
+    options that only change how a run executes, its seed and its directory are not part of a label."""
+    label = values.get("label")
+    if not label or written.get("label") != label:
+        return values
+    changes = []
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name in ("label", "run_dir", "seed", *DOCUMENTATION_KEYS) or name in MACHINERY:
+            continue
+        if name == "task_options":
+            old = written.get("task_options") or {}
+            changes += [f"{k}={v}" for k, v in (value or {}).items() if str(old.get(k)) != str(v)]
+        elif name not in written or not _same(name, written.get(name), value):
+            changes.append(f"{name}={value}")
+    if not changes:
+        return values
+    note = " [changed: " + ", ".join(changes) + "]"
+    if len(label) + len(note) > limit:
+        note = note[: max(0, limit - len(label) - 4)] + "...]"
+    return {**values, "label": label + note}
 
 
 def changed_options(config: RunConfig, values: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -53,8 +53,8 @@ from typing import Any, Callable
 from fpt import reference
 from fpt.checkpoint import read_results, results_or_none
 from fpt.config import (
-    DOCUMENTATION_KEYS, MACHINERY, build_config, is_shipped_preset, parse_yaml, preset_dir, preset_keys, read_text_file,
-    read_yaml,
+    DOCUMENTATION_KEYS, MACHINERY, build_config, is_shipped_preset, note_changes_in_label, parse_yaml, preset_dir,
+    preset_keys, read_text_file, read_yaml,
 )
 from fpt.fastpath import physical_cores
 from fpt.io import atomic_write_json, atomic_write_text
@@ -240,7 +240,7 @@ def make_plan(preset: str, *, experiment: str | None = None, grid: dict[str, lis
     preset_values = read_yaml(preset)
     # keys a shipped preset set, which --set protocol=paper may override (fpt.protocol: preset < protocol < yours)
     from_preset = preset_keys(preset_values) if is_shipped_preset(preset) else set()
-    base = apply_overrides(preset_values, sets or {})
+    base = note_changes_in_label(preset_values, apply_overrides(preset_values, sets or {}))  # --set vs the label
     for key in DOCUMENTATION_KEYS:
         base.pop(key, None)
     exp = load_experiment(experiment) if experiment else None

@@ -577,7 +577,7 @@ def _save_trained_state(trainer: L.Trainer, module: FPTModule, config: RunConfig
         full = trainer.strategy.lightning_module_state_dict()
         trained = {k[len("model."):]: v for k, v in full.items() if k[len("model."):] in names}
     if trainer.is_global_zero:
-        save_trained(module.model, run_dir / "model.safetensors", trained=trained)
+        save_trained(module.model, run_dir / "model.safetensors", trained=trained, step=int(trainer.global_step))
         save_prediction_layout(module.task, run_dir)
 
 
@@ -653,6 +653,8 @@ def _results(config, module, trainer, test_metrics, train_seconds, seconds) -> d
         # all threads of the process, every invocation
         "cpu_seconds": round(sum(i["cpu_seconds"] or 0 for i in invocations), 2),
         "objective": module.objective.describe(),  # output type, headline metric and its direction
+        # metrics.csv labels a validation with the optimizer steps completed before it, as the console does
+        "metrics_step": "completed",
         "protocol": _protocol_record(config, module.task),  # fpt.protocol: what --protocol set, and what was used
         "val": {
             "best_accuracy": (module.best_val[0] if module.best_val else None)
