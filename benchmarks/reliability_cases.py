@@ -88,11 +88,11 @@ def fixtures() -> None:
     tokens[5, 2] = 2**40
     np.savez(HERE / "token-2e40.npz", x=tokens, y=rng.integers(0, 2, 64))
     (HERE / "binary.yaml").write_bytes(bytes(range(256)) * 4)
-    laughs = ["a: &a [" + ",".join(["x"] * 10) + "]"]
-    for i, name in enumerate("bcdefghij"):
-        prev = "abcdefghij"[i]
-        laughs.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 10) + "]")
-    (HERE / "laughs.yaml").write_text("\n".join(laughs) + "\nlabel: *j\n")
+    laughs = ["task_options:", "  a: &a [" + ",".join(["x"] * 10) + "]"]
+    for i, name in enumerate("bcdefghi"):
+        prev = "abcdefghi"[i]
+        laughs.append(f"  {name}: &{name} [" + ",".join([f"*{prev}"] * 10) + "]")
+    (HERE / "laughs.yaml").write_text("\n".join(laughs) + "\nlabel: *i\n")  # 10^9 strings once expanded
     (HERE / "long-label.yaml").write_text("label: " + "x" * 1_000_000 + "\n")
     (HERE / "freeze-rules.yaml").write_text(
         "freeze_rules: {norm: [LayerNorm], attention: [OPTAttention], feedforward: [OPTDecoderLayer]}\n")
@@ -262,7 +262,7 @@ def cases():  # (group, name, thunk) ; thunk -> (result, observation)
          lambda: fpt("fit", "--task", "array", "-o", "path=token-2e40.npz", "--backbone", str(HERE / "gpt2"),
                      "--init", "random", "--steps", "2", "--device", "cpu", "--run-dir", str(RUNS / "t2e40"),
                      "--no-progress-bar"))
-    case(g, "fpt fit --config laughs.yaml (YAML aliases, 10^10 strings)",
+    case(g, "fpt fit --config laughs.yaml (YAML aliases, 10^9 strings)",
          lambda: fit("laughs", "--config", str(HERE / "laughs.yaml"), timeout=120))
     case(g, "fpt fit --config /dev/zero", lambda: fit("zero", "--config", "/dev/zero", timeout=60))
     case(g, "fpt fit --config long-label.yaml (a 1 MB label)",

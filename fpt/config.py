@@ -119,7 +119,7 @@ class RunConfig:
     cache_memory_mb: int = how(2048, "with --cache-features: larger caches go to RUN_DIR/features (memory-mapped)",
                                bounds=at_least(0))
     run_dir: str | None = how(None, "where the run writes everything (default: runs/<task>-<backbone>-<init>-<freeze>-s<seed>)")
-    label: str = what("", "free text shown in reports, e.g. \"-small: 2 layers, 2k steps\"", max_length=200)
+    label: str = what("", "free text shown in reports, e.g. \"-small: 2 layers, 2k steps\"", max_length=500)
 
     def validate(self) -> "RunConfig":
         """Every field as declared (type, bounds, choices, length: :func:`fpt.options.coerce_field`), then the
@@ -310,7 +310,7 @@ def _same(name: str, a: Any, b: Any) -> bool:
         return a == b
 
 
-def note_changes_in_label(written: dict[str, Any], values: dict[str, Any], limit: int = 200) -> dict[str, Any]:
+def note_changes_in_label(written: dict[str, Any], values: dict[str, Any], limit: int = 300) -> dict[str, Any]:
     """``values`` with its label followed by the options that differ from ``written``'s (the preset or file that
     label was written for): ``-small: 2 SmolLM2 layers ... [changed: layers=1]``. A label describes the run it
     is shown with: flags on top of a preset must not leave it stale. Only when the label itself is the file's;
