@@ -62,7 +62,7 @@ class ResumableCSVLogger(CSVLogger):
                     with open(self.metrics_file_path, newline="") as f:
                         reader = csv.DictReader(f)
                         header = list(reader.fieldnames or [])
-                        rows = [r for r in reader if keep is not None and r.get("step") and int(float(r["step"])) < keep]
+                        rows = [r for r in reader if keep is not None and r.get("step") and _kept(r, keep)]
                     with open(self.metrics_file_path, "w", newline="") as f:
                         writer = csv.DictWriter(f, fieldnames=header)
                         writer.writeheader()
@@ -72,6 +72,17 @@ class ResumableCSVLogger(CSVLogger):
             os.makedirs(self.root_dir, exist_ok=True)
             self._experiment = Writer(log_dir=self.log_dir)
         return self._experiment
+
+
+def _kept(row: dict[str, str], keep: int) -> bool:
+    """A metrics.csv row from before a checkpoint at step ``keep``: training rows of steps < ``keep``, and the
+    validation after ``keep`` steps (labelled ``keep``; the checkpoint is taken after it, so a resumed run does
+    not repeat it)."""
+    step = int(float(row["step"]))
+    if step < keep:
+        return True
+    return step == keep and any(v not in ("", None) for k, v in row.items() if k.startswith("val/")) \
+        and not any(v not in ("", None) for k, v in row.items() if k.startswith("train/"))
 
 
 class Progress(Callback):
@@ -127,9 +138,13 @@ class FlushLogsOnCheckpoint(Callback):
                 logger.save()
 
 
+def is_final_step(trainer) -> bool:
+    return trainer.max_steps > 0 and int(trainer.global_step) >= trainer.max_steps
+
+
 class ResumeCheckpoint(Callback):
     """Writes ``checkpoints/last.ckpt``, the resume state: after every validation inside ``fit`` (every
-    ``eval_every`` steps) and after the final step when no validation follows it.
+    ``eval_every`` steps, and the last step, which it makes Lightning validate too).
 
     Why not Lightning's ModelCheckpoint: it saves at the end of the training batch, *before* that
     step's validation, and skips its validation-end save (already saved at this step). A run killed
@@ -148,8 +163,11 @@ class ResumeCheckpoint(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = int(trainer.global_step)
-        if trainer.max_steps > 0 and step >= trainer.max_steps and step % self.eval_every != 0:
-            trainer.save_checkpoint(self.path, weights_only=False)  # final step, no validation after it
+        if is_final_step(trainer) and step % self.eval_every != 0 and not trainer.fit_loop.epoch_loop._should_accumulate():
+            # The last step is always validated (and checkpointed after it, in on_validation_end): Lightning runs
+            # a validation before it honours should_stop. Without it a run with steps < eval_every (or not a
+            # multiple of it) would end with no validation at all, or with its last steps never validated.
+            trainer.should_stop = True
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":  # not fpt test / trainer.validate
@@ -305,10 +323,9 @@ class GracefulStop(Callback):
         if trainer.fit_loop.epoch_loop._should_accumulate():
             return  # mid-accumulation: stop at the optimizer step
         step = int(trainer.global_step)
-        if step % self.eval_every == 0:
+        if step % self.eval_every == 0 or is_final_step(trainer):
             return  # a validation runs after this batch: save after it (where fpt's checkpoints are taken)
-        final = trainer.max_steps > 0 and step >= trainer.max_steps
-        if self._requested(trainer, sync_point=final or step % max(1, trainer.log_every_n_steps) == 0):
+        if self._requested(trainer, sync_point=step % max(1, trainer.log_every_n_steps) == 0):
             self._stop(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
@@ -437,7 +454,7 @@ class BestValidationWeights(Callback):
         self._weights = {n: t.detach().to("cpu", copy=True) for n, t in pl_module.model.trainable_state_dict().items()}
         if trainer.is_global_zero:
             save_trained(pl_module.model, self.path, extra={"best_step": str(step), self._value_key: repr(value)},
-                         trained=self._weights)
+                         trained=self._weights, step=step)
 
     @property
     def _value_key(self) -> str:

@@ -42,6 +42,25 @@ IDENTITY_KEYS = ("backbone", "arch", "init", "layers", "hidden_size", "fingerpri
 PREVIOUS_NAME = "previous.ckpt"
 
 
+class NonFiniteWeightsError(RuntimeError):
+    """Trained parameters hold inf or NaN: such weights are never saved (the file there stays the last good one)."""
+
+
+def check_finite_weights(tensors: dict[str, torch.Tensor], where: str, step: int | None = None) -> None:
+    """Raise :class:`NonFiniteWeightsError` unless every floating-point tensor is finite (inf/NaN weights
+    predict garbage, and a checkpoint that holds them must never be called good)."""
+    bad = []
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad.append(f"{name} ({int(torch.isnan(t).sum())} NaN, {int(torch.isinf(t).sum())} inf of {t.numel()})")
+    if bad:
+        at = f" at step {step}" if step is not None else ""
+        raise NonFiniteWeightsError(
+            f"the trained parameters are not finite{at}: {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}; "
+            f"{where} was not written (the file there, if any, is the last good one). The training diverged: lower "
+            "the learning rate (--lr), keep gradient clipping on (--grad-clip), use 32-bit precision.")
+
+
 # -- the checks ---------------------------------------------------------------------------------
 def check_identity(saved: dict[str, str], current: dict[str, str]) -> None:
     diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}"
@@ -103,12 +122,14 @@ def build_model(config: RunConfig, task=None) -> FPT:
 
 # -- model.safetensors ------------------------------------------------------------------------------
 def save_trained(model: FPT, path: Path, extra: dict[str, str] | None = None,
-                 trained: dict[str, torch.Tensor] | None = None) -> None:
+                 trained: dict[str, torch.Tensor] | None = None, step: int | None = None) -> None:
     """``model.safetensors``: trained parameters + the backbone identity (metadata strings).
 
-    ``trained``: the tensors to write instead of ``model``'s own (FSDP: gathered from the shards)."""
+    ``trained``: the tensors to write instead of ``model``'s own (FSDP: gathered from the shards). Non-finite
+    tensors are never written (:class:`NonFiniteWeightsError`, naming ``step``)."""
     trained = model.trainable_state_dict() if trained is None else trained
     tensors = {n: t.detach().cpu().contiguous() for n, t in trained.items()}
+    check_finite_weights(tensors, str(path), step)
     metadata = {"format": CHECKPOINT_FORMAT, **model.backbone.identity(),
                 "task_spec": json.dumps(spec_dict(model.spec)), **(extra or {})}
     atomic_write_bytes(Path(path), safetensors_bytes(tensors, metadata=metadata))  # tmp + fsync + rename
@@ -157,6 +178,9 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[RunConfig, FPT]:
 
 
 # -- results.json ---------------------------------------------------------------------------------
+RESULTS_KEYS = ("task", "backbone")  # what every results.json fpt writes holds (and reports need)
+
+
 def read_results(run_dir: str | Path) -> dict[str, Any]:
     """A finished run's ``results.json``; a missing or unreadable file is an error that names it."""
     path = Path(run_dir) / "results.json"
@@ -166,8 +190,10 @@ def read_results(run_dir: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} does not exist: the run has not finished (fpt fit --resume {run_dir})") from None
     except (ValueError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err}); the file is damaged") from None
-    if not isinstance(results, dict):
-        raise ValueError(f"{path} is not an fpt results file (a JSON object)")
+    missing = [k for k in RESULTS_KEYS if k not in results] if isinstance(results, dict) else list(RESULTS_KEYS)
+    if missing:
+        raise ValueError(f"{path} is not an fpt results file (no {', '.join(missing)}): fpt fit did not write it. fpt "
+                         "reads run directories written by fpt fit; move that file away or give the runs themselves")
     return results
 
 
@@ -187,6 +213,7 @@ def save_checkpoint_file(checkpoint: dict[str, Any], path: Path, keep_previous: 
     so ``path`` exists at every moment), a fallback should ``path`` ever be damaged.
     """
     path = Path(path)
+    check_finite_weights(checkpoint.get("state_dict") or {}, str(path), checkpoint.get("global_step"))
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
     if keep_previous and path.is_file():
@@ -217,6 +244,10 @@ def _what_to_do(path: Path) -> str:
         listing = ", ".join(str(p) for p in others[:5])
         return (f" Earlier checkpoints of this run: {listing}. To resume from one, copy it over the broken "
                 f"file (cp {others[0]} {path}) and run fpt fit --resume {run_dir}.")
+    if not path.exists() and not (run_dir / "model.safetensors").exists() and not (run_dir / "results.json").exists():
+        return (f" The run in {run_dir} ended before its first checkpoint, so there is nothing to resume: start it "
+                f"again with fpt fit --config {run_dir / 'config.yaml'} --run-dir {run_dir} (the original command "
+                "without --resume; the directory is reused).")
     return (f" There is no earlier checkpoint in {path.parent}; start the run again with "
             f"fpt fit --config {run_dir / 'config.yaml'} --run-dir {run_dir} --overwrite (the old run is moved aside).")
 

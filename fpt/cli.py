@@ -24,14 +24,16 @@ from fpt.bench import add_bench_parser
 from fpt.bench import main as bench_main
 from fpt.config import (
     FIELDS, RESUMABLE, RunConfig, build_config, changed_options, is_shipped_preset, list_presets, load_config,
-    merge, preset_keys, read_yaml,
+    merge, note_changes_in_label, preset_keys, read_yaml,
 )
+from fpt.checkpoint import NonFiniteWeightsError
 from fpt.data.cifar import UnsafePickleError
 from fpt.data.store import DownloadError
 from fpt.distributed import global_rank_from_env, shutdown_process_group
 from fpt.experiment_cli import HANDLERS as EXPERIMENT_HANDLERS
 from fpt.experiment_cli import add_parsers as add_experiment_parsers
 from fpt.health import NonFiniteGradientError, OutOfMemory, TrainingInterrupted
+from fpt.io import WriteError
 from fpt.options import base_kind, default_of, parse_text
 from fpt.predict import predict
 from fpt.rundir import RunLockedError
@@ -115,6 +117,11 @@ def _parser() -> argparse.ArgumentParser:
                                                     "a .ts file for timeseries runs")
     pred.add_argument("--out", required=True, help="CSV to write: index, prediction, p0..pC-1 (, label)")
     pred.add_argument("--x-key", default=None, help="array name of the inputs (default: x, else x_test)")
+    pred.add_argument("--overwrite", action="store_true", help="replace --out if it exists (never the run's own files "
+                                                                "or the input data)")
+    pred.add_argument("--allow-other-scale", action="store_true",
+                      help="predict even when the data's values are on another scale than the training inputs' "
+                           "(recorded in RUN_DIR/prediction_layout.json; by default that is an error)")
 
     add_bench_parser(sub, _parse_task_option)
     add_experiment_parsers(sub)  # sweep, report, plot
@@ -134,7 +141,10 @@ def _flags(args) -> dict[str, Any]:
 def given_options(args) -> dict[str, Any]:
     """The options given on the command line: ``--config`` (a file or preset), then flags and ``-o`` on top."""
     flags = _flags(args)
-    return merge(read_yaml(args.config), flags) if args.config else flags
+    if not args.config:
+        return flags
+    written = read_yaml(args.config)
+    return note_changes_in_label(written, merge(written, flags))  # a preset's label says what the flags changed
 
 
 def protocol_may_override(args) -> set[str]:
@@ -209,7 +219,8 @@ def _test(args) -> int:
 
 
 def _predict(args) -> int:
-    summary = predict(args.run_dir, args.data, args.out, x_key=args.x_key)
+    summary = predict(args.run_dir, args.data, args.out, x_key=args.x_key, overwrite=args.overwrite,
+                      check_values=not args.allow_other_scale)
     accuracy = f", accuracy {summary['accuracy']:.4f} against the given labels" if "accuracy" in summary else ""
     if "rmse" in summary:  # regression
         accuracy = f", rmse {summary['rmse']:.6g}, mae {summary['mae']:.6g} against the given targets"
@@ -241,7 +252,8 @@ def _list(args) -> int:
 
 # The run failed (diverged, out of memory, a download failed its checksum, an unsafe pickle) or could
 # not start (run directory in use): exit 1 with the message.
-RUN_FAILURES = (NonFiniteGradientError, OutOfMemory, RunLockedError, DownloadError, UnsafePickleError)
+RUN_FAILURES = (NonFiniteGradientError, NonFiniteWeightsError, OutOfMemory, RunLockedError, DownloadError,
+                UnsafePickleError, WriteError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,12 @@
-"""Files that must never be left half-written: write to a temporary file, then rename over."""
+"""Files that must never be left half-written: write to a temporary file, then rename over.
+
+A write that fails (full or read-only file system, no permission) raises :class:`WriteError`, whose
+message names the file and what to do, never a bare errno; the file that was there stays intact.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -9,10 +14,41 @@ from pathlib import Path
 from typing import Any
 
 
+class WriteError(OSError):
+    """A file could not be written; the message names it, the cause and what to do."""
+
+
+_ADVICE = {
+    errno.ENOSPC: "the file system is full: free some space there, or write somewhere else",
+    errno.EDQUOT: "your disk quota is used up: free some space, or write somewhere else",
+    errno.EROFS: "the file system is read-only: write somewhere else",
+    errno.EACCES: "you have no permission to write there: write somewhere else",
+    errno.EPERM: "you have no permission to write there: write somewhere else",
+    errno.ENOTDIR: "a part of the path is a file, not a directory: choose another path",
+}
+
+
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # errors of the file system, whatever the file
+
+
+def write_error(err: OSError, path: Path | str) -> WriteError:
+    """``err`` (from writing ``path``) as a :class:`WriteError` that names the path and says what to do."""
+    if isinstance(err, WriteError):
+        return err
+    advice = _ADVICE.get(err.errno or 0, "")
+    cause = err.strerror or str(err)
+    out = WriteError(f"cannot write {path}: {cause}" + (f"; {advice}" if advice else ""))
+    out.errno = err.errno  # str(out) stays the message alone (no "[Errno 28]" prefix)
+    return out
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise write_error(err, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -22,9 +58,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode open() would
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise write_error(err, path) from None
         raise
 
 

@@ -22,6 +22,7 @@ into the declared type, or raises ``ValueError`` naming the option. Task options
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import yaml
@@ -34,8 +35,10 @@ NONE_WORDS = ("none", "null", "~")
 
 def _field(role: str, default: Any, help: str, **meta: Any) -> Any:
     """A dataclass field with its help text and role. ``default`` may be a type (``dict``) for a
-    mutable default. ``meta``: ``choices`` (allowed values, shown in --help), ``expected`` (how to
-    describe the type in errors), ``flag=False`` (a YAML key without a command-line flag)."""
+    mutable default. ``meta``: ``choices`` (allowed values, shown in --help), ``bounds`` (the numbers
+    it accepts: :func:`at_least`, :func:`above`, :func:`between`), ``max_length`` (of a string),
+    ``expected`` (how to describe the type in errors), ``convert`` (its own converter), ``flag=False``
+    (a YAML key without a command-line flag)."""
     metadata = {"help": help, "role": role, **meta}
     if default in (dict, list):
         return dataclasses.field(default_factory=default, metadata=metadata)
@@ -55,6 +58,77 @@ def how(default: Any, help: str, **meta: Any) -> Any:
 def when(default: Any, help: str, **meta: Any) -> Any:
     """An option that says how long training runs and when it is checked (may change on resume)."""
     return _field("when", default, help, **meta)
+
+
+def bounded(default: Any, bounds: "Bounds") -> Any:
+    """A task option's default with the numbers it accepts (``Task.Options``; checked by ``make_options``)::
+
+        n_bits: int = bounded(5, at_least(1))  # length of each string
+    """
+    return dataclasses.field(default=default, metadata={"bounds": bounds})
+
+
+# -- the numbers an option accepts ----------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """An interval of accepted numbers (``None``: unbounded on that side). Every number an option
+    takes must also be finite (no inf, no NaN), bounded or not."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: ``low`` itself is refused
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
+
+    def describe(self) -> str:
+        """``>= 1``, ``> 0``, ``in [0, 1)``, ``in 0..4294967295``."""
+        low, high = _num(self.low), _num(self.high)
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {low}" if self.low is not None else ""
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {high}"
+        if isinstance(self.low, int) and isinstance(self.high, int) and not (self.low_open or self.high_open):
+            return f"in {low}..{high}"
+        return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+    def outside(self, integer: bool) -> list[Any]:
+        """Values just outside (for tests: tests/test_cli.py generates its bad-input table from these)."""
+        step = 1 if integer else 0.5
+        out = []
+        if self.low is not None:
+            out.append(self.low if self.low_open else self.low - step)
+        if self.high is not None:
+            out.append(self.high if self.high_open else self.high + step)
+        return out
+
+
+def _num(x: float | None) -> str:
+    return "" if x is None else (f"{x:g}" if isinstance(x, float) else str(x))
+
+
+def at_least(low: float) -> Bounds:
+    return Bounds(low=low)
+
+
+def above(low: float) -> Bounds:
+    return Bounds(low=low, low_open=True)
+
+
+def between(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Bounds:
+    return Bounds(low, high, low_open, high_open)
+
+
+SEEDS = between(0, 2**32 - 1)  # what numpy and torch accept as a seed
+FRACTION = between(0.0, 1.0, low_open=True, high_open=True)  # a share of a split: (0, 1)
+PROBABILITY = between(0.0, 1.0, high_open=True)  # [0, 1)
+MAX_TEXT = 4096  # characters of a string option (names, paths) unless declared otherwise (max_length)
+MAX_ITEMS = 256  # entries of a list or mapping option, at every level
+MAX_NODES = 4096  # values in one option, all levels together
+MAX_DEPTH = 4  # levels of nesting in one option
 
 
 # -- the coercer -----------------------------------------------------------------------------
@@ -168,25 +242,82 @@ def probability_or_keep(value: Any) -> Any:
 
 
 def coerce(value: Any, annotation: Any, name: str, owner: str | None = None, expected: str | None = None,
-           convert: Callable[[Any], Any] | None = None) -> Any:
+           convert: Callable[[Any], Any] | None = None, bounds: Bounds | None = None, choices: Any = None,
+           max_length: int | None = None, flag: str | None = None) -> Any:
     """``value`` as the declared type ``annotation`` (a field's type), or ``ValueError`` naming ``name``.
 
     Strings are read as their type would be written (``"3"`` -> 3, ``"1e-3"`` -> 0.001, ``"yes"`` ->
     True); a bool is never an integer; an integer-valued float is an integer. ``owner`` (e.g.
     ``task 'bit-xor'``) prefixes the message and names the declared type instead of describing it.
     ``convert``: the field's own converter (declared as ``convert=`` in its metadata), instead of its type's.
+    Then the checks every value passes: a number is finite and within ``bounds``; a value is one of
+    ``choices``; a string has at most ``max_length`` characters (default ``MAX_TEXT``), a list or
+    mapping at most ``MAX_ITEMS`` entries. ``flag``: the command-line flag, named in the message too.
     """
     kind, optional = base_kind(annotation)
     prefix = f"{owner}: " if owner else ""
+    label = f"option {name!r}" + (f" ({flag})" if flag else "")
     if value is None or (optional and isinstance(value, str) and value.strip().lower() in NONE_WORDS + ("",)):
         if optional or kind == "any":
             return None
-        raise ValueError(f"{prefix}option {name!r} cannot be empty")
+        raise ValueError(f"{prefix}{label} cannot be empty")
+    what_text = type_name(annotation) if owner else (expected or _EXPECTED.get(kind, type_name(annotation)))
+    _check_size(value, f"{prefix}{label}", max_length)
     try:
-        return (convert or _CONVERTERS[kind])(value)
+        converted = (convert or _CONVERTERS[kind])(value)
     except (TypeError, ValueError):
-        what_text = type_name(annotation) if owner else (expected or _EXPECTED.get(kind, type_name(annotation)))
-        raise ValueError(f"{prefix}option {name!r} must be {what_text}, got {value!r}") from None
+        raise ValueError(f"{prefix}{label} must be {what_text}, got {_show(value)}") from None
+    if choices and converted not in choices:
+        raise ValueError(f"{prefix}{label} must be {one_of(choices)}, got {_show(value)}")
+    if isinstance(converted, (int, float)) and not isinstance(converted, bool):
+        finite = not isinstance(converted, float) or math.isfinite(converted)
+        if not finite or (bounds is not None and converted not in bounds):
+            number = "an integer" if isinstance(converted, int) else "a finite number"
+            rule = f"{number} {bounds.describe()}" if bounds is not None else number
+            raise ValueError(f"{prefix}{label} must be {rule}, got {_show(value)}")
+    return converted
+
+
+def coerce_field(value: Any, f: dataclasses.Field, owner: str | None = None, flag: str | None = None) -> Any:
+    """:func:`coerce` with everything the field declares (type, bounds, choices, converter, length)."""
+    meta = f.metadata
+    return coerce(value, f.type, f.name, owner=owner, expected=meta.get("expected"), convert=meta.get("convert"),
+                  bounds=meta.get("bounds"), choices=meta.get("choices"), max_length=meta.get("max_length"), flag=flag)
+
+
+def one_of(choices) -> str:
+    quoted = [repr(c) for c in choices]
+    return "one of " + ", ".join(quoted) if len(quoted) > 6 else (
+        ", ".join(quoted[:-1]) + " or " + quoted[-1] if len(quoted) > 1 else quoted[0])
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"
+
+
+def _check_size(value: Any, label: str, max_length: int | None) -> None:
+    """Strings, lists and mappings of bounded size (a label is a short string): at most ``MAX_ITEMS``
+    entries per list or mapping, ``MAX_NODES`` values in all, ``MAX_DEPTH`` levels."""
+    seen = 0
+
+    def visit(item: Any, depth: int, limit: int | None) -> None:
+        nonlocal seen
+        seen += 1
+        if seen > MAX_NODES or depth > MAX_DEPTH:
+            raise ValueError(f"{label} is too large (more than {MAX_NODES} values or {MAX_DEPTH} levels deep)")
+        if isinstance(item, str):
+            if len(item) > (limit or MAX_TEXT):
+                raise ValueError(f"{label} is {len(item):,} characters long; at most {limit or MAX_TEXT:,} are accepted")
+        elif isinstance(item, (list, tuple, dict)):
+            if len(item) > MAX_ITEMS:
+                raise ValueError(f"{label} holds {len(item):,} entries; at most {MAX_ITEMS} are accepted")
+            for key, sub in (item.items() if isinstance(item, dict) else ((None, v) for v in item)):
+                if key is not None:
+                    visit(key, depth + 1, None)
+                visit(sub, depth + 1, None)
+
+    visit(value, 0, max_length)
 
 
 def declared(cls: type) -> dict[str, dataclasses.Field]:

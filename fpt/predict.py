@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +29,35 @@ from fpt.data.arrays import load_arrays_for_prediction
 from fpt.io import atomic_write_text
 
 
+def check_out_path(out: str | Path, run_dir: str | Path, data: str | Path, overwrite: bool = False) -> Path:
+    """Where ``fpt predict`` may write: never inside the run directory (its weights and config) nor over the
+    input data; an existing file only with ``overwrite``. Checked before anything is loaded."""
+    out, run_dir, data = Path(out), Path(run_dir), Path(data)
+    target = out.resolve()
+    if target == run_dir.resolve() or run_dir.resolve() in target.parents:
+        raise ValueError(f"--out {out} is inside the run directory {run_dir}: fpt predict never writes there (it holds "
+                         "the run's weights, config and results); write the predictions elsewhere, e.g. --out preds.csv")
+    if data.exists() and (target == data.resolve() or (out.exists() and os.path.samefile(out, data))):
+        raise ValueError(f"--out {out} is the input data file (--data {data}): writing there would destroy it; "
+                         "choose another --out")
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {out} is a directory; give a file name, e.g. --out {out / 'predictions.csv'}")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"--out {out} exists; fpt predict does not replace files unless asked: pass --overwrite "
+                              "to replace it, or choose another --out")
+    return out
+
+
 @torch.no_grad()
 def predict(run_dir: str | Path, data: str | Path, out: str | Path | None = None, batch_size: int = 256,
-            x_key: str | None = None) -> dict:
-    """Write one CSV row per sample: index, predicted class(es), class probabilities, and the label if given."""
+            x_key: str | None = None, overwrite: bool = False, check_values: bool = True) -> dict:
+    """Write one CSV row per sample: index, predicted class(es), class probabilities, and the label if given.
+
+    ``out`` is checked first (:func:`check_out_path`; ``overwrite`` replaces an existing file) and written
+    atomically. ``check_values``: refuse data on another scale than the training inputs (``fpt.data.arrays``)."""
     run_dir = Path(run_dir)
+    if out is not None:
+        check_out_path(out, run_dir, data, overwrite)
     config, model = load_run(run_dir)
     layout_file = run_dir / "prediction_layout.json"
     layout = json.loads(layout_file.read_text()) if layout_file.exists() else model.spec
@@ -43,7 +68,7 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path | None = None
         split, _ = load_for_prediction(data, layout)
         class_names = layout.get("classes") or None
     else:
-        split = load_arrays_for_prediction(data, layout, x_key=x_key)
+        split = load_arrays_for_prediction(data, layout, x_key=x_key, check_values=check_values)
     spec = model.spec
     if getattr(spec, "output", "classification") == "regression":
         return _predict_values(config, model, split, out, batch_size)

@@ -111,7 +111,8 @@ def check_protocol(name: Any) -> str:
     if name not in PROTOCOLS:
         from fpt.text import suggest
 
-        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {name!r}.{suggest(str(name), PROTOCOLS)}")
+        raise ValueError(f"option 'protocol' (--protocol) must be one of {', '.join(PROTOCOLS)}, got {name!r}."
+                         f"{suggest(str(name), PROTOCOLS)}")
     return name
 
 

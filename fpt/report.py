@@ -24,9 +24,10 @@
   held-out examples. The model is rebuilt with ``attn_implementation="eager"`` (SDPA returns no
   weights).
 
-Steps: Lightning's ``metrics.csv`` ``step`` column holds the index of the last training batch,
-so the validation after 50 optimizer steps is logged at step 49; curves use optimizer steps (the
-``results.json`` convention, e.g. ``val.first_step_at_target``).
+Steps: curves use optimizer steps, the convention of the console, ``results.json``
+(``val.first_step_at_target``) and, since fpt labels its validation rows itself (``results.json``
+``metrics_step: "completed"``), ``metrics.csv``: the validation after 50 optimizer steps is step 50.
+Older runs' ``metrics.csv`` (Lightning's count of finished batches: 49) are read with the offset.
 
 Plotting functions return ``matplotlib.figure.Figure`` objects (no pyplot, no global state; PNGs
 are written with the Agg canvas).
@@ -35,6 +36,7 @@ are written with the Agg canvas).
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 from typing import Any, Iterable
@@ -82,6 +84,24 @@ def _eval_every(run_dir: Path) -> int | None:
         return None
 
 
+def _labels_completed_steps(run_dir: Path, steps: list[int]) -> bool:
+    """Whether ``metrics.csv`` labels a validation with the optimizer steps before it (fpt's convention since
+    results.json has ``metrics_step``), or, in older runs, with Lightning's count of finished batches (one less)."""
+    try:
+        marker = json.loads((run_dir / "results.json").read_text()).get("metrics_step")
+    except (OSError, ValueError, AttributeError):
+        marker = None
+    if marker is not None:
+        return marker == "completed"
+    if not steps or 0 in steps:  # a validation after 0 steps is an old label (after step 1)
+        return False
+    every = _eval_every(run_dir)
+    if not every or every == 1:
+        return True
+    # every validation but the last one (the last step, always validated now) at a multiple of eval_every
+    return all(s % every == 0 for s in steps[:-1]) and not all((s + 1) % every == 0 for s in steps)
+
+
 def read_curve(run_dir: str | Path, metric: str = "val/accuracy") -> tuple[list[int], list[float]]:
     """(optimizer steps, values) of a logged metric from ``metrics.csv`` (one value per step, the last
     logged; see the module doc for the step convention)."""
@@ -95,12 +115,7 @@ def read_curve(run_dir: str | Path, metric: str = "val/accuracy") -> tuple[list[
             if value not in (None, "") and step not in (None, ""):
                 by_step[int(float(step))] = float(value)
     steps = sorted(by_step)
-    every = _eval_every(Path(run_dir))
-    # Lightning logs the validation after k*eval_every optimizer steps at step k*eval_every - 1.
-    offset = 1
-    if every and every > 1 and steps and all(s % every == 0 for s in steps) \
-            and not all((s + 1) % every == 0 for s in steps):
-        offset = 0
+    offset = 0 if _labels_completed_steps(Path(run_dir), steps) else 1
     return [s + offset for s in steps], [by_step[s] for s in steps]
 
 
@@ -264,26 +279,71 @@ def run_legend(r: dict[str, Any]) -> str:
     return f"{backbone} {r.get('init')} {_freeze_text(r.get('freeze', ''))} s{r.get('seed')}"
 
 
+# What tells runs with the same backbone, init, freeze and seed apart, in the order legends add them.
+_DISTINGUISHING = (("layers", "{} layers"), ("lr", "lr {:g}"), ("batch_size", "batch {}"), ("steps", "{} steps"),
+                   ("protocol", "protocol {}"), ("task_options", "{}"), ("label", "{}"))
+
+
+def run_legends(results: dict[Path, dict[str, Any]]) -> dict[Path, str]:
+    """A legend entry per run that tells it from every other: :func:`run_legend`, plus what differs among runs
+    that would read the same (layers, learning rate...), else the run's directory name."""
+    base = {d: run_legend(r) if r else str(d) for d, r in results.items()}
+    out = dict(base)
+    for text in set(base.values()):
+        same = [d for d in results if base[d] == text]
+        if len(same) < 2:
+            continue
+        extra = {d: [] for d in same}
+        for key, fmt in _DISTINGUISHING:
+            values = [results[d].get(key) if key != "protocol" else reference.protocol_of(results[d]) for d in same]
+            if len({json.dumps(v, sort_keys=True, default=str) for v in values}) > 1:
+                for d, v in zip(same, values):
+                    if key == "task_options" and isinstance(v, dict):
+                        others = [results[o].get(key) or {} for o in same if o != d]
+                        v = ", ".join(f"{k}={x}" for k, x in v.items() if any(o.get(k) != x for o in others))
+                    if v not in (None, ""):
+                        extra[d].append(fmt.format(v) if not (isinstance(v, str) and fmt == "lr {:g}") else str(v))
+        for d in same:
+            out[d] = " ".join([text, *extra[d]])
+        if len({out[d] for d in same}) < len(same):  # still alike: their folders tell them apart
+            for d in same:
+                out[d] = f"{out[d]} ({Path(d).name})"
+    return out
+
+
 def learning_curve_figure(run_dirs: list[Path], title: str | None = None):
     """Validation accuracy (%) against optimizer steps, one line per run (x, y: ``read_curve``)."""
     fig = _figure()
     ax = fig.add_subplot()
     tasks = set()
+    results = {Path(d): (read_results(d) if (Path(d) / "results.json").exists() else {}) for d in run_dirs}
+    legends = run_legends(results)
+    lowest = 100.0
     for run_dir in run_dirs:
         steps, acc = read_curve(run_dir)
         if not steps:
             continue
-        r = read_results(run_dir) if (Path(run_dir) / "results.json").exists() else {}
+        r = results[Path(run_dir)]
         tasks.add(r.get("task", ""))
         style = "-" if r.get("init") == "pretrained" and reference.backbone_kind(r) != "lstm" else "--"
-        ax.plot(steps, [100 * a for a in acc], style, marker="o", markersize=3, label=run_legend(r) if r else str(run_dir))
+        ax.plot(steps, [100 * a for a in acc], style, marker="o", markersize=3, label=legends[Path(run_dir)],
+                clip_on=False)  # points at 100% are drawn whole on the top edge
+        lowest = min(lowest, 100 * min(acc))
     ax.set_xlabel("optimizer steps")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title(title or ("learning curves: " + ", ".join(sorted(t for t in tasks if t))))
     ax.grid(True, alpha=0.3)
     if ax.lines:
+        _accuracy_axis(ax, lowest)
         ax.legend(fontsize=7)
     return fig
+
+
+def _accuracy_axis(ax, lowest: float) -> None:
+    """A percentage axis that ends at 100 (never at 104: no accuracy is above 100%), from a round number below
+    the lowest value."""
+    bottom = max(0.0, 10 * math.floor((lowest - 2) / 10))
+    ax.set_ylim(bottom, 100)
 
 
 def convergence_figure(rows: list[dict[str, Any]]):
@@ -293,28 +353,39 @@ def convergence_figure(rows: list[dict[str, Any]]):
     for r in rows:
         groups.setdefault((r["task"], r["setting"] or f"{r['init']}/{r['freeze']}"), []).append(r)
     keys = sorted(groups)
-    ours, reached, paper = [], [], []
+    ours, reached, runs, paper = [], [], [], []
     for key in keys:
         rs = groups[key]
         hit = [float(r["steps_to_target"]) for r in rs if r["steps_to_target"] is not None]
         ours.append(float(np.mean(hit)) if hit else float(max(r["steps"] or 0 for r in rs)))
-        reached.append(bool(hit) and len(hit) == len(rs))
+        reached.append(len(hit))
+        runs.append(len(rs))
         paper.append(rs[0]["paper_steps_to_converge"])
     fig = _figure(max(6.4, 1.1 * len(keys) + 2), 4.4)
     ax = fig.add_subplot()
     x = np.arange(len(keys))
-    bars = ax.bar(x - 0.2, ours, 0.4, label="ours: steps to target (hatched: not reached)", color="tab:blue")
-    for bar, ok in zip(bars, reached):
-        if not ok:
+    bars = ax.bar(x - 0.2, ours, 0.4, color="tab:blue",
+                  label="ours: mean steps to target of the runs that reached it (k/n: runs that did; "
+                        "hatched: none, drawn at the steps trained)")
+    for bar, hit, n in zip(bars, reached, runs):
+        if not hit:
             bar.set_hatch("//")
             bar.set_alpha(0.5)
+        text = "not reached" if not hit else (f"{hit}/{n}" if hit < n else (f"{n}/{n}" if n > 1 else ""))
+        if text:
+            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                        fontsize=6, xytext=(0, 2), textcoords="offset points")
     ax.bar(x + 0.2, [p if p is not None else 0 for p in paper], 0.4, label="paper: steps to converge", color="tab:orange")
     ax.set_xticks(x, [f"{t}\n{s}" for t, s in keys], fontsize=7)
-    ax.set_yscale("log")
+    positive = [v for v in ours + [p for p in paper if p] if v and v > 0]
+    if positive:
+        ax.set_yscale("log")
+        ax.set_ylim(top=max(positive) * 3)  # room for the k/n labels above the bars
     ax.set_ylabel("optimizer steps")
     ax.set_title("convergence speed")
-    ax.legend(fontsize=7)
-    fig.fpt_data = {"keys": keys, "ours": ours, "reached": reached, "paper": paper}  # for tests and callers
+    ax.legend(fontsize=6, loc="upper left")
+    fig.fpt_data = {"keys": keys, "ours": ours, "reached": [h == n for h, n in zip(reached, runs)],
+                    "reached_runs": reached, "runs": runs, "paper": paper}  # for tests and callers
     return fig
 
 
@@ -645,6 +716,8 @@ def timeseries_curve_figure(problem: str, groups: list[dict[str, Any]], results:
                     label=f"{TS_SETTING_NAMES.get(g['setting'], g['setting'])}, lr {g['lr']:g}" if i == 0 else None)
     ax.set_xlabel("optimizer steps")
     ax.set_ylabel("validation accuracy (%)" if metric == "accuracy" else f"validation {metric}")
+    if metric == "accuracy" and ax.lines:
+        _accuracy_axis(ax, min(float(np.min(line.get_ydata())) for line in ax.lines))
     ax.set_title(f"{problem}: validation {metric}")
     ax.grid(True, alpha=0.3)
     if ax.lines:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fpt.io import write_error
 
 LOCK_NAME = ".lock"
 
@@ -110,10 +111,15 @@ class RunLock:
             self._judge(owner, self._me())
 
     def acquire(self) -> "RunLock":
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         me = self._me()
         tmp = self.run_dir / f".lock.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(me))
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(me))
+        except OSError as err:
+            if self.run_dir.is_dir():
+                tmp.unlink(missing_ok=True)
+            raise write_error(err, tmp if self.run_dir.is_dir() else self.run_dir) from None
         try:
             for _ in range(3):
                 try:
@@ -166,8 +172,49 @@ def move_aside(run_dir: Path) -> Path:
     return aside
 
 
+# What a run has written once it reached its first checkpoint: a directory with config.yaml and none of
+# these never started training for real (an error or a kill before the first checkpoint), so it is not a run.
+STARTED_MARKS = ("checkpoints/last.ckpt", "checkpoints/previous.ckpt", "model.safetensors", "results.json")
+
+
 def is_run_dir(path: Path) -> bool:
-    return (Path(path) / "config.yaml").is_file()
+    """A run: ``config.yaml`` and at least a checkpoint (or its results). See :func:`is_unstarted_run`."""
+    path = Path(path)
+    return (path / "config.yaml").is_file() and any((path / mark).is_file() for mark in STARTED_MARKS)
+
+
+def is_unstarted_run(path: Path) -> bool:
+    """``config.yaml`` but no checkpoint, weights or results: a run that ended before its first checkpoint.
+    It holds nothing to resume, and a new run may start in its place (:func:`prepare_run_dir`)."""
+    path = Path(path)
+    return (path / "config.yaml").is_file() and not is_run_dir(path)
+
+
+MIN_FREE_BYTES = 1 << 20  # a run writes its config, logs, checkpoints and weights: at least this much free space
+
+
+def check_writable(run_dir: Path, flag: str = "--run-dir") -> None:
+    """Refuse, before anything is built, a run directory that cannot be written: under a regular file, on a
+    read-only or (nearly) full file system, or without permission. The message names the path."""
+    run_dir = Path(run_dir)
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # under a regular file, exists() is False (ENOTDIR) up to the file itself
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{flag} {run_dir}: {existing} is a file, not a directory; choose another {flag}")
+    try:
+        stats = os.statvfs(existing)
+    except OSError:
+        return
+    if stats.f_flag & getattr(os, "ST_RDONLY", 1):
+        raise PermissionError(f"{flag} {run_dir}: {existing} is on a read-only file system; choose another {flag}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{flag} {run_dir}: you have no permission to write in {existing}; choose another {flag}")
+    free = stats.f_bavail * stats.f_frsize
+    if free < MIN_FREE_BYTES:
+        raise OSError(f"{flag} {run_dir}: the file system holding {existing} is full ({free // 1024} KB free; a run "
+                      f"needs at least {MIN_FREE_BYTES // 1024} KB for its config, logs and checkpoints). Free some "
+                      f"space or choose another {flag}")
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, move: bool = True) -> Path | None:
@@ -178,12 +225,25 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, move: bool = T
     a run away.
     """
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"--run-dir {run_dir} exists and is a file, not a directory")
+    check_writable(run_dir, "--resume" if resume else "--run-dir")
     if resume:
         return None
     if not run_dir.exists():
         return None
-    if not run_dir.is_dir():
-        raise FileExistsError(f"--run-dir {run_dir} exists and is a file, not a directory")
+    if is_unstarted_run(run_dir):
+        # Ended before its first checkpoint (a late error, a kill): nothing to resume. Its config.yaml alone is
+        # replaced by the new run's; anything more it wrote (logs) is moved aside, never deleted.
+        if not move:
+            return None
+        if not _leftovers(run_dir, ignore=("config.yaml", "checkpoints")) and not any(
+                (run_dir / "checkpoints").glob("*")):
+            return None  # the caller's lock refuses a live run that has not reached its first checkpoint yet
+        with RunLock(run_dir):
+            aside = move_aside(run_dir)
+        (aside / LOCK_NAME).unlink(missing_ok=True)
+        return aside
     if is_run_dir(run_dir):
         if not overwrite:
             raise FileExistsError(
@@ -196,13 +256,19 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, move: bool = T
             aside = move_aside(run_dir)
         (aside / LOCK_NAME).unlink(missing_ok=True)
         return aside
-    leftovers = [p.name for p in run_dir.iterdir() if p.name != LOCK_NAME and not p.name.startswith(".lock.")]
+    leftovers = _leftovers(run_dir)
     if leftovers:
         raise FileExistsError(
             f"{run_dir} exists and is not empty ({', '.join(sorted(leftovers)[:5])}) but holds no fpt run "
             "(no config.yaml); fpt does not write into it. Choose a new or empty --run-dir."
         )
     return None
+
+
+def _leftovers(run_dir: Path, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Entries of ``run_dir`` other than lock files and ``ignore``."""
+    return [p.name for p in run_dir.iterdir()
+            if p.name != LOCK_NAME and not p.name.startswith(".lock.") and p.name not in ignore]
 
 
 _MOVED = {  # name -> the module it moved to; old imports from fpt.rundir keep working

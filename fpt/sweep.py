@@ -58,12 +58,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from fpt import reference
 from fpt.checkpoint import checkpoint_step, read_results, results_or_none
 from fpt.config import (
-    DOCUMENTATION_KEYS, MACHINERY, build_config, is_shipped_preset, preset_dir, preset_keys, read_yaml,
+    DOCUMENTATION_KEYS, MACHINERY, build_config, is_shipped_preset, note_changes_in_label, parse_yaml, preset_dir,
+    preset_keys, read_text_file, read_yaml,
 )
 from fpt.fastpath import physical_cores
 from fpt.io import atomic_write_json, atomic_write_text
@@ -107,7 +106,7 @@ def list_experiments() -> dict[str, str]:
 def load_experiment(name_or_path: str) -> Experiment:
     path = Path(name_or_path)
     if path.is_file():
-        text, name = path.read_text(), path.stem
+        text, name = read_text_file(path, "experiment file"), path.stem
     else:
         entry = experiment_dir() / f"{name_or_path}.yaml"
         if not entry.is_file():
@@ -115,7 +114,7 @@ def load_experiment(name_or_path: str) -> Experiment:
             raise FileNotFoundError(f"no experiment named {name_or_path!r}.{suggest(name_or_path, known)} "
                                     f"Experiments: {', '.join(known)}.")
         text, name = entry.read_text(), name_or_path
-    data = yaml.safe_load(text) or {}
+    data = parse_yaml(text, f"experiment {name!r}") or {}
     if not isinstance(data, dict) or not isinstance(data.get("variants"), dict) or not data["variants"]:
         raise ValueError(f"experiment {name!r} must be a mapping with a non-empty 'variants' mapping")
     unknown = sorted(set(data) - {"variants", "sources", "grid", "seeds", "description"})
@@ -249,7 +248,7 @@ def make_plan(preset: str, *, experiment: str | None = None, grid: dict[str, lis
     preset_values = read_yaml(preset)
     # keys a shipped preset set, which --set protocol=paper may override (fpt.protocol: preset < protocol < yours)
     from_preset = preset_keys(preset_values) if is_shipped_preset(preset) else set()
-    base = apply_overrides(preset_values, sets or {})
+    base = note_changes_in_label(preset_values, apply_overrides(preset_values, sets or {}))  # --set vs the label
     for key in DOCUMENTATION_KEYS:
         base.pop(key, None)
     exp = load_experiment(experiment) if experiment else None

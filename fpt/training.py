@@ -34,9 +34,9 @@ from fpt.callbacks import (
     PhaseTracker, Progress, ResumableCSVLogger, ResumeCheckpoint, progress_bar,
 )
 from fpt.checkpoint import (  # noqa: F401  (re-exported: these were defined here)
-    CHECKPOINT_FORMAT, build_model, check_compatible, check_identity, check_parameter_names, checkpoint_step, load_run,
-    load_trained, model_config, read_checkpoint, read_results, save_checkpoint_file, save_prediction_layout,
-    save_trained, spec_dict,
+    CHECKPOINT_FORMAT, NonFiniteWeightsError, build_model, check_compatible, check_identity, check_parameter_names,
+    checkpoint_step, load_run, load_trained, model_config, read_checkpoint, read_results, save_checkpoint_file,
+    save_prediction_layout, save_trained, spec_dict,
 )
 from fpt.config import RunConfig, save_config
 from fpt.data.splits import LengthBucketedStream, Split, by_length
@@ -45,10 +45,10 @@ from fpt.features import FeatureCache
 from fpt.health import (  # noqa: F401  (NonFiniteGradientError: re-exported, it was defined here)
     NonFiniteGradientError, StopForSignal, TrainingInterrupted, is_out_of_memory, out_of_memory_error,
 )
-from fpt.io import atomic_write_json
+from fpt.io import WRITE_ERRNOS, WriteError, atomic_write_json, write_error
 from fpt.model import FPT
 from fpt.objectives import make_objective
-from fpt.rundir import RunLock, is_run_dir, prepare_run_dir
+from fpt.rundir import RunLock, is_run_dir, is_unstarted_run, prepare_run_dir
 from fpt.step import BACKWARD_RANGE, FORWARD_RANGE, logits_and_loss, resolve_precision
 from fpt.tasks import make_task
 from fpt.tasks.base import make_options
@@ -135,6 +135,11 @@ class FPTModule(L.LightningModule):
         self.eval_metrics = torch.nn.ModuleDict({p: self.objective.metrics() for p in self.metric_prefixes})
         self.train_acc = self.objective.train_metric() if hasattr(self.objective, "train_metric") else None
         self.cpu_start = time.process_time()  # results.json cpu_seconds: this process's CPU time for the run
+        # results.json seconds over every invocation of a resumed run: the earlier ones (from the checkpoint, each
+        # counted up to its last checkpoint) and this one, from run_start (fit sets it) at step start_step
+        self.run_start = time.time()
+        self.start_step = 0
+        self.earlier_invocations: list[dict[str, Any]] = []
         # clip + skip non-finite steps; counters live on the device (fpt.fastpath.StepGuard)
         self.guard = fastpath.StepGuard(config.grad_clip, config.max_bad_steps)
         self.feature_cache = None  # fpt.features.FeatureCache when config.cache_features
@@ -259,6 +264,9 @@ class FPTModule(L.LightningModule):
         values = self._log_eval("val")
         if self.trainer.sanity_checking:
             return
+        # metrics.csv: a validation after N optimizer steps is labelled N, as the console and results.json say
+        # (Lightning's default label is its count of finished batches, which it increments after the validation)
+        self.log("step", float(self.global_step), on_step=False, on_epoch=True, sync_dist=False)
         acc, step = values[f"val/{self.objective.metric}"], int(self.global_step)
         loss = values.get("val/loss", float("nan"))
         best, best_loss = (self.best_val[0], self.best_val[2]) if self.best_val else (None, None)
@@ -338,7 +346,18 @@ class FPTModule(L.LightningModule):
             "bad_steps_total": self.bad_steps_total,
             "first_step_at_target": self.first_step_at_target,
             "best_val": list(self.best_val) if self.best_val else None,
+            "invocations": self.invocations(),
         }
+
+    def invocations(self, seconds: float | None = None, train_seconds: float | None = None) -> list[dict[str, Any]]:
+        """Every invocation of this run so far (``fpt fit``, then each ``--resume``): steps, wall and CPU seconds;
+        this one up to now, or with the given ``seconds`` (its whole time, test included)."""
+        now = {"from_step": self.start_step, "to_step": int(self.global_step),
+               "seconds": round(time.time() - self.run_start if seconds is None else seconds, 2),
+               "cpu_seconds": round(time.process_time() - self.cpu_start, 2)}
+        if train_seconds is not None:
+            now["train_seconds"] = round(train_seconds, 2)
+        return [*self.earlier_invocations, now]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get("fpt") or {}
@@ -350,6 +369,18 @@ class FPTModule(L.LightningModule):
         best = meta.get("best_val")
         # checkpoints from before the loss tie-break hold (value, step)
         self.best_val = (best[0], best[1], best[2] if len(best) > 2 else float("nan")) if best else None
+        self.start_step = int(checkpoint.get("global_step", 0))
+        loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+        progress = (loop.get("epoch_loop.batch_progress") or {}).get("total") or {}
+        counters = loop.get("epoch_loop.state_dict")
+        if counters is not None and progress and progress.get("completed") == progress.get("processed") \
+                and self.start_step % self.config.eval_every:
+            # Saved after the validation of a last step that is not a multiple of eval_every: Lightning restores
+            # its count of finished batches (the step label of training rows in metrics.csv) one short here; it
+            # corrects the count only for checkpoints taken at its own validation steps.
+            counters["_batches_that_stepped"] = int(counters.get("_batches_that_stepped", 0)) + 1
+        self.earlier_invocations = [dict(i) for i in meta.get("invocations") or [
+            {"from_step": 0, "to_step": self.start_step, "seconds": None, "cpu_seconds": None}]]  # older checkpoints
 
 
 def ddp_ignored_names(module: FPTModule) -> list[str]:
@@ -440,8 +471,8 @@ def fit(config: RunConfig, resume: bool = False, enable_progress_bar: bool | Non
     checkpoint = None
     if resume:
         checkpoint = read_checkpoint(last)  # missing, truncated, foreign: a clear error before any work
-    elif rank_zero:
-        prepare_run_dir(run_dir, resume=False, overwrite=overwrite, move=False)  # only checks, moves nothing yet
+    if rank_zero:  # only checks (a run there, a file in the way, read-only or full), moves nothing yet
+        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, move=False)
     if rank_zero:
         RunLock(run_dir).check()  # a live run in this directory: say so before the slow model build
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -449,11 +480,17 @@ def fit(config: RunConfig, resume: bool = False, enable_progress_bar: bool | Non
     # Build task and model before writing anything: a bad option (task, preset, --layers) must not
     # leave a config.yaml behind that makes the run directory refuse the corrected command.
     module = FPTModule(config)
+    module.run_start = start
     counts = module.model.parameter_counts()
     if rank_zero:
         print(f"fpt: {config.task} on {config.backbone} ({config.init}, {module.model.backbone.num_layers} layers), "
               f"freeze={config.freeze}: {counts['trainable']:,} trainable of {counts['total']:,} parameters "
               f"({100 * counts['trainable'] / counts['total']:.3f}%)", flush=True)
+        if config.steps % config.eval_every:  # the last step is always validated (fpt.callbacks.ResumeCheckpoint)
+            when_ = (f"every {config.eval_every} steps and at the last step ({config.steps})"
+                     if config.steps > config.eval_every else f"at the last step ({config.steps}) only: --steps "
+                     f"{config.steps} is below --eval-every {config.eval_every}")
+            print(f"fpt: validating {when_}", flush=True)
     resumed_step = None
     if checkpoint is not None:  # refuse another backbone or task shape before config.yaml is overwritten
         check_compatible(checkpoint["fpt"], module.model, str(last))
@@ -469,8 +506,12 @@ def fit(config: RunConfig, resume: bool = False, enable_progress_bar: bool | Non
 
 def _take_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> RunLock:
     """Rank 0, once every option has been checked: move an old run aside (``--overwrite``) and lock the directory."""
+    unstarted = not resume and is_unstarted_run(run_dir)
     moved = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    if moved is not None:
+    if unstarted:
+        print(f"fpt: {run_dir} held a run that ended before its first checkpoint (nothing to resume); starting "
+              "afresh there" + (f" (its files moved to {moved})" if moved is not None else ""), flush=True)
+    elif moved is not None:
         print(f"fpt: --overwrite: moved the previous run in {run_dir} to {moved}", flush=True)
     lock = RunLock(run_dir).acquire()
     if lock.took_over:
@@ -484,8 +525,8 @@ def _take_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> RunLock:
 def _checkpoint_note(last: Path, config: RunConfig) -> str:
     """Which step the last good checkpoint holds, for error messages."""
     if not last.exists():
-        return (f" No checkpoint had been written yet (the first is taken at step {config.eval_every}): fix the cause "
-                f"and start again (--overwrite moves this run aside).")
+        return (f" No checkpoint had been written yet (the first is taken at step {config.eval_every}), so there is "
+                "nothing to resume: fix the cause and run the command again (the directory is reused).")
     step = checkpoint_step(last)
     if step is None:
         return ""
@@ -517,6 +558,13 @@ def _train(trainer: L.Trainer, module: FPTModule, config: RunConfig, last: Path,
             f"Resume with: {resume_command}", stop.signum, stop.step, resume_command) from None
     except NonFiniteGradientError as err:
         raise NonFiniteGradientError(str(err) + _checkpoint_note(last, config)) from None
+    except NonFiniteWeightsError as err:
+        raise NonFiniteWeightsError(str(err) + _checkpoint_note(last, config)) from None
+    except OSError as err:
+        if isinstance(err, WriteError) or err.errno in WRITE_ERRNOS:  # e.g. metrics.csv on a full disk
+            raise WriteError(f"{write_error(err, err.filename or last.parent.parent)}.{_checkpoint_note(last, config)}") \
+                from None
+        raise
     except Exception as err:
         if is_out_of_memory(err):
             raise out_of_memory_error(err, phases.phase, config) from err
@@ -545,14 +593,17 @@ def _save_trained_state(trainer: L.Trainer, module: FPTModule, config: RunConfig
         full = trainer.strategy.lightning_module_state_dict()
         trained = {k[len("model."):]: v for k, v in full.items() if k[len("model."):] in names}
     if trainer.is_global_zero:
-        save_trained(module.model, run_dir / "model.safetensors", trained=trained)
+        save_trained(module.model, run_dir / "model.safetensors", trained=trained, step=int(trainer.global_step))
         save_prediction_layout(module.task, run_dir)
 
 
 def _fit_locked(config, module, run_dir: Path, resume: bool, resumed_step, enable_progress_bar, rank_zero, start,
                 user_callbacks: list[Callback]):
     last = run_dir / "checkpoints" / "last.ckpt"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_error(err, run_dir) from None
     if rank_zero:
         save_config(config, run_dir / "config.yaml")
     stopper, phases, chance = _health_callbacks(config, module, last)
@@ -599,6 +650,7 @@ def _test(trainer: L.Trainer, module: FPTModule) -> dict[str, dict[str, float]]:
 
 def _results(config, module, trainer, test_metrics, train_seconds, seconds) -> dict[str, Any]:
     counts = module.model.parameter_counts()
+    invocations = module.invocations(seconds, train_seconds)
     accelerator, precision = resolve_device(config)
     device = torch.cuda.get_device_name(0) if accelerator == "gpu" else f"cpu ({torch.get_num_threads()} threads)"
     results = {
@@ -606,13 +658,19 @@ def _results(config, module, trainer, test_metrics, train_seconds, seconds) -> d
         "init": config.init, "freeze": config.freeze, "layers": module.model.backbone.num_layers,
         "steps": int(trainer.global_step), "batch_size": config.batch_size, "lr": config.lr, "seed": config.seed,
         "trainable_params": counts["trainable"], "total_params": counts["total"],
-        "seconds": round(seconds, 2), "train_seconds": round(train_seconds, 2),
+        # wall seconds of every invocation (a resumed run's earlier ones counted up to their last checkpoint)
+        "seconds": round(sum(i["seconds"] or 0 for i in invocations), 2),
+        "train_seconds": round(sum(i.get("train_seconds", i["seconds"]) or 0 for i in invocations), 2),
+        "invocations": invocations,
         "device": device, "precision": precision, "label": config.label,
         "world_size": int(trainer.world_size),  # processes that shared each global batch (DDP)
         "backbone_identity": module.model.backbone.identity(),  # incl. source_* for run:PATH backbones
         "skipped_steps": module.bad_steps_total,
-        "cpu_seconds": round(time.process_time() - module.cpu_start, 2),  # all threads of this process
+        # all threads of the process, every invocation
+        "cpu_seconds": round(sum(i["cpu_seconds"] or 0 for i in invocations), 2),
         "objective": module.objective.describe(),  # output type, headline metric and its direction
+        # metrics.csv labels a validation with the optimizer steps completed before it, as the console does
+        "metrics_step": "completed",
         "protocol": _protocol_record(config, module.task),  # fpt.protocol: what --protocol set, and what was used
         "val": {
             "best_accuracy": (module.best_val[0] if module.best_val else None)

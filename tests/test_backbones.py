@@ -92,9 +92,53 @@ def test_build_options_are_checked():
         load_backbone("lstm")
 
 
-def test_a_near_miss_of_a_builtin_name_is_suggested():
-    with pytest.raises(OSError, match=r"Did you mean 'minilm-l6'"):
-        load_backbone("minilm-l7")
+def test_a_near_miss_of_a_builtin_name_is_suggested(monkeypatch):
+    import transformers
+
+    def asked(*args, **kwargs):
+        raise AssertionError("a typo must be answered before the hub is asked")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", asked)
+    for typo, meant in (("minilm-l7", "minilm-l6"), ("smolm2", "smollm2-135m"), ("gtp2", "gpt2")):
+        with pytest.raises(ValueError, match=f"unknown backbone '{typo}'.*Did you mean '{meant}'"):
+            load_backbone(typo)
+
+
+def test_offline_hub_ids_fail_at_once_without_retries(monkeypatch):
+    """FPT_OFFLINE=1 (or no connection): transformers is asked for cached files only (local_files_only), so a model
+    that is not cached fails at once, not after ~30 s of retries; the message says why and what to run instead."""
+    import transformers
+
+    from fpt.backbones import shipped
+
+    asked = []
+
+    def from_pretrained(name, **kwargs):
+        asked.append(kwargs.get("local_files_only"))
+        raise OSError("Cannot find the requested files in the cached path and outgoing traffic has been disabled.")
+
+    monkeypatch.setenv("FPT_OFFLINE", "1")
+    shipped.hub_reachable.cache_clear()
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", from_pretrained)
+    try:
+        with pytest.raises(shipped.BackboneUnavailable, match="not in the Hugging Face cache, and the hub cannot be "
+                                                              "reached from here .offline: FPT_OFFLINE"):
+            load_backbone("EleutherAI/pythia-14m", init="random")
+        with pytest.raises(shipped.BackboneUnavailable, match="cannot load pretrained 'gpt2'"):
+            load_backbone("gpt2")  # the GPT-2 family: its weights are not cached, said before any download
+    finally:
+        shipped.hub_reachable.cache_clear()
+    assert asked == [True]
+
+
+def test_numbers_are_checked_before_any_file_is_read():
+    for kwargs, message in (({"layers": 0}, "layers must be a positive integer"),
+                            ({"lstm_width": 0}, "lstm_width must be a positive integer"),
+                            ({"seed": -1}, "seed must be an integer in 0..4294967295")):
+        with pytest.raises(ValueError, match=message):
+            BuildOptions(init="random", **kwargs)
+    with pytest.raises(ValueError, match="--layers 999: the LSTM baseline .* at most 48"):
+        load_backbone("lstm", init="random", layers=999, lstm_width=8)
 
 
 # -- encoders: masks, bidirectionality, read-outs -----------------------------------------------------

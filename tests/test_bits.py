@@ -42,7 +42,7 @@ def test_xor_labels_and_patching(n_bits, patch):
 def test_xor_patch_must_divide():
     with pytest.raises(ValueError, match="patch_size .* divide n_bits"):
         xor_task(n_bits=5, patch_size=2)
-    with pytest.raises(ValueError, match="n_bits must be >= 1"):
+    with pytest.raises(ValueError, match="option 'n_bits' must be an integer >= 1"):
         xor_task(n_bits=0)
 
 

@@ -246,3 +246,28 @@ def test_prediction_against_taskspec(tmp_path):
         load_arrays_for_prediction(_save(tmp_path, "b.npz", x=np.ones((3, 10, 2), np.float32)), spec)
     with pytest.raises(ArrayDataError, match=r"11 tokens per sample but the model takes at most 10"):
         load_arrays_for_prediction(_save(tmp_path, "c.npz", x=np.ones((3, 11, 1), np.float32)), spec)
+
+
+# -- outliers that would size the model: refused with the limit and what to do -----------------------------
+def test_a_huge_label_is_refused_before_the_model_is_sized(tmp_path):
+    from fpt.data.arrays import MAX_CLASSES
+
+    x, y = _good()
+    y = y.copy()
+    y[3] = 10**9
+    _err(tmp_path, f"largest label is 1000000000 \\(index 3\\).*1,000,000,001 classes; fpt accepts at most "
+                   f"{MAX_CLASSES:,}.*np.unique", x=x, y=y)
+
+
+def test_a_huge_token_id_is_refused_before_the_model_is_sized(tmp_path):
+    x = np.random.default_rng(0).integers(0, 10, (40, 6))
+    x[5, 2] = 2**40
+    _err(tmp_path, "token id\\(s\\) >= 262,144, first in sample 5 at index \\(5, 2\\) \\(value 1099511627776\\)",
+         x=x, y=np.arange(40) % 2)
+
+
+def test_num_classes_option_is_bounded(tmp_path):
+    x, y = _good()
+    path = _save(tmp_path, x=x, y=y)
+    with pytest.raises(ValueError, match="option 'num_classes' must be an integer in 2..100000"):
+        _task(path, num_classes=10**9)

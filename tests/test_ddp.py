@@ -93,7 +93,7 @@ def test_torchrun_two_processes_match_one(tiny_llama, tmp_path):
     with open(ddp_dir / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     val_rows = [r for r in rows if r.get("val/accuracy")]
-    assert [int(float(r["step"])) for r in val_rows] == [2, 5]  # one row per validation (0-based step labels)
+    assert [int(float(r["step"])) for r in val_rows] == [3, 6]  # one row per validation, after optimizer steps 3 and 6
     assert not list(ddp_dir.glob("features*")) and not list(ddp_dir.glob("version_*"))
     assert sorted(p.name for p in (ddp_dir / "checkpoints").iterdir()) == \
         sorted(p.name for p in (one_dir / "checkpoints").iterdir())

@@ -69,3 +69,69 @@ def test_predict_refuses_data_that_training_would_refuse(trained_array_run, caps
     assert main(["predict", "--run-dir", str(run_dir), "--data", str(root / "bad.npz"), "--out", str(root / "b.csv")]) == 2
     assert message in capsys.readouterr().err
     assert not (root / "b.csv").exists()
+
+
+# -- the training inputs' dtype and value range (prediction_layout.json) ----------------------------------
+def test_layout_records_the_training_dtype_and_range(trained_array_run):
+    import json
+
+    root, run_dir, x, y = trained_array_run
+    layout = json.loads((run_dir / "prediction_layout.json").read_text())
+    assert layout["dtype"] == "uint8" and layout["value_range"][0] >= 0 and layout["value_range"][1] <= 255
+    assert layout["value_range"][1] > 200
+
+
+def test_data_on_another_scale_is_refused_with_the_numbers(trained_array_run, capsys):
+    root, run_dir, x, y = trained_array_run
+    np.savez(root / "float.npz", x=(x[:20] / 255.0).astype(np.float32))  # the same images, as floats in [0, 1]
+    args = ["predict", "--run-dir", str(run_dir), "--data", str(root / "float.npz"), "--out", str(root / "f.csv")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "array 'x' is float32 with values in [0" in err and "trained on uint8 with values in [" in err
+    assert "(x * 255).round().astype(np.uint8)" in err and not (root / "f.csv").exists()
+    assert main(args + ["--allow-other-scale"]) == 0  # asked for: done, nothing refused
+
+
+def test_data_outside_the_training_range_gets_a_warning(trained_array_run, capsys):
+    root, run_dir, x, y = trained_array_run
+    wider = x[:10].astype(np.float32) * 1.5  # up to ~380: outside [0, 255], but on the same scale
+    np.savez(root / "wider.npz", x=wider)
+    assert main(["predict", "--run-dir", str(run_dir), "--data", str(root / "wider.npz"), "--out",
+                 str(root / "w.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "fpt predict: warning: array 'x' is float32 with values in" in err and "extrapolation" in err
+
+
+# -- --out: never the run's own files, never the input, never an existing file unasked -------------------
+def test_out_inside_the_run_directory_is_refused(trained_array_run, capsys):
+    root, run_dir, x, y = trained_array_run
+    np.savez(root / "some.npz", x=x[:5])
+    weights = (run_dir / "model.safetensors").read_bytes()
+    for out in (run_dir / "model.safetensors", run_dir / "predictions.csv", run_dir):
+        assert main(["predict", "--run-dir", str(run_dir), "--data", str(root / "some.npz"), "--out", str(out),
+                     "--overwrite"]) == 2
+        assert "inside the run directory" in capsys.readouterr().err
+    assert (run_dir / "model.safetensors").read_bytes() == weights and not (run_dir / "predictions.csv").exists()
+
+
+def test_out_over_the_input_is_refused(trained_array_run, capsys):
+    root, run_dir, x, y = trained_array_run
+    np.savez(root / "input.npz", x=x[:5])
+    before = (root / "input.npz").read_bytes()
+    assert main(["predict", "--run-dir", str(run_dir), "--data", str(root / "input.npz"), "--out",
+                 str(root / "input.npz"), "--overwrite"]) == 2
+    assert "is the input data file" in capsys.readouterr().err
+    assert (root / "input.npz").read_bytes() == before
+
+
+def test_an_existing_out_needs_overwrite(trained_array_run, capsys):
+    root, run_dir, x, y = trained_array_run
+    np.savez(root / "five.npz", x=x[:5])
+    notes = root / "notes.csv"
+    notes.write_text("my notes\n")
+    args = ["predict", "--run-dir", str(run_dir), "--data", str(root / "five.npz"), "--out", str(notes)]
+    assert main(args) == 2
+    assert "exists; fpt predict does not replace files unless asked: pass --overwrite" in capsys.readouterr().err
+    assert notes.read_text() == "my notes\n"
+    assert main(args + ["--overwrite"]) == 0
+    assert notes.read_text().startswith("index,prediction")

@@ -39,7 +39,7 @@ def test_protocol_fills_in_settings_and_explicit_options_win():
     assert mine["batch_size"] == 32 and mine["task_options"]["truncate_at"] == 0
     # the default protocol changes nothing
     assert protocol.resolve({**preset}, overridable) == preset
-    with pytest.raises(ValueError, match="protocol must be one of fpt, paper"):
+    with pytest.raises(ValueError, match=r"option .protocol. \(--protocol\) must be one of fpt, paper"):
         protocol.resolve({"protocol": "2021"})
 
 

@@ -6,6 +6,7 @@ step slowed down by a wrapper, so that a signal lands mid-training at a known po
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -16,8 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from fpt import cli
@@ -386,4 +389,176 @@ def test_gradient_accumulation_matches_the_full_batch(backbone, tmp_path):
 
     with open(tmp_path / "acc" / "metrics.csv") as f:
         val_steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("val/accuracy")]
-    assert val_steps == [2, 5]  # after optimizer steps 3 and 6 (logged 0-based), not every 3 micro-batches
+    assert val_steps == [3, 6]  # after optimizer steps 3 and 6, not every 3 micro-batches
+
+
+# -- round 2 (issue 15): no silent wrong answer, no file overwritten, bad input answered where it enters ---
+class _PoisonWeights(L.Callback):
+    """Sets a trained parameter to inf after step ``at`` (a run that diverged between two checkpoints)."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if int(trainer.global_step) == self.at:
+            with torch.no_grad():
+                pl_module.model.head.weight.fill_(float("inf"))
+
+
+def test_non_finite_weights_are_never_saved_or_called_good(backbone, tmp_path):
+    from fpt.checkpoint import NonFiniteWeightsError
+
+    run_dir = tmp_path / "poisoned"
+    with pytest.raises(NonFiniteWeightsError) as err:
+        fit(build_config(options(backbone, run_dir, steps=8, eval_every=2)), enable_progress_bar=False,
+            callbacks=[_PoisonWeights(3)])
+    message = str(err.value)
+    assert "not finite at step 4" in message and "head.weight" in message and "--lr" in message
+    assert "It holds step 2" in message  # the last good checkpoint, said plainly
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert int(state["global_step"]) == 2 and all(torch.isfinite(v).all() for v in state["state_dict"].values())
+    assert not (run_dir / "model.safetensors").exists() and not (run_dir / "results.json").exists()
+
+
+def test_save_trained_refuses_non_finite_tensors(tmp_path, lstm_backbone):
+    from fpt.checkpoint import NonFiniteWeightsError, save_trained
+    from fpt.model import FPT
+    from fpt.tasks import make_task
+
+    model = FPT(lstm_backbone, make_task("bit-xor", {"n_bits": 3}).spec)
+    with torch.no_grad():
+        model.head.bias[0] = float("nan")
+    with pytest.raises(NonFiniteWeightsError, match="head.bias \\(1 NaN"):
+        save_trained(model, tmp_path / "model.safetensors")
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_lr_inf_is_refused_before_anything_is_written(backbone, tmp_path, capsys):
+    run_dir = tmp_path / "inf"
+    assert cli.main(cli_args(options(backbone, run_dir, lr="inf", steps=2))) == 2
+    assert "option 'lr' (--lr) must be a finite number in (0, 1000], got inf" in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
+def test_the_last_step_is_always_validated_and_said(backbone, tmp_path, capsys):
+    run_dir = tmp_path / "short"
+    assert cli.main(cli_args(options(backbone, run_dir, steps=5, eval_every=100))) == 0
+    out = capsys.readouterr().out
+    assert "validating at the last step (5) only" in out and "step      5  val accuracy" in out
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["val"]["best_step"] == 5 and results["val"]["best_accuracy"] is not None
+    assert results["at_best_val"]["step"] == 5
+    run_dir = tmp_path / "uneven"
+    assert cli.main(cli_args(options(backbone, run_dir, steps=5, eval_every=2))) == 0
+    assert "validating every 2 steps and at the last step (5)" in capsys.readouterr().out
+    steps = [int(r["step"]) for r in csv.DictReader(open(run_dir / "metrics.csv")) if r.get("val/accuracy")]
+    assert steps == [2, 4, 5]
+
+
+def test_metrics_csv_labels_validations_as_the_console_does(backbone, tmp_path, capsys):
+    run_dir = tmp_path / "labels"
+    assert cli.main(cli_args(options(backbone, run_dir, steps=4, eval_every=2))) == 0
+    console = [int(line.split()[1]) for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    assert console == [2, 4]
+    assert [int(r["step"]) for r in rows if r.get("val/accuracy")] == console
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["metrics_step"] == "completed" and results["val"]["best_step"] in console
+
+
+def test_resumed_run_records_total_and_per_invocation_seconds(backbone, tmp_path):
+    run_dir = tmp_path / "timed"
+    first = fit(build_config(options(backbone, run_dir, steps=4, eval_every=2)), enable_progress_bar=False)
+    assert [i["to_step"] for i in first["invocations"]] == [4]
+    resumed = fit(build_config(options(backbone, run_dir, steps=8, eval_every=2)), resume=True, enable_progress_bar=False)
+    invocations = resumed["invocations"]
+    assert [(i["from_step"], i["to_step"]) for i in invocations] == [(0, 4), (4, 8)]
+    assert resumed["seconds"] == pytest.approx(sum(i["seconds"] for i in invocations), abs=0.02)
+    assert resumed["seconds"] > invocations[-1]["seconds"] > 0 and invocations[0]["seconds"] > 0
+    assert resumed["cpu_seconds"] == pytest.approx(sum(i["cpu_seconds"] for i in invocations), abs=0.02)
+
+
+def test_resume_from_an_uneven_last_step_keeps_the_step_labels(backbone, tmp_path):
+    """A run ended at step 6 (eval_every 4) and resumed to 8 labels its rows as an uninterrupted 8-step run."""
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    fit(build_config(options(backbone, whole, steps=8, eval_every=4)), enable_progress_bar=False)
+    fit(build_config(options(backbone, parts, steps=6, eval_every=4)), enable_progress_bar=False)
+    fit(build_config(options(backbone, parts, steps=8, eval_every=4)), resume=True, enable_progress_bar=False)
+
+    def labels(run):
+        return [(int(r["step"]), "val" if r.get("val/accuracy") else "test" if r.get("test/accuracy") else "train")
+                for r in csv.DictReader(open(run / "metrics.csv")) if not r.get("best/test/accuracy")]
+
+    assert [x for x in labels(parts) if x != (6, "val") and x != (5, "train")] == labels(whole)
+
+
+def test_a_run_that_ended_before_its_first_checkpoint_is_not_a_run(backbone, tmp_path, capsys):
+    run_dir = tmp_path / "late"
+    values = options(backbone, run_dir, steps=2, eval_every=2)
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(values))  # what a late error or a kill used to leave
+    assert cli.main(cli_args(values)) == 0
+    assert "ended before its first checkpoint" in capsys.readouterr().out
+    assert json.loads((run_dir / "results.json").read_text())["steps"] == 2
+    # with logs of its own, it is moved aside (never deleted); --resume says there is nothing to resume
+    other = tmp_path / "killed"
+    other.mkdir()
+    (other / "config.yaml").write_text(yaml.safe_dump(options(backbone, other)))
+    (other / "metrics.csv").write_text("step,train/loss\n0,0.7\n")
+    assert cli.main(["fit", "--resume", str(other), "--no-progress-bar"]) == 2
+    assert "ended before its first checkpoint, so there is nothing to resume" in capsys.readouterr().err
+    assert cli.main(cli_args(options(backbone, other, steps=2, eval_every=2))) == 0
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("killed.old-")]
+    assert len(aside) == 1 and (aside[0] / "metrics.csv").read_text().endswith("0,0.7\n")
+
+
+def test_run_dir_under_a_file_or_on_a_read_only_or_full_file_system(backbone, tmp_path, monkeypatch, capsys):
+    (tmp_path / "a-file").write_text("x")
+    assert cli.main(cli_args(options(backbone, tmp_path / "a-file" / "run", steps=2))) == 2
+    assert f"{tmp_path / 'a-file'} is a file, not a directory; choose another --run-dir" in capsys.readouterr().err
+    real = os.statvfs
+
+    def fake(flag=0, free_blocks=10**9):
+        def statvfs(path):
+            s = real(path)
+            return os.statvfs_result((s.f_bsize, s.f_frsize, s.f_blocks, s.f_bfree, free_blocks, s.f_files,
+                                      s.f_ffree, s.f_favail, s.f_flag | flag, s.f_namemax))
+        return statvfs
+
+    monkeypatch.setattr(os, "statvfs", fake(flag=os.ST_RDONLY))
+    assert cli.main(cli_args(options(backbone, tmp_path / "ro", steps=2))) == 2
+    assert f"--run-dir {tmp_path / 'ro'}: {tmp_path} is on a read-only file system" in capsys.readouterr().err
+    monkeypatch.setattr(os, "statvfs", fake(free_blocks=1))
+    assert cli.main(cli_args(options(backbone, tmp_path / "full", steps=2))) == 2
+    assert "is full" in capsys.readouterr().err
+    assert not (tmp_path / "ro").exists() and not (tmp_path / "full").exists()
+
+
+def test_a_full_disk_mid_write_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    import errno
+
+    from fpt.io import WriteError, atomic_write_text
+
+    target = tmp_path / "results.json"
+    target.write_text("old")
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(WriteError, match=f"cannot write {target}: No space left on device; the file system is full"):
+        atomic_write_text(target, "new")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_stale_preset_label_says_what_the_flags_changed(tmp_path, backbone, capsys):
+    config = tmp_path / "preset.yaml"
+    config.write_text(yaml.safe_dump({**options(backbone, tmp_path / "unused", steps=2), "layers": 2,
+                                      "label": "-small: 2 layers"}))
+    run_dir = tmp_path / "one-layer"
+    assert cli.main(["fit", "--config", str(config), "--layers", "1", "--run-dir", str(run_dir),
+                     "--no-progress-bar"]) == 0
+    assert json.loads((run_dir / "results.json").read_text())["label"] == "-small: 2 layers [changed: layers=1]"
+    # the same command with --resume appended is the same run (the label is computed the same way)
+    assert cli.main(["fit", "--config", str(config), "--layers", "1", "--run-dir", str(run_dir), "--resume",
+                     str(run_dir), "--no-progress-bar"]) == 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -143,7 +145,7 @@ def test_read_curve_uses_optimizer_steps(xor_runs):
     run = xor_runs["pretrained"]
     steps, acc = read_curve(run)
     raw_steps, raw_acc = _csv_curve(run)
-    assert steps == [2, 4, 6] and steps == [s + 1 for s in raw_steps] and acc == raw_acc  # eval_every 2, 6 steps
+    assert steps == [2, 4, 6] and steps == raw_steps and acc == raw_acc  # eval_every 2, 6 steps: labelled as run
     results = read_results(run)
     assert max(acc) == pytest.approx(results["val"]["best_accuracy"])
     assert steps[acc.index(max(acc))] == results["val"]["best_step"]
@@ -253,3 +255,75 @@ def test_fashion_mnist_row_says_there_is_no_paper_number(tmp_path):
     row = run_row(run)
     assert row["paper_accuracy"] is None and "not in the paper" in row["paper_note"]
     assert "Fashion-MNIST is not in the paper" in render_markdown([row])
+
+
+# -- issue 15: reports never show a garbage row, a stale or ambiguous legend, or a wrong bar ----------------
+def test_a_foreign_or_broken_results_json_is_named_and_nothing_is_written(tmp_path, capsys):
+    from fpt.cli import main
+
+    foreign = tmp_path / "someone-else" / "exp1"
+    foreign.mkdir(parents=True)
+    (foreign / "results.json").write_text('{"accuracy": 0.9, "epochs": 3}')
+    assert main(["report", str(tmp_path / "someone-else"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{foreign / 'results.json'} is not an fpt results file (no task, backbone)" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    broken = tmp_path / "broken" / "run"
+    broken.mkdir(parents=True)
+    (broken / "results.json").write_text('{"task": "bit-xor", "steps": ')
+    assert main(["report", str(tmp_path / "broken"), "--out", str(tmp_path / "out2")]) == 2
+    assert f"{broken / 'results.json'} is not valid JSON" in capsys.readouterr().err
+
+
+def test_legends_tell_apart_runs_that_differ_only_in_lr(xor_runs, tmp_path):
+    from fpt.report import learning_curve_figure
+
+    twin = tmp_path / "lr-twin"
+    shutil.copytree(xor_runs["random"], twin)
+    results = json.loads((twin / "results.json").read_text())
+    (twin / "results.json").write_text(json.dumps({**results, "lr": 0.01}))
+    ax = learning_curve_figure([xor_runs["random"], twin]).axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert len(set(labels)) == 2 and labels[0].endswith("lr 0.001") and labels[1].endswith("lr 0.01")
+    same = tmp_path / "same"  # identical in every recorded way: their folders tell them apart
+    shutil.copytree(xor_runs["random"], same)
+    labels = [t.get_text() for t in learning_curve_figure([xor_runs["random"], same]).axes[0].get_legend().get_texts()]
+    assert len(set(labels)) == 2 and labels[1].endswith("(same)")
+
+
+def test_accuracy_axis_ends_at_100(xor_runs):
+    from fpt.report import learning_curve_figure
+
+    ax = learning_curve_figure(list(xor_runs.values())).axes[0]
+    assert ax.get_ylim()[1] == 100 and ax.get_ylim()[0] >= 0
+
+
+def test_convergence_bar_says_how_many_runs_reached_the_target():
+    from fpt.report import convergence_figure
+
+    def row(steps_to_target, seed):
+        return {"task": "bit-xor", "setting": "fpt", "init": "pretrained", "freeze": "fpt", "steps": 1000,
+                "steps_to_target": steps_to_target, "paper_steps_to_converge": 500.0, "seed": seed}
+
+    fig = convergence_figure([row(200, 0), row(400, 1), row(None, 2), {**row(None, 0), "setting": "frozen-random"}])
+    data = fig.fpt_data
+    assert data["reached_runs"] == [2, 0] and data["runs"] == [3, 1] and data["ours"] == [300.0, 1000.0]
+    ax = fig.axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == ["2/3", "not reached"]
+    assert ax.patches[0].get_hatch() is None and ax.patches[1].get_hatch() == "//"  # hatched only when none did
+
+
+def test_read_curve_reads_older_runs_with_lightnings_labels(tmp_path):
+    from fpt.report import read_curve
+
+    old = tmp_path / "old"  # no results.json marker: validations labelled one before their step
+    old.mkdir()
+    (old / "config.yaml").write_text("eval_every: 2\n")
+    (old / "metrics.csv").write_text("step,val/accuracy\n1,0.5\n3,0.625\n")
+    assert read_curve(old) == ([2, 4], [0.5, 0.625])
+    new = tmp_path / "new"  # fpt's own labels; the last step (5) always validated
+    new.mkdir()
+    (new / "config.yaml").write_text("eval_every: 2\n")
+    (new / "metrics.csv").write_text("step,val/accuracy\n2,0.5\n4,0.625\n5,0.75\n")
+    assert read_curve(new) == ([2, 4, 5], [0.5, 0.625, 0.75])

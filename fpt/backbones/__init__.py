@@ -43,6 +43,16 @@ BUILTIN_BACKBONES = builtin_backbones()  # name -> description of the built-in n
 HUB_EXAMPLES = ("gpt2", "gpt2-medium", "gpt2-large", "EleutherAI/pythia-160m", "HuggingFaceTB/SmolLM2-135M",
                 "bert-base-uncased", "roberta-base", "google/vit-base-patch16-224")
 Init = Literal["pretrained", "random"]
+LSTM_MAX_LAYERS = 48  # the LSTM baseline's deepest build (--layers)
+# Hugging Face ids without an owner (the hub's old canonical models): a bare name outside this list that is
+# close to one of them or to a builtin name is taken for a typo ("did you mean"); any owner/name is tried.
+CANONICAL_HUB_NAMES = (
+    "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2", "openai-gpt", "bert-base-uncased", "bert-base-cased",
+    "bert-large-uncased", "bert-large-cased", "bert-base-multilingual-cased", "bert-base-multilingual-uncased",
+    "roberta-base", "roberta-large", "distilroberta-base", "distilbert-base-uncased", "distilbert-base-cased",
+    "albert-base-v2", "albert-large-v2", "xlnet-base-cased", "xlm-roberta-base", "xlm-roberta-large", "t5-small",
+    "t5-base", "t5-large", "ctrl", "transfo-xl-wt103",
+)
 
 
 class Backbone(nn.Module):
@@ -201,8 +211,12 @@ def hf_config(name: str, trust_remote_code: bool = False):
                 "if you trust it, pass --trust-remote-code (trust_remote_code: true in YAML)."
             ) from None
         hint = "" if local else suggest(name, BUILTIN_BACKBONES).strip()
-        raise OSError(
-            f"cannot load backbone {name!r}: {err}\n" + (f"{hint} " if hint else "")
+        reason = str(err)
+        if not local and shipped.offline():  # transformers' own text is about its retries and settings
+            reason = ("it is not in the Hugging Face cache, and the hub cannot be reached from here (offline: "
+                      + ("FPT_OFFLINE / HF_HUB_OFFLINE is set" if shipped._offline_env() else "no connection") + ")")
+        raise (OSError if local else shipped.BackboneUnavailable)(
+            f"cannot load backbone {name!r}: {reason}\n" + (f"{hint} " if hint else "")
             + ("It is a local path: it needs a config.json (and weights for --init pretrained)."
                if local else
                "If this machine is offline and the model is not in the Hugging Face cache, use an offline "
@@ -233,9 +247,13 @@ def build_hf(config, name: str, options: BuildOptions, weights: str | None = Non
     try:
         # use_safetensors: weights are never unpickled (a .bin file is a pickle that can run code)
         with _quiet_transformers():  # its load report lists the dropped blocks' weights as "unexpected"
+            from fpt.backbones import shipped
+
             model, info = AutoModel.from_pretrained(weights, config=config, trust_remote_code=trust,
                                                     attn_implementation=attn, dtype=torch.float32,
-                                                    use_safetensors=True, output_loading_info=True, **extra)
+                                                    use_safetensors=True, output_loading_info=True,
+                                                    local_files_only=not Path(weights).is_dir() and shipped.offline(),
+                                                    **extra)
     except OSError as err:
         local = Path(weights).is_dir()
         pickled = local and any(Path(weights).glob("*.bin")) and not any(Path(weights).glob("*.safetensors"))
@@ -331,7 +349,7 @@ def _load_smollm2(options: BuildOptions, path: str | None = None) -> Backbone:
             model.config._attn_implementation = options.attn_implementation
             _set_dropout(model.config, options.dropout, model)  # the modules copied the config's rates
     except ValueError as err:
-        if str(err).startswith("--layers"):
+        if str(err).startswith(("--layers", "layers ")):
             raise
         raise ValueError(f"cannot read the GGUF file of backbone {name!r}: {err}. If the file is truncated or "
                          f"corrupted, {fix}.") from None
@@ -352,7 +370,10 @@ def load_gguf_source(name: str, options: BuildOptions) -> Backbone:
 def load_lstm_source(name: str, options: BuildOptions) -> Backbone:
     if options.init == "pretrained":
         raise ValueError("the LSTM baseline has no pretrained weights: use --init random")
-    n = _check_layers(options.layers, 10**6, "lstm") if options.layers is not None else 3
+    n = options.layers if options.layers is not None else 3
+    if n > LSTM_MAX_LAYERS:  # nothing bounds an LSTM's depth but memory: 999 x 768 wide is ~4.7e9 weights
+        raise ValueError(f"--layers {n}: the LSTM baseline is built with that many layers, and fpt builds at most "
+                         f"{LSTM_MAX_LAYERS} (the paper's has 3; a transformer's limit is its own depth)")
     p = 0.0 if options.dropout == "keep" else float(options.dropout)  # an LSTM has no dropout of its own to keep
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
@@ -410,3 +431,10 @@ def _check_backbone_name(name: str) -> None:
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", name):
         raise ValueError(f"unknown backbone {name!r}: not a builtin name, a local path or a Hugging Face id."
                          f"{suggest(name, BUILTIN_BACKBONES)} {builtin}")
+    if "/" not in name and name not in CANONICAL_HUB_NAMES:
+        # A hub id without an owner is one of the hub's old canonical names; a bare name close to a name fpt
+        # knows is a typo: say so now, not after the hub (or its ~30 s of retries offline) says "not found".
+        close = suggest(name, [*BUILTIN_BACKBONES, *CANONICAL_HUB_NAMES])
+        if close:
+            raise ValueError(f"unknown backbone {name!r}: not a builtin name, a local path, or a Hugging Face id fpt "
+                             f"knows.{close} {builtin}")

@@ -204,15 +204,52 @@ def has_learned_positions(arch: str) -> bool:
     return arch in ARCHITECTURES and bool(ARCHITECTURES[arch].positions())
 
 
-def _user_rules(user_rules: dict[str, Iterable[str]]) -> list[tuple[str, Callable[[nn.Module], bool]]]:
-    """``{"norm": ["MyNorm"], "attention": ["MyAttn"], ...}``: module class names per group."""
+def _user_rules(user_rules: dict[str, Iterable[str]], model: nn.Module) -> list[tuple[str, Callable[[nn.Module], bool]]]:
+    """``{"norm": ["MyNorm"], "attention": ["MyAttn"], ...}``: per group, module class names, or module paths
+    (``embeddings.token_type_embeddings``: a module whose dotted name ends so) for generic classes (Embedding)."""
+    paths = {id(m): name for name, m in model.named_modules()}
     out = []
-    for group, class_names in user_rules.items():
+    for group, names in user_rules.items():
         if group not in GROUPS:
-            raise ValueError(f"freeze rules: unknown group {group!r}; groups are {', '.join(GROUPS)}")
-        names = {class_names} if isinstance(class_names, str) else set(class_names)
-        out.append((group, lambda m, names=names: type(m).__name__ in names))
+            from fpt.text import suggest
+
+            raise ValueError(f"freeze_rules: unknown group {group!r}.{suggest(group, GROUPS)} Groups: {', '.join(GROUPS)}")
+        names = {names} if isinstance(names, str) else set(names)
+
+        def match(m, names=names):
+            path = paths.get(id(m), "")
+            return type(m).__name__ in names or any(path == n or path.endswith("." + n) for n in names)
+
+        out.append((group, match))
     return out
+
+
+# Module classes that many architectures share: a rule must name such a module by its path instead.
+_GENERIC = ("Embedding", "Linear", "LayerNorm", "Conv1d", "Conv2d", "Conv1D", "Dropout", "Module", "Parameter")
+# Words in a class name or module path -> the group a user most likely means (only for the suggestion in the
+# error message; freezing itself never looks at names).
+_GROUP_HINTS = (("position", "positions"), ("pos_emb", "positions"), ("token_type", "token_embedding"),
+                ("segment", "token_embedding"), ("norm", "norm"), ("ln_", "norm"), ("attn", "attention"),
+                ("attention", "attention"), ("mlp", "feedforward"), ("ffn", "feedforward"), ("feedforward", "feedforward"),
+                ("feed_forward", "feedforward"), ("intermediate", "feedforward"), ("pooler", "feedforward"),
+                ("dense", "feedforward"), ("proj", "feedforward"))
+
+
+def suggested_rules(model: nn.Module, unclaimed: list[tuple[str, nn.Module]]) -> str:
+    """``positions: [OPTLearnedPositionalEmbedding], token_embedding: [embeddings.token_type_embeddings]``:
+    a freeze_rules entry per unclaimed module, by class name (its dotted path for a generic class)."""
+    paths = {id(m): name for name, m in model.named_modules()}
+    by_group: dict[str, list[str]] = {}
+    for _, module in unclaimed:
+        cls = type(module).__name__
+        path = paths.get(id(module), "")
+        key = ".".join(path.split(".")[-2:]) if cls in _GENERIC else cls
+        words = f"{cls} {path}".lower()
+        group = next((g for word, g in _GROUP_HINTS if word in words), "GROUP")
+        entries = by_group.setdefault(group, [])
+        if key not in entries:
+            entries.append(key)
+    return ", ".join(f"{g}: [{', '.join(v)}]" for g, v in by_group.items())
 
 
 def group_rules(model: nn.Module, arch: str, user_rules: dict[str, Iterable[str]] | None = None):
@@ -231,7 +268,7 @@ def group_rules(model: nn.Module, arch: str, user_rules: dict[str, Iterable[str]
             ids = {id(m) for m in modules}
             rules.append((group, lambda m, ids=ids: id(m) in ids))
     if user_rules:
-        rules += _user_rules(user_rules)
+        rules += _user_rules(user_rules, model)
     elif arch == "lstm":
         from fpt.backbones.lnlstm import LayerNormLSTMCell, LNLSTMLayerNorm
 
@@ -246,7 +283,10 @@ def group_rules(model: nn.Module, arch: str, user_rules: dict[str, Iterable[str]
         raise ValueError(
             f"no freezing rules for architecture {arch!r}. Known: {', '.join(SUPPORTED_ARCHITECTURES)}. "
             "Give them in the config as freeze_rules: {norm: [ClassName], attention: [ClassName], "
-            "feedforward: [ClassName]} (module class names of that architecture)."
+            "feedforward: [ClassName]} (module class names of that architecture; this model's: "
+            + ", ".join(sorted({type(m).__name__ for m in model.backbone.model.modules()
+                                if any(True for _ in m.parameters())} - {"ModuleList", "Sequential", "ModuleDict"}))
+            + ")."
         )
     return rules
 
@@ -266,16 +306,21 @@ def assign_groups(model: nn.Module, arch: str, user_rules=None) -> dict[str, str
                     groups[full] = group
                     break
             else:
-                unclaimed.append(f"{full} (in {type(module).__name__})")
+                unclaimed.append((f"{full} (in {type(module).__name__})", module))
         for cname, child in module.named_children():
             visit(child, f"{prefix}{cname}.", chain)
 
     visit(model, "", ())
     if unclaimed:
+        names = [text for text, _ in unclaimed]
         raise ValueError(
-            f"freezing rules for {arch!r} do not cover {len(unclaimed)} parameters: {', '.join(unclaimed[:8])}"
+            f"freezing rules for {arch!r} do not cover {len(unclaimed)} parameters: {', '.join(names[:8])}"
             + (" ..." if len(unclaimed) > 8 else "")
-            + ". Add their module class to freeze_rules in the config."
+            + f". Add a rule for them to freeze_rules in the config, e.g. {{{suggested_rules(model, unclaimed)}}} "
+            "beside your other groups (a rule names module classes, or module paths such as "
+            "embeddings.token_type_embeddings for generic classes like Embedding; groups: "
+            f"{', '.join(g for g in GROUPS if g not in ('input', 'output'))}; a pooler FPT does not use can go "
+            "to feedforward, frozen under fpt)."
         )
     return groups
 

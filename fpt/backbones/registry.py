@@ -61,6 +61,14 @@ class BuildOptions:
             raise ValueError(f"lstm_kind must be torch or layernorm, got {self.lstm_kind!r}")
         if self.dropout != "keep" and not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
             raise ValueError(f"backbone dropout must be a probability in [0, 1) or 'keep', got {self.dropout!r}")
+        # checked here, before any file is read: a bad number is never blamed on a model file
+        if self.layers is not None and (isinstance(self.layers, bool) or not isinstance(self.layers, int)
+                                        or self.layers < 1):
+            raise ValueError(f"layers must be a positive integer (--layers >= 1), got {self.layers!r}")
+        if isinstance(self.lstm_width, bool) or not isinstance(self.lstm_width, int) or self.lstm_width < 1:
+            raise ValueError(f"lstm_width must be a positive integer (--lstm-width >= 1), got {self.lstm_width!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be an integer in 0..{2**32 - 1} (--seed), got {self.seed!r}")
 
 
 @dataclass(frozen=True)

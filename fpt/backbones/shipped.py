@@ -68,6 +68,13 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def offline() -> bool:
+    """True when the hub must not be asked (an offline variable is set, or its host does not answer): loads
+    then pass ``local_files_only=True``, so that a model that is not cached fails at once, not after
+    transformers' ~30 s of retries."""
+    return not hub_reachable()
+
+
 def _cached(repo: str, filename: str) -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -90,7 +97,9 @@ def load_config(name: str, trust_remote_code: bool = False):
 
     short = shipped_name(name)
     if short is None or _cached(name, "config.json") or hub_reachable():
-        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        local = os.path.isdir(name)
+        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code,
+                                          local_files_only=not local and offline())
     print(f"fpt: {name}: the hub is unreachable and its config.json is not cached; using fpt's shipped copy "
           f"({short}, the hub's architecture values)", file=sys.stderr, flush=True)
     return AutoConfig.from_pretrained(str(shipped_config_dir(short)))

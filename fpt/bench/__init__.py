@@ -192,6 +192,8 @@ def _int_list(text, name: str, allow_none: bool = False) -> list:
         raise ValueError(f"--{name} takes integers separated by commas, got {text!r}") from None
     if not values:
         raise ValueError(f"--{name}: no value given")
+    if min(values) < 1:
+        raise ValueError(f"--{name} takes integers >= 1, got {text!r}")
     return values
 
 

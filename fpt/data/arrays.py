@@ -48,6 +48,10 @@ KINDS = ("auto", "tokens", "discrete", "image")
 SPLIT_KEYS = {"train": ("x_train", "y_train"), "val": ("x_val", "y_val"), "test": ("x_test", "y_test")}
 ALLOWED_KEYS = ("x", "y") + tuple(k for pair in SPLIT_KEYS.values() for k in pair)
 EXPECTED_SHAPES = "[N, T] integer tokens, [N, T, D] continuous tokens, [N, H, W] or [N, H, W, C] images"
+# The model's size follows the data: a head of hidden x classes, an input table of vocabulary x hidden. One
+# stray label of 1e9 (or a token id of 2^40) would ask for terabytes: refuse, saying what to do, above these.
+MAX_CLASSES = 100_000
+MAX_VOCAB = 262_144
 
 
 class ArrayDataError(ValueError):
@@ -136,7 +140,17 @@ def check_labels(name: str, y: np.ndarray, n: int, num_classes: int | None = Non
             i = int(np.flatnonzero(frac)[0])
             raise ArrayDataError(f"array {name!r}: {int(frac.sum())} non-integer label(s), first at index {i} "
                                  f"(value {y[i].item()!r}); labels must be integers 0..C-1")
+    if np.issubdtype(y.dtype, np.floating) and float(np.abs(y).max(initial=0)) >= 2**62:
+        i = int(np.argmax(np.abs(y)))
+        raise ArrayDataError(f"array {name!r}: label {y[i].item()!r} at index {i} is not a class index; labels must "
+                             f"be integers 0..C-1")
     y64 = y.astype(np.int64)
+    if num_classes is None and len(y64) and int(y64.max()) >= MAX_CLASSES:
+        i = int(np.argmax(y64))
+        raise ArrayDataError(
+            f"array {name!r}: the largest label is {int(y64[i])} (index {i}), so the model would need {int(y64[i]) + 1:,} "
+            f"classes; fpt accepts at most {MAX_CLASSES:,}. Labels must be 0..C-1: relabel them "
+            f"(np.unique(y, return_inverse=True)[1]) or remove the outlier")
     bad = y64 < 0 if num_classes is None else (y64 < 0) | (y64 >= num_classes)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -186,6 +200,13 @@ def check_x(name: str, x: np.ndarray, kind: str) -> None:
             idx = _first_index(neg)
             raise ArrayDataError(f"array {name!r}: {int(neg.sum())} negative token id(s), first in "
                                  f"{_fmt_index(idx)} (value {int(x[idx])}); token ids must be >= 0")
+        big = x >= MAX_VOCAB
+        if big.any():
+            idx = _first_index(big)
+            raise ArrayDataError(
+                f"array {name!r}: {int(big.sum())} token id(s) >= {MAX_VOCAB:,}, first in {_fmt_index(idx)} (value "
+                f"{int(x[idx])}); the vocabulary is 0..max id, and fpt accepts at most {MAX_VOCAB:,} ids (an input table "
+                f"of that many rows). Map the ids to 0..V-1 (np.unique(x, return_inverse=True)[1].reshape(x.shape))")
 
 
 # -- layout (what a trained model expects) -----------------------------------------------------
@@ -203,6 +224,9 @@ class ArrayLayout:
     vocab_size: int | None = None  # discrete: ids 0..vocab_size-1 (the model sees id + 1; 0 is padding)
     readout: str = "last"
     name: str = "array"
+    # the training inputs as stored, for `fpt predict` to check new data against (None: not recorded, older runs)
+    dtype: str | None = None  # e.g. "uint8", "float32"
+    value_range: list[float] | None = None  # [min, max] over the training split
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -214,6 +238,32 @@ class ArrayLayout:
         d = dict(d)
         d["sample_shape"] = tuple(d["sample_shape"])
         return cls(**d)
+
+    def check_values(self, x: np.ndarray, name: str = "x") -> str | None:
+        """New data against the training inputs' dtype and value range (``fpt predict``).
+
+        Raises :class:`ArrayDataError` when the data is plainly on another scale than the training data
+        (preprocessing it as in training would feed the model garbage: e.g. floats in [0, 1] given to a run
+        trained on uint8 pixels in [0, 255], which it divides by 255 again); returns a warning, with the
+        numbers, when it only reaches outside the training range; None when it matches."""
+        if self.value_range is None or self.kind == "discrete" or x.size == 0:
+            return None
+        lo, hi = float(self.value_range[0]), float(self.value_range[1])
+        new_lo, new_hi = float(x.min()), float(x.max())
+        span, new_span = hi - lo, new_hi - new_lo
+        seen = (f"array {name!r} is {x.dtype} with values in [{new_lo:.6g}, {new_hi:.6g}]; the run was trained on "
+                f"{self.dtype or 'data'} with values in [{lo:.6g}, {hi:.6g}]")
+        far = span > 0 and (new_span > 20 * span or new_span < span / 20 or new_lo > hi + span or new_hi < lo - span)
+        if far:
+            hint = ""
+            if self.dtype == "uint8" and np.issubdtype(x.dtype, np.floating) and new_hi <= 1.0:
+                hint = " Scale it as in training: (x * 255).round().astype(np.uint8)."
+            raise ArrayDataError(f"{seen}: another scale, so its predictions would be meaningless (the training "
+                                 f"preprocessing divides by {self.scale:g} and standardises with the training "
+                                 f"statistics).{hint} Convert the data to the training format.")
+        if new_lo < lo - 0.1 * span or new_hi > hi + 0.1 * span:
+            return f"{seen}: it reaches outside the training range, so predictions there are extrapolation"
+        return None
 
     @property
     def num_tokens(self) -> int:
@@ -388,9 +438,10 @@ def build_layout(splits: ArraySplits, kind: str, sample_shape: tuple[int, ...], 
     if readout not in ("last", "mean"):
         raise ArrayDataError(f"option readout must be 'last' or 'mean', got {readout!r}")
     x_train = splits.x["train"]
+    recorded = {"dtype": str(x_train.dtype), "value_range": [float(x_train.min()), float(x_train.max())]}
     if kind == "discrete":
         vocab = int(max(int(x.max()) for x in splits.x.values())) + 1
-        return ArrayLayout(kind, sample_shape, num_classes, vocab_size=vocab, readout=readout)
+        return ArrayLayout(kind, sample_shape, num_classes, vocab_size=vocab, readout=readout, **recorded)
     if kind == "image":
         h, w, _ = sample_shape
         try:
@@ -402,11 +453,11 @@ def build_layout(splits: ArraySplits, kind: str, sample_shape: tuple[int, ...], 
         if normalize:
             mean, std = feature_stats(x_train[..., None] if x_train.ndim == 3 else x_train, scale)
         return ArrayLayout(kind, sample_shape, num_classes, patch_size=patch_size, scale=scale,
-                           mean=mean, std=std, readout=readout)
+                           mean=mean, std=std, readout=readout, **recorded)
     mean = std = None
     if normalize:
         mean, std = feature_stats(x_train, 1.0)
-    return ArrayLayout(kind, sample_shape, num_classes, mean=mean, std=std, readout=readout)
+    return ArrayLayout(kind, sample_shape, num_classes, mean=mean, std=std, readout=readout, **recorded)
 
 
 class PreprocessX:
@@ -453,14 +504,22 @@ def check_against_layout(x: np.ndarray, layout: ArrayLayout, name: str = "x") ->
         check_x(name, x, layout.kind)
 
 
+def _warn(text: str) -> None:
+    import sys
+
+    print(f"fpt predict: warning: {text}", file=sys.stderr, flush=True)
+
+
 def load_arrays_for_prediction(path: str | os.PathLike, layout, x_key: str | None = None, y_key: str | None = None,
-                               data_dir: str | None = None):
+                               data_dir: str | None = None, check_values: bool = True, warn=_warn):
     """Load and validate new data for a trained model; returns a ``Split`` of model-ready batches.
 
     ``layout``: the trained task's :class:`ArrayLayout`, its ``to_dict()``, or a ``TaskSpec`` (then
     ``x`` must already be model input: ``[N, T, input_dim]`` floats or ``[N, T]`` ids below
     ``input_dim``). ``x_key`` defaults to ``x`` (else ``x_test``); labels (``y``/``y_test``) are
-    optional and, when present, validated and returned in the batches as ``y``. The split has
+    optional and, when present, validated and returned in the batches as ``y``. ``check_values``: compare
+    the data with the training inputs' dtype and value range (:meth:`ArrayLayout.check_values`: an error
+    on another scale, ``warn(text)`` outside the range). The split has
     ``n`` samples (``len(split)``); ``split.batch(np.arange(i, j))`` gives ``x`` (and ``y``).
     """
     path = resolve_path(path, data_dir)
@@ -503,6 +562,10 @@ def load_arrays_for_prediction(path: str | os.PathLike, layout, x_key: str | Non
         num_classes = spec.num_classes
     elif isinstance(layout, ArrayLayout):
         check_against_layout(x, layout, x_key)
+        if check_values:
+            warning = layout.check_values(x, x_key)
+            if warning:
+                warn(warning)
         prep = layout.preprocess
         num_classes = layout.num_classes
     else:

@@ -16,9 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fpt.data.arrays import (
-    ArrayDataError, ArrayLayout, PreprocessX, build_layout, load_npz, resolve_path, split_arrays, validate_arrays,
+    MAX_CLASSES, ArrayDataError, ArrayLayout, PreprocessX, build_layout, load_npz, resolve_path, split_arrays, validate_arrays,
 )
 from fpt.data.splits import ArraySplit, TaskSpec
+from fpt.options import PROBABILITY, SEEDS, at_least, between, bounded
 from fpt.tasks.base import Task, register_task
 
 
@@ -31,11 +32,11 @@ class ArrayTask(Task):
     class Options:
         path: str | None = None  # the .npz file (relative paths are also tried under data_dir and FPT_DATA_DIR)
         kind: str = "auto"  # "auto", "tokens" [N,T,D], "discrete" [N,T] ints, "image" [N,H,W(,C)]
-        patch_size: int = 4  # images: pixels per patch side (must divide H and W)
-        num_classes: int | None = None  # default: max label + 1
-        val_fraction: float = 0.1  # carved from train when the file has no x_val/y_val
-        test_fraction: float = 0.1  # carved from train when the file has no x_test/y_test
-        split_seed: int = 0  # seed of the carving (fixed across runs)
+        patch_size: int = bounded(4, at_least(1))  # images: pixels per patch side (must divide H and W)
+        num_classes: int | None = bounded(None, between(2, MAX_CLASSES))  # default: max label + 1
+        val_fraction: float = bounded(0.1, PROBABILITY)  # carved from train when the file has no x_val/y_val
+        test_fraction: float = bounded(0.1, PROBABILITY)  # carved from train when the file has no x_test/y_test
+        split_seed: int = bounded(0, SEEDS)  # seed of the carving (fixed across runs)
         normalize: bool = True  # standardise continuous inputs with the training mean / std
         readout: str = "last"  # "last" token or "mean" of tokens
 

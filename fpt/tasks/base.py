@@ -13,7 +13,7 @@ from typing import Any
 from fpt.data.splits import (  # noqa: F401  (re-exported: fpt.tasks.base was their home)
     ArraySplit, GeneratedSplit, InputType, OutputType, Readout, Split, TaskSpec, collate, sample_rng,
 )
-from fpt.options import coerce, declared
+from fpt.options import coerce_field, declared
 from fpt.text import suggest  # noqa: F401  (re-exported)
 
 
@@ -76,7 +76,8 @@ def make_options(cls: type[Task], values: dict[str, Any] | None) -> Task.Options
                 f"task {cls.name!r} has no option {key!r}.{suggest(key_norm, fields)} "
                 f"Its options: {', '.join(sorted(fields)) or '(none)'}."
             )
-        kwargs[key_norm] = coerce(value, fields[key_norm].type, key_norm, owner=f"task {cls.name!r}")
+        # the declared type, and the bounds where the task declares them (fpt.options.bounded); numbers are finite
+        kwargs[key_norm] = coerce_field(value, fields[key_norm], owner=f"task {cls.name!r}")
     return cls.Options(**kwargs)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fpt.data.splits import GeneratedSplit, TaskSpec
+from fpt.options import PROBABILITY, at_least, bounded
 from fpt.tasks.base import Task, register_task
 
 
@@ -49,10 +50,10 @@ class BitXor(_BitTask):
 
     @dataclass
     class Options:
-        n_bits: int = 5  # length of each string (paper: 5; also up to 256)
-        patch_size: int = 1  # bits per token; the model reads 2*n_bits/patch_size tokens
-        val_samples: int = 512  # fixed held-out validation samples
-        test_samples: int = 1024  # fixed held-out test samples
+        n_bits: int = bounded(5, at_least(1))  # length of each string (paper: 5; also up to 256)
+        patch_size: int = bounded(1, at_least(1))  # bits per token; the model reads 2*n_bits/patch_size tokens
+        val_samples: int = bounded(512, at_least(1))  # fixed held-out validation samples
+        test_samples: int = bounded(1024, at_least(1))  # fixed held-out test samples
         bit_values: str = "signed"  # how bits are fed: signed (+1/-1) | binary (0/1, the 2021 code)
 
     def __init__(self, options, seed=0, data_dir=None):
@@ -88,12 +89,12 @@ class BitMemory(_BitTask):
 
     @dataclass
     class Options:
-        n_bits: int = 1000  # bits per string (paper: 1000)
-        n_strings: int = 5  # strings to memorise (paper: 5)
-        mask_prob: float = 0.5  # probability that a query bit is masked (fed as 0)
-        patch_size: int = 50  # bits per token (paper: 50 -> 120 tokens)
-        val_samples: int = 512
-        test_samples: int = 1024
+        n_bits: int = bounded(1000, at_least(1))  # bits per string (paper: 1000)
+        n_strings: int = bounded(5, at_least(1))  # strings to memorise (paper: 5)
+        mask_prob: float = bounded(0.5, PROBABILITY)  # probability that a query bit is masked (fed as 0)
+        patch_size: int = bounded(50, at_least(1))  # bits per token (paper: 50 -> 120 tokens)
+        val_samples: int = bounded(512, at_least(1))  # fixed held-out validation samples
+        test_samples: int = bounded(1024, at_least(1))  # fixed held-out test samples
 
     def __init__(self, options, seed=0, data_dir=None):
         super().__init__(options, seed, data_dir)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from fpt.data import sources, tape
 from fpt.data.sequences import PackedSequenceSplit, check_too_long_option, drop_too_long
 from fpt.data.store import ensure_files
+from fpt.options import at_least, between, bounded
 from fpt.tasks.base import Task, TaskSpec, register_task
 
 EVAL_SPLITS = ("holdouts", "valid")
@@ -49,11 +50,12 @@ class RemoteHomology(Task):
 
     @dataclass
     class Options:
-        max_tokens: int = 1024  # longest sequence accepted (GPT-2 has 1024 positions)
+        max_tokens: int = bounded(1024, at_least(1))  # longest sequence accepted (GPT-2 has 1024 positions)
         too_long: str = "error"  # longer sequences: "error" (stop, with counts) or "skip" (drop them)
         download: bool = True  # fetch missing files from TAPE's URL into the cache
         eval_split: str = "holdouts"  # holdouts: test = fold holdout (TAPE) | valid: test = TAPE's valid (the 2021 code)
-        published_scale: float = 1.0  # also report test accuracy x this (the paper: 0.9739, for dropped long sequences)
+        # also report test accuracy x this (the paper: 0.9739, for dropped long sequences)
+        published_scale: float = bounded(1.0, between(0.0, 1.0, low_open=True))
 
     def __init__(self, options, seed=0, data_dir=None):
         super().__init__(options, seed, data_dir)

@@ -41,6 +41,7 @@ from fpt.data.idx import load_idx_dataset
 from fpt.data.patching import (channel_stats, check_patch_size, normalise, patchify, random_crop_flip,
                                random_rotation)
 from fpt.data.store import Dataset, ensure_files
+from fpt.options import FRACTION, SEEDS, at_least, between, bounded
 from fpt.tasks.base import ArraySplit, Task, TaskSpec, register_task
 
 
@@ -104,9 +105,9 @@ class ImageTask(Task):
 
     @dataclass
     class Options:
-        patch_size: int = 4  # pixels per patch side; tokens = (H/p)*(W/p), features = p*p*C
-        val_fraction: float = 0.1  # share of the official training set held out for validation
-        split_seed: int = 0  # which validation set (fixed, independent of the run seed)
+        patch_size: int = bounded(4, at_least(1))  # pixels per patch side; tokens = (H/p)*(W/p), features = p*p*C
+        val_fraction: float = bounded(0.1, FRACTION)  # share of the official training set held out for validation
+        split_seed: int = bounded(0, SEEDS)  # which validation set (fixed, independent of the run seed)
         download: bool = True  # fetch missing files from the official source into the cache
         normalize: str = "stats"  # stats: the training split's per-channel mean/std | paper: the 2021 code's constants
 
@@ -185,7 +186,8 @@ class ImageTask(Task):
         return ArrayLayout(
             kind="image", sample_shape=(self.height, self.width, self.channels), num_classes=self.num_classes,
             patch_size=self.options.patch_size, scale=255.0, mean=d["mean"].tolist(), std=d["std"].tolist(),
-            name=self.name,
+            name=self.name, dtype=str(d["train"][0].dtype),
+            value_range=[float(d["train"][0].min()), float(d["train"][0].max())],
         )
 
 
@@ -229,7 +231,8 @@ class CIFAR10(_CifarTask):
     @dataclass
     class Options(ImageTask.Options):
         augment: bool = True  # random crop (4-pixel zero padding) + horizontal flip on the training stream
-        rotation: float = 0.0  # with augment: also rotate by up to this many degrees (the 2021 code: 20)
+        # with augment: also rotate by up to this many degrees (the 2021 code: 20)
+        rotation: float = bounded(0.0, between(0.0, 180.0))
 
     def _read(self, files):
         return self._read_rgb(files)
@@ -244,9 +247,10 @@ class CIFAR10LRA(_CifarTask):
 
     @dataclass
     class Options(ImageTask.Options):
-        patch_size: int = 1  # LRA: one pixel per token -> 1024 tokens
+        patch_size: int = bounded(1, at_least(1))  # LRA: one pixel per token -> 1024 tokens
         augment: bool = False  # LRA uses none; true: random crop + flip as for cifar10 (the 2021 code: on)
-        rotation: float = 0.0  # with augment: also rotate by up to this many degrees (the 2021 code: 20)
+        # with augment: also rotate by up to this many degrees (the 2021 code: 20)
+        rotation: float = bounded(0.0, between(0.0, 180.0))
 
     def _read(self, files):
         x_train, y_train, x_test, y_test = self._read_rgb(files)

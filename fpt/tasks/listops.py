@@ -40,6 +40,7 @@ from fpt.data.sequences import (  # noqa: F401  (PackedSequenceSplit was defined
     GeneratedSequenceSplit, PackedSequenceSplit, check_too_long_option, drop_too_long,
 )
 from fpt.data.store import ensure_files
+from fpt.options import SEEDS, at_least, bounded
 from fpt.tasks.base import Task, TaskSpec, register_task
 
 SOURCES = ("files", "generated")
@@ -55,18 +56,19 @@ class ListOps(Task):
     @dataclass
     class Options:
         source: str = "files"  # "files": LRA's basic_*.tsv; "generated": built-in generator (offline)
-        max_tokens: int = 2000  # longest sequence accepted (LRA's are < 2000 tokens once parentheses go)
+        max_tokens: int = bounded(2000, at_least(1))  # longest sequence accepted (LRA's are < 2000 tokens once parentheses go)
         too_long: str = "error"  # files longer than max_tokens: "error" (stop, with counts) or "skip" (drop)
-        min_length: int = 500  # generated: keep expressions with min_length < tokens < max_length (as LRA)
-        max_length: int = 2000
-        max_depth: int = 10  # generated: nesting depth limit (LRA: 10)
-        max_args: int = 10  # generated: arguments per operator, 2..max_args (LRA: 10)
-        val_samples: int = 2000  # generated: fixed validation set size (LRA: 2000)
-        test_samples: int = 2000  # generated: fixed test set size (LRA: 2000)
-        data_seed: int = 0  # generated: seed of the fixed validation / test sets
+        min_length: int = bounded(500, at_least(0))  # generated: keep expressions with min_length < tokens < max_length (as LRA)
+        max_length: int = bounded(2000, at_least(1))  # generated: see min_length
+        max_depth: int = bounded(10, at_least(1))  # generated: nesting depth limit (LRA: 10)
+        max_args: int = bounded(10, at_least(2))  # generated: arguments per operator, 2..max_args (LRA: 10)
+        val_samples: int = bounded(2000, at_least(1))  # generated: fixed validation set size (LRA: 2000)
+        test_samples: int = bounded(2000, at_least(1))  # generated: fixed test set size (LRA: 2000)
+        data_seed: int = bounded(0, SEEDS)  # generated: seed of the fixed validation / test sets
         close_bracket: bool = True  # keep the ']' tokens; false: drop them as the 2021 code's tokenizer did (alphanumeric only)
-        truncate_at: int = 0  # cut sequences to their first N tokens (the 2021 code: 512); 0: never
-        pad_to: int = 0  # pad every sequence to N tokens, no mask, read position N-1 (the 2021 code: 512); 0: per batch, masked
+        truncate_at: int = bounded(0, at_least(0))  # cut sequences to their first N tokens (the 2021 code: 512); 0: never
+        # pad every sequence to N tokens, no mask, read position N-1 (the 2021 code: 512); 0: per batch, masked
+        pad_to: int = bounded(0, at_least(0))
         # the headline test split: test (basic_test) | val (basic_val, what the 2021 code reported as test)
         test_split: str = "test"
 

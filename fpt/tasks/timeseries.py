@@ -59,6 +59,7 @@ import numpy as np
 import torch
 
 from fpt.data import ts
+from fpt.options import FRACTION, SEEDS, at_least, bounded
 from fpt.tasks.base import ArraySplit, Split, Task, TaskSpec, register_task
 
 NORMALIZE = ("channel", "global", "series", "none")
@@ -172,16 +173,17 @@ class TimeSeries(Task):
         # or downloaded
         name: str | None = None
         path: str | None = None  # your own files: NAME_TRAIN.ts (+ NAME_TEST.ts beside it), a directory holding them, or one .ts
-        patch_size: int = 8  # time steps per token (GPT4TS classification: 8)
-        stride: int | None = None  # steps between token starts (None: patch_size, no overlap)
+        patch_size: int = bounded(8, at_least(1))  # time steps per token (GPT4TS classification: 8)
+        stride: int | None = bounded(None, at_least(1))  # steps between token starts (None: patch_size, no overlap)
         # "mixed": one token holds every channel of a window; "independent": one token per channel and window
         channels: str = "mixed"
         normalize: str = "channel"  # "channel", "global", "series" or "none" (statistics from the training split)
         missing: str = "error"  # missing values (? / NaN): "error" or "interpolate" (linear in time)
         readout: str = "last"  # "last" real token or "mean" of real tokens
-        val_fraction: float = 0.2  # validation carved from TRAIN (stratified by class for classification)
-        test_fraction: float = 0.2  # only for a single .ts file without a TEST file: the test split carved from it
-        split_seed: int = 0  # seed of the carving (fixed across runs)
+        val_fraction: float = bounded(0.2, FRACTION)  # validation carved from TRAIN (stratified by class for classification)
+        # only for a single .ts file without a TEST file: the test split carved from it
+        test_fraction: float = bounded(0.2, FRACTION)
+        split_seed: int = bounded(0, SEEDS)  # seed of the carving (fixed across runs)
         download: bool = True  # fetch a missing archive problem into the cache (online)
 
     def __init__(self, options, seed=0, data_dir=None):
