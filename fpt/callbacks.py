@@ -9,7 +9,8 @@
   :mod:`fpt.health` for the errors they lead to);
 * :class:`BestValidationWeights`: the trained weights of the best validation (``best.safetensors``),
   tested again at the end;
-* :class:`StepTimer`: ``fpt bench``'s timing and profiling of the ``fit`` path.
+* :class:`StepTimer`: ``fpt bench``'s timing and profiling of the ``fit`` path;
+* :class:`AdaptiveThreads`: CPU threads follow the cores other processes leave free.
 """
 
 from __future__ import annotations
@@ -497,3 +498,47 @@ class BestValidationWeights(Callback):
                 split, name = key[len("best/"):].split("/", 1)
                 out.setdefault(split, {})[name] = float(value)
         return out
+
+
+ADAPT_EVERY_S = 10.0  # seconds between two looks at the other processes' CPU use
+
+
+class AdaptiveThreads(Callback):
+    """CPU threads that follow the cores other processes leave free (``fpt.cpu``: why).
+
+    Every ``every_s`` seconds of training, between two steps, this reads how many CPUs other processes
+    used since the last look and sets ``torch.set_num_threads`` to the cores left (1 ..
+    ``most``). Only when the run chose its threads itself (no ``--num-threads``, ``$OMP_NUM_THREADS``
+    or ``$SLURM_CPUS_PER_TASK``). Each change is printed and kept in ``changes`` (step, threads,
+    other CPUs busy) for results.json. Thread counts change no result: the same run computes the
+    same numbers up to floating-point summation order.
+    """
+
+    def __init__(self, most: int, every_s: float | None = None, cpus_per_core: float = 1.0):
+        from fpt.cpu import OtherLoad
+
+        self.most, self.cpus_per_core = int(most), float(cpus_per_core)
+        self.every_s = ADAPT_EVERY_S if every_s is None else float(every_s)
+        self.load = OtherLoad()
+        self.next_look = time.monotonic() + self.every_s
+        self.changes: list[dict[str, Any]] = []
+        self.start_threads: int | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start_threads = torch.get_num_threads()
+
+    def look(self, step: int) -> None:
+        from fpt.cpu import threads_beside
+
+        others = self.load.cpus()
+        threads = threads_beside(others, self.most, self.cpus_per_core)
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+            self.changes.append({"step": step, "threads": threads, "other_cpus_busy": round(others or 0.0, 2)})
+            say(f"fpt: other processes keep {others:.1f} CPUs busy: {threads} thread(s) from step {step}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.monotonic()
+        if now >= self.next_look:
+            self.next_look = now + self.every_s
+            self.look(int(trainer.global_step))

@@ -114,7 +114,9 @@ class RunConfig:
     compile: Tristate = how("auto", "torch.compile the backbone in place: auto (on CUDA), true or false")
     fused_optimizer: Tristate = how("auto", "fused Adam/AdamW with on-device skipping of non-finite steps (no host "
                                     "sync per step): auto (on CUDA), true or false")
-    num_threads: int | None = how(None, "CPU intra-op threads (default: physical cores / processes, or $OMP_NUM_THREADS)",
+    num_threads: int | None = how(None, "CPU intra-op threads (default: $OMP_NUM_THREADS, else the physical cores / "
+                                  "processes; a single process follows the cores other processes leave free, "
+                                  "docs/performance.md)",
                                   bounds=at_least(1))
     cache_features: bool = what(False, "with --freeze output-only: run the frozen network once per sample and train "
                                 "the head on its cached outputs (fpt/features.py)")

@@ -63,6 +63,13 @@ def cpu_threads(requested: int | None, local_processes: int = 1) -> int:
     return max(1, physical_cores() // max(1, local_processes))
 
 
+def threads_are_fpts_choice(requested: int | None) -> bool:
+    """True when nobody chose the CPU threads (no --num-threads, $OMP_NUM_THREADS or $SLURM_CPUS_PER_TASK): then
+    fpt may follow the cores other processes leave free (fpt.callbacks.AdaptiveThreads)."""
+    return not requested and not os.environ.get("OMP_NUM_THREADS", "").isdigit() \
+        and not os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit()
+
+
 def use_compile(setting: Any, accelerator: str) -> bool:
     return accelerator == "gpu" if setting == "auto" else bool(setting)
 

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fpt import fastpath
 from fpt.callbacks import (
-    BEST_WEIGHTS, AtomicCheckpointIO, BestValidationWeights, ChanceWarning, FlushLogsOnCheckpoint, GracefulStop,
+    BEST_WEIGHTS, AdaptiveThreads, AtomicCheckpointIO, BestValidationWeights, ChanceWarning, FlushLogsOnCheckpoint, GracefulStop,
     PhaseTracker, Progress, ResumableCSVLogger, ResumeCheckpoint, progress_bar,
 )
 from fpt.checkpoint import (  # noqa: F401  (re-exported: these were defined here)
@@ -39,6 +39,7 @@ from fpt.checkpoint import (  # noqa: F401  (re-exported: these were defined her
     save_prediction_layout, save_trained, spec_dict,
 )
 from fpt.config import RunConfig, save_config
+from fpt.cpu import threads_beside
 from fpt.data.splits import LengthBucketedStream, Split, by_length
 from fpt.distributed import global_rank_from_env, local_processes, make_strategy
 from fpt.features import FeatureCache
@@ -466,8 +467,15 @@ def fit(config: RunConfig, resume: bool = False, enable_progress_bar: bool | Non
     # Under torchrun / srun every process runs this function; only rank 0 checks and writes the run
     # directory (another rank could otherwise find rank 0's fresh config.yaml and refuse to start).
     rank_zero = global_rank_from_env() == 0
+    adaptive = None
     if resolve_device(config)[0] == "cpu":
-        torch.set_num_threads(fastpath.cpu_threads(config.num_threads, local_processes(config)))
+        threads = fastpath.cpu_threads(config.num_threads, local_processes(config))
+        if fastpath.threads_are_fpts_choice(config.num_threads) and local_processes(config) == 1:
+            # threads follow the cores other processes leave free, at the start and while training (fpt.cpu)
+            adaptive = AdaptiveThreads(most=threads)
+            time.sleep(0.25)
+            threads = threads_beside(adaptive.load.cpus(), threads)
+        torch.set_num_threads(threads)
     checkpoint = None
     if resume:
         checkpoint = read_checkpoint(last)  # missing, truncated, foreign: a clear error before any work
@@ -499,7 +507,7 @@ def fit(config: RunConfig, resume: bool = False, enable_progress_bar: bool | Non
     lock = _take_run_dir(run_dir, resume, overwrite) if rank_zero else RunLock(run_dir)
     try:
         return _fit_locked(config, module, run_dir, resume, resumed_step, enable_progress_bar, rank_zero, start,
-                           list(callbacks or []))
+                           list(callbacks or []) + ([adaptive] if adaptive else []))
     finally:
         lock.release()
 
@@ -633,6 +641,9 @@ def _fit_locked(config, module, run_dir: Path, resume: bool, resumed_step, enabl
     results["at_best_val"] = at_best
     if chance is not None and chance.message:
         results["warnings"] = [chance.message]
+    adaptive = next((c for c in user_callbacks if isinstance(c, AdaptiveThreads)), None)
+    if adaptive is not None:  # the threads this invocation started with, and each change (other jobs came or went)
+        results["cpu_threads"] = {"start": adaptive.start_threads, "changes": adaptive.changes}
     if trainer.is_global_zero:
         atomic_write_json(run_dir / "results.json", results)
     return results

@@ -63,3 +63,69 @@ def test_threads_follow_the_cpus_slurm_gave_the_task(monkeypatch):
     assert fastpath.cpu_threads(None) == fastpath.physical_cores()  # never more than the physical cores
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert fastpath.cpu_threads(None) == 2
+
+
+def test_other_load_counts_other_processes_not_this_one(monkeypatch):
+    from fpt import cpu
+
+    machine = iter([(1000, 4000), (1000 + 300 + 100, 4000 + 400)])  # 400 busy ticks of 400, 100 of them ours
+    own = iter([50, 150])
+    monkeypatch.setattr(cpu, "_machine_ticks", lambda: next(machine))
+    monkeypatch.setattr(cpu, "_own_ticks", lambda: next(own))
+    monkeypatch.setattr(cpu.os, "cpu_count", lambda: 2)
+    load = cpu.OtherLoad()
+    assert load.cpus() == 1.5  # 300 of 400 ticks over 2 CPUs: others keep 1.5 CPUs busy
+    assert cpu.threads_beside(1.5, 2) == 1 and cpu.threads_beside(0.3, 2) == 2 and cpu.threads_beside(1.6, 4) == 2
+    assert cpu.threads_beside(7.0, 2) == 1 and cpu.threads_beside(None, 3) == 3  # at least 1; no /proc: all
+
+
+def test_other_load_sees_a_busy_process_on_this_machine():
+    from fpt.cpu import OtherLoad
+
+    import time
+
+    load = OtherLoad()
+    time.sleep(0.1)
+    if load.cpus() is None:
+        import pytest
+
+        pytest.skip("no /proc/stat here")
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass"])
+    try:
+        time.sleep(0.3)
+        load.cpus()
+        time.sleep(1.0)
+        seen = load.cpus()
+    finally:
+        busy.wait()
+    assert seen is not None and seen >= 0.6  # one spinning process: about one CPU (less if the machine is shared)
+
+
+def test_fit_threads_follow_the_cores_other_processes_leave(monkeypatch, pretrained_dirs, tmp_path):
+    """No --num-threads: a fit starts on the free cores and changes threads when other jobs come and go."""
+    import torch
+
+    from fpt import callbacks, cpu, fastpath
+
+    for name in ("OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(fastpath, "physical_cores", lambda: 2)
+    monkeypatch.setattr(callbacks, "ADAPT_EVERY_S", 0.0)  # look between every two steps
+    others = iter([0.0] + [1.0] * 3 + [0.0] * 100)  # quiet at the start, then another job for 3 looks, then gone
+    monkeypatch.setattr(cpu.OtherLoad, "cpus", lambda self: next(others))
+    run_dir = tmp_path / "run"
+    before = torch.get_num_threads()
+    try:
+        assert main(["fit", "--task", "bit-xor", "--backbone", pretrained_dirs["llama"], "--run-dir", str(run_dir),
+                     "-o", "n_bits=3", "-o", "val_samples=16", "-o", "test_samples=16", "--init", "random",
+                     "--steps", "8", "--eval-every", "8", "--batch-size", "4"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    threads = json.loads((run_dir / "results.json").read_text())["cpu_threads"]
+    assert threads["start"] == 2
+    assert [(c["step"], c["threads"]) for c in threads["changes"]] == [(1, 1), (4, 2)]
+    # an explicit --num-threads is never changed
+    assert main(["fit", "--task", "bit-xor", "--backbone", pretrained_dirs["llama"], "--run-dir", str(tmp_path / "b"),
+                 "-o", "n_bits=3", "-o", "val_samples=16", "-o", "test_samples=16", "--init", "random",
+                 "--steps", "4", "--eval-every", "4", "--batch-size", "4", "--num-threads", "1"]) == 0
+    assert "cpu_threads" not in json.loads((tmp_path / "b" / "results.json").read_text())

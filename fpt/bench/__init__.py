@@ -94,6 +94,9 @@ def add_bench_parser(sub, parse_task_option) -> argparse.ArgumentParser:
     b.add_argument("--load", type=int, default=0, metavar="N",
                    help="CPU: N other processes run the fast path's step in a loop meanwhile (a machine shared with "
                         "other fpt jobs); the table adds their step times and the samples/s of all processes")
+    b.add_argument("--load-threads", type=int, default=None, metavar="K",
+                   help="with --load: CPU threads of each competing process (default: as --num-threads), e.g. a job "
+                        "that started second and took the one free core")
     b.add_argument("--lr", type=float, default=1e-3)
     b.add_argument("--json", metavar="FILE", help="also write the numbers to FILE")
     return b
@@ -115,6 +118,8 @@ def bench(args) -> dict[str, Any]:
     load = getattr(args, "load", 0) or 0
     if load < 0 or (load and use_cuda):
         raise ValueError("--load N: N >= 0 competing processes, on the CPU only")
+    if getattr(args, "load_threads", None) is not None and (args.load_threads < 1 or not load):
+        raise ValueError("--load-threads K: K >= 1 threads per competing process, with --load N")
     competitors = Competitors(args, load) if load else None  # they load while this process builds its paths
     try:
         return _bench(args, device, use_cuda, paths, competitors)

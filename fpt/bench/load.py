@@ -90,7 +90,7 @@ def competitor(directory: str, index: int, parent: int) -> None:
 
     d = Path(directory)
     args = argparse.Namespace(**json.loads((d / _ARGS).read_text()))
-    torch.set_num_threads(fastpath.cpu_threads(args.num_threads))
+    torch.set_num_threads(fastpath.cpu_threads(getattr(args, "load_threads", None) or args.num_threads))
     device = torch.device("cpu")
     spec, batch, _, objective = spec_and_batch(args, device)
     path = StepPath("fast", args, device, spec, batch, objective)
