@@ -145,3 +145,15 @@ def offline_data(monkeypatch, tmp_path):
     monkeypatch.setattr("fpt.data.store.urlopen", refuse)
     monkeypatch.setenv("FPT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("FPT_DATA_DIR", raising=False)
+
+
+@pytest.fixture
+def base_file(tmp_path, tiny_dirs, run_values):
+    """A sweep's base config file (YAML): the tiny GPT-2 run of ``run_values``, without a run directory."""
+    import yaml
+
+    values = run_values(tiny_dirs["gpt2"], tmp_path / "unused", label="-small: tiny test")
+    values.pop("run_dir")
+    path = tmp_path / "base.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from fpt.backbones import load_backbone
 from fpt.config import build_config, list_presets, preset_dir, read_yaml
@@ -79,15 +78,6 @@ def test_bit_xor_demo_still_works_as_the_readme_uses_it():
 
 
 # -- the sweep -------------------------------------------------------------------------------------
-@pytest.fixture
-def base_file(tmp_path, tiny_dirs, run_values):
-    values = run_values(tiny_dirs["gpt2"], tmp_path / "unused", label="-small: tiny test")
-    values.pop("run_dir")
-    path = tmp_path / "base.yaml"
-    path.write_text(yaml.safe_dump(values))
-    return path
-
-
 def _results(path: Path) -> dict:
     return json.loads((path / "results.json").read_text())
 

@@ -23,15 +23,6 @@ from fpt.cli import main
 REPO = Path(__file__).parents[1]
 
 
-@pytest.fixture
-def base_file(tmp_path, tiny_dirs, run_values):
-    values = run_values(tiny_dirs["gpt2"], tmp_path / "unused", label="-small: tiny test")
-    values.pop("run_dir")
-    path = tmp_path / "base.yaml"
-    path.write_text(yaml.safe_dump(values))
-    return path
-
-
 def comparable(markdown: str) -> str:
     """sweep.md without what depends on how the trials ran: the command line and the time column."""
     lines = []
