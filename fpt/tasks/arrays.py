@@ -20,11 +20,11 @@ from fpt.data.arrays import (
 )
 from fpt.data.splits import ArraySplit, TaskSpec
 from fpt.options import PROBABILITY, SEEDS, at_least, between, bounded
-from fpt.tasks.base import Task, register_task
+from fpt.tasks.base import NamedSplitsTask, register_task
 
 
 @register_task
-class ArrayTask(Task):
+class ArrayTask(NamedSplitsTask):
     name = "array"
     description = "your own data: an .npz with x ([N,T,D] / [N,T] ints / [N,H,W(,C)] images) and y labels"
 
@@ -84,12 +84,3 @@ class ArrayTask(Task):
         s = self._load()
         return ArraySplit({"x": s.x[name], "y": s.y[name]}, shuffle_seed=self.seed if training else None,
                           transform=PreprocessX(self._layout.preprocess))
-
-    def train(self):
-        return self._split("train", training=True)
-
-    def val(self):
-        return self._split("val")
-
-    def test(self):
-        return {"test": self._split("test")}

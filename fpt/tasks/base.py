@@ -52,6 +52,23 @@ class Task:
         raise NotImplementedError
 
 
+class NamedSplitsTask(Task):
+    """A task whose data is three named splits built by one ``_split(name, training)``: train (shuffled by
+    the run's seed), val, and a single test split."""
+
+    def _split(self, name: str, training: bool = False) -> Split:
+        raise NotImplementedError
+
+    def train(self) -> Split:
+        return self._split("train", training=True)
+
+    def val(self) -> Split:
+        return self._split("val")
+
+    def test(self) -> dict[str, Split]:
+        return {"test": self._split("test")}
+
+
 # -- registry ------------------------------------------------------------------------------
 TASKS: dict[str, type[Task]] = {}
 

@@ -60,7 +60,7 @@ import torch
 
 from fpt.data import ts
 from fpt.options import FRACTION, SEEDS, at_least, bounded
-from fpt.tasks.base import ArraySplit, Split, Task, TaskSpec, register_task
+from fpt.tasks.base import ArraySplit, NamedSplitsTask, Split, TaskSpec, register_task
 
 NORMALIZE = ("channel", "global", "series", "none")
 CHANNEL_MODES = ("mixed", "independent")
@@ -162,7 +162,7 @@ class _Prepared:
 
 
 @register_task
-class TimeSeries(Task):
+class TimeSeries(NamedSplitsTask):
     name = "timeseries"
     description = ("UCR/UEA/TSER time-series classification or regression (.ts files): -o name=GunPoint "
                    "(bundled with aeon, or downloaded) or -o path=my_TRAIN.ts")
@@ -391,15 +391,6 @@ class TimeSeries(Task):
             arrays["mask"] = p.mask[name]
         return ArraySplit(arrays, shuffle_seed=self.seed if training else None,
                           transform=TrimPadding() if self._padded else None)
-
-    def train(self):
-        return self._split("train", training=True)
-
-    def val(self):
-        return self._split("val")
-
-    def test(self):
-        return {"test": self._split("test")}
 
 
 # -- fpt predict ------------------------------------------------------------------------------------
