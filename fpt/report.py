@@ -561,7 +561,8 @@ def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
 
 def timeseries_table(run_dirs: list[Path], results: dict[Path, dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per (problem, setting, lr): seeds, validation and test mean / std, time; ``chosen`` marks
-    the lr of each (problem, setting) with the best mean validation value in the metric's direction."""
+    the lr of each (problem, setting) with the best mean validation value in the metric's direction (ties:
+    the lower mean validation loss, as ``fpt sweep`` chooses)."""
     from fpt.objectives import headline, test_score, val_score
 
     groups: dict[tuple[str, str, float], dict[str, Any]] = {}
@@ -578,12 +579,14 @@ def timeseries_table(run_dirs: list[Path], results: dict[Path, dict[str, Any]]) 
             "layers": r.get("layers"), "backbone": _short_backbone(r), "label": r.get("label", ""), "runs": [],
             "data": data})
         g["runs"].append({"run": d, "seed": r.get("seed"), "val": val_score(r), "test": test_score(r),
+                          "val_loss": (r.get("val") or {}).get("best_loss"),
                           "seconds": r.get("seconds"), "cpu_seconds": r.get("cpu_seconds"), "steps": r.get("steps")})
     table = []
     for g in groups.values():
         runs = g.pop("runs")
         g["val_mean"], g["val_std"] = _mean_sd([x["val"] for x in runs if x["val"] is not None])
         g["test_mean"], g["test_std"] = _mean_sd([x["test"] for x in runs if x["test"] is not None])
+        g["val_loss_mean"] = _mean_sd([x["val_loss"] for x in runs if x["val_loss"] is not None])[0]
         g["seeds"] = sorted(x["seed"] for x in runs)
         g["seconds"] = _mean_sd([float(x["seconds"]) for x in runs if x["seconds"] is not None])[0]
         g["cpu_seconds"] = _mean_sd([float(x["cpu_seconds"]) for x in runs if x["cpu_seconds"] is not None])[0]
@@ -593,7 +596,11 @@ def timeseries_table(run_dirs: list[Path], results: dict[Path, dict[str, Any]]) 
     for g in table:
         rivals = [h for h in table if (h["problem"], h["setting"]) == (g["problem"], g["setting"])
                   and h["val_mean"] is not None]
-        best = (max if g["higher_is_better"] else min)(rivals, key=lambda h: h["val_mean"]) if rivals else None
+        # as the sweep chooses (fpt.sweep): the best mean validation value; a tie goes to the lower mean
+        # validation loss at those points (small validation sets tie often)
+        sign = -1 if g["higher_is_better"] else 1
+        best = min(rivals, key=lambda h: (sign * h["val_mean"], h["val_loss_mean"] if h["val_loss_mean"] is not None
+                                          else math.inf)) if rivals else None
         g["chosen"] = best is g
     table.sort(key=lambda g: (g["problem"], list(TS_SETTING_NAMES).index(g["setting"])
                               if g["setting"] in TS_SETTING_NAMES else 99, g["setting"], g["lr"] or 0))

@@ -48,3 +48,23 @@ def test_best_weights_move_to_a_tying_validation_with_a_lower_loss(tmp_path):
     again = BestValidationWeights(tmp_path / "best.safetensors")
     again.load_state_dict(state)
     assert (again.best_step, again.best_value) == (50, 1.0) and again.best_loss == pytest.approx(0.1)
+
+
+def test_the_time_series_report_chooses_the_learning_rate_as_the_sweep_does():
+    """Two learning rates with the same validation accuracy (GunPoint: 100% on 30 cases): the report's
+    time-series table marks the one with the lower validation loss, the setting sweep.md chose."""
+    from pathlib import Path
+
+    from fpt.report import timeseries_table
+
+    def run(lr, val_loss, test):
+        return {"task": "timeseries", "data": {"problem": "GunPoint"}, "backbone": "smollm2-135m", "init": "random",
+                "freeze": "fpt", "lr": lr, "seed": 0, "steps": 125, "objective": {"metric": "accuracy",
+                "higher_is_better": True}, "val": {"best_accuracy": 1.0, "best_loss": val_loss},
+                "test": {"accuracy": test}, "at_best_val": {"test": {"accuracy": test}}}
+
+    results = {Path("a"): run(3e-4, 0.20, 0.900), Path("b"): run(1e-3, 0.05, 0.907)}
+    table = timeseries_table(list(results), results)
+    assert [(g["lr"], g["chosen"]) for g in table] == [(3e-4, False), (1e-3, True)]
+    results[Path("a")]["val"]["best_loss"] = 0.01  # now the lower loss is 3e-4's
+    assert [(g["lr"], g["chosen"]) for g in timeseries_table(list(results), results)] == [(3e-4, True), (1e-3, False)]
