@@ -127,11 +127,12 @@ def render(summaries: dict[str, dict], out: Path) -> str:
     lines += ["", f"Devices: {', '.join(sorted(d for d in devices if d)) or '-'}. "
               f"Rendered {time.strftime('%Y-%m-%d %H:%M')} by `python benchmarks/encoder_evidence.py`; per-run rows, "
               "learning curves and the runs' labels: `report.md`, `report.csv`, `curves-*.png` (fpt report). "
-              "Seconds: results.json `seconds`, mean over seeds (a resumed run counts only its last process).", ""]
+              "Seconds: results.json `seconds`, mean over seeds (every invocation of a resumed run).", ""]
     incomplete = [(p, t["run_dir"], t["status"]) for p, s in summaries.items() for t in s["trials"] if t["status"] != "done"]
     if incomplete:
         lines += [f"Not complete: {len(incomplete)} runs are not finished (run the command again to finish them):", ""]
-        lines += [f"- {run_dir}: {status}" for _, run_dir, status in incomplete[:20]]
+        lines += [f"- {preset}/{Path(run_dir).parent.name}/{Path(run_dir).name}: {status}"
+                  for preset, run_dir, status in incomplete[:20]]
         if len(incomplete) > 20:
             lines.append(f"- ... and {len(incomplete) - 20} more")
     text = "\n".join(lines).rstrip() + "\n"
