@@ -514,10 +514,10 @@ class AdaptiveThreads(Callback):
     same numbers up to floating-point summation order.
     """
 
-    def __init__(self, most: int, every_s: float | None = None, cpus_per_core: float = 1.0):
+    def __init__(self, most: int, every_s: float | None = None):
         from fpt.cpu import OtherLoad
 
-        self.most, self.cpus_per_core = int(most), float(cpus_per_core)
+        self.most = int(most)
         self.every_s = ADAPT_EVERY_S if every_s is None else float(every_s)
         self.load = OtherLoad()
         self.next_look = time.monotonic() + self.every_s
@@ -531,7 +531,7 @@ class AdaptiveThreads(Callback):
         from fpt.cpu import threads_beside
 
         others = self.load.cpus()
-        threads = threads_beside(others, self.most, self.cpus_per_core)
+        threads = threads_beside(others, self.most)
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
             self.changes.append({"step": step, "threads": threads, "other_cpus_busy": round(others or 0.0, 2)})

@@ -96,11 +96,11 @@ class OtherLoad:
         return others / total * self.cpus_online
 
 
-def threads_beside(other_cpus: float | None, most: int, cpus_per_core: float = 1.0) -> int:
+def threads_beside(other_cpus: float | None, most: int) -> int:
     """Threads for this process when other processes keep ``other_cpus`` CPUs busy: the cores left free, at
     least 1 and at most ``most`` (the default: the physical cores). A core counts as taken from half a
     core's use: a job that sleeps a quarter of the time still spins its core."""
     if other_cpus is None:
         return most
-    taken = int(other_cpus / cpus_per_core + 0.5)
+    taken = int(other_cpus + 0.5)
     return max(1, min(most, most - taken))
