@@ -34,6 +34,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from fpt.checkpoint import read_checkpoint, save_checkpoint_file, save_trained
 from fpt.health import STOP_SIGNALS, StopForSignal, say
+from fpt.objectives import better
 from fpt.step import no_profiler_chatter
 
 log = logging.getLogger("fpt")
@@ -445,12 +446,8 @@ class BestValidationWeights(Callback):
         loss = float(loss) if loss is not None else None
         if math.isnan(value):
             return
-        if self.best_value is not None:
-            better = value > self.best_value if self.higher_is_better else value < self.best_value
-            tie_won = (value == self.best_value and loss is not None and self.best_loss is not None
-                       and loss < self.best_loss)
-            if not (better or tie_won):
-                return  # an equal value is kept only with a lower validation loss (as FPTModule's val.best)
+        if not better(value, self.best_value, self.higher_is_better, loss, self.best_loss):
+            return  # an equal value wins only with a lower validation loss (as FPTModule's val.best)
         self.best_value, self.best_step, self.best_loss = value, step, loss
         self._weights = {n: t.detach().to("cpu", copy=True) for n, t in pl_module.model.trainable_state_dict().items()}
         if trainer.is_global_zero:

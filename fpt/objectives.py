@@ -52,6 +52,21 @@ def _per_sample(value: torch.Tensor, n: int) -> torch.Tensor:
     return value.detach().reshape(()).expand(n)
 
 
+def better(value: float, than: float | None, higher_is_better: bool, loss: float | None = None,
+           than_loss: float | None = None) -> bool:
+    """Is validation ``value`` better than ``than``? An equal value is better when its loss is lower (``loss`` /
+    ``than_loss``, given): small validation sets tie often (10 cases give accuracies in steps of 10%), and the
+    lower loss is then the better-fitted model, not the earlier. Used by a run's best point, best.safetensors
+    (fpt.callbacks.BestValidationWeights) and, over seeds' means, a sweep's choice."""
+    if math.isnan(value):
+        return False
+    if than is None or (isinstance(than, float) and math.isnan(than)):
+        return True
+    if value == than:
+        return loss is not None and than_loss is not None and loss < than_loss
+    return value > than if higher_is_better else value < than
+
+
 class Objective:
     """Loss, metrics and predictions of one output type (subclasses below)."""
 
@@ -86,16 +101,8 @@ class Objective:
 
     def better(self, value: float, than: float | None, loss: float | None = None,
                than_loss: float | None = None) -> bool:
-        """Is ``value`` better than ``than`` in this metric's direction? An equal value is better when its
-        loss is lower (``loss`` / ``than_loss``, given): small validation sets tie often (10 cases give
-        accuracies in steps of 10%), and the lower loss is then the better-fitted model, not the earlier."""
-        if math.isnan(value):
-            return False
-        if than is None or (isinstance(than, float) and math.isnan(than)):
-            return True
-        if value == than:
-            return loss is not None and than_loss is not None and loss < than_loss
-        return value > than if self.higher_is_better else value < than
+        """Is ``value`` better than ``than`` in this metric's direction (:func:`better`)?"""
+        return better(value, than, self.higher_is_better, loss, than_loss)
 
     def describe(self) -> dict[str, Any]:
         """For results.json: ``{"kind", "metric", "higher_is_better", ...}``."""
@@ -109,7 +116,6 @@ class Classification(Objective):
 
     def __init__(self, num_classes: int):
         self.num_classes = int(num_classes)
-        self._train_accuracy = None
 
     def _accuracy(self) -> torchmetrics.Metric:
         # validate_args=False: the argument checks call torch.unique and read it on the host every batch

@@ -37,7 +37,6 @@ this machine, no scheduler): for machines without SLURM, and the tests where SLU
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -50,7 +49,7 @@ from typing import Any, Callable
 
 from fpt.io import atomic_write_json
 from fpt.sweep import (
-    JOBS_FILE, Plan, describe_outcome, execute_trial, load_plan, save_plan, trial_state, write_summary,
+    JOBS_FILE, Plan, _submitted_jobs, describe_outcome, execute_trial, load_plan, save_plan, trial_state, write_summary,
 )
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
@@ -214,12 +213,7 @@ def wait_for(jobs: dict[str, Any], options: SlurmOptions, on_end: Callable[[str,
 
 
 def _record_jobs(sweep_dir: Path, ids: dict[str, str]) -> None:
-    path = sweep_dir / JOBS_FILE
-    try:
-        known = json.loads(path.read_text())
-    except (OSError, ValueError):
-        known = {}
-    atomic_write_json(path, {**known, **ids})
+    atomic_write_json(sweep_dir / JOBS_FILE, {**_submitted_jobs(sweep_dir), **ids})
 
 
 def launch(plan: Plan, options: SlurmOptions, wait: bool = True, echo: Callable[[str], None] = print

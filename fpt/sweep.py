@@ -66,10 +66,10 @@ from fpt.config import (
 )
 from fpt.fastpath import physical_cores
 from fpt.io import atomic_write_json, atomic_write_text
-from fpt.objectives import headline, test_score, val_score
+from fpt.objectives import better, headline, test_score, val_score
 from fpt.options import parse_text as parse_value
 from fpt.protocol import resolve
-from fpt.rundir import LOCK_NAME, RunLock, move_aside
+from fpt.rundir import LOCK_NAME, RunLock, _pid_alive, move_aside
 from fpt.text import description, suggest
 
 # MACHINERY (fpt.config): options that only say *how* a trial runs (declared with role "how"): they may
@@ -530,10 +530,8 @@ def summarize(plan: Plan, outcomes: dict[str, dict[str, Any]] | None = None) -> 
             continue
         best = settings.get(chosen.get(key, ""))
         # the better mean validation value; on a tie, the lower mean validation loss at those points
-        if best is None or (s["val"]["mean"] > best["val"]["mean"] if s["higher_is_better"]
-                            else s["val"]["mean"] < best["val"]["mean"]) or (
-                s["val"]["mean"] == best["val"]["mean"] and s["val_loss"]["mean"] is not None
-                and best["val_loss"]["mean"] is not None and s["val_loss"]["mean"] < best["val_loss"]["mean"]):
+        if best is None or better(s["val"]["mean"], best["val"]["mean"], s["higher_is_better"],
+                                  s["val_loss"]["mean"], best["val_loss"]["mean"]):
             chosen[key] = s["setting"]
     for s in settings.values():
         s["chosen"] = chosen.get(s["variant"] or "all") == s["setting"]
@@ -715,13 +713,9 @@ def _lock_owner(run_dir: Path) -> dict[str, Any] | None:
         return None
     import socket
 
-    if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
-        try:
-            os.kill(owner["pid"], 0)
-        except ProcessLookupError:
-            return None  # stale: that process is gone
-        except PermissionError:
-            pass
+    if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int) \
+            and not _pid_alive(owner["pid"]):
+        return None  # stale: that process is gone
     return owner
 
 
