@@ -52,7 +52,7 @@ BACKBONES = (("minilm-L6", "MiniLM-L6 (encoder), 6 layers"), ("smollm2-L2", "Smo
 
 
 def _plans(args):
-    from fpt.sweep import make_plan
+    from fpt.experiments.plan import make_plan
 
     plans = []
     for preset in args.presets:
@@ -142,7 +142,7 @@ def render(summaries: dict[str, dict], out: Path) -> str:
 
 
 def _preset_set(text: str) -> tuple[str, str, object]:
-    from fpt.sweep import parse_assignment
+    from fpt.experiments.files import parse_assignment
 
     if ":" not in text:
         raise argparse.ArgumentTypeError(f"expected PRESET:KEY=VALUE, got {text!r}")
@@ -174,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides.setdefault(preset, {})[key] = value
     args.set = overrides
 
-    from fpt.sweep import describe_plan, run_plan, write_summary
+    from fpt.experiments.plan import describe_plan
+    from fpt.experiments.execute import run_plan
+    from fpt.experiments.summary import write_summary
 
     plans = _plans(args)
     if args.dry_run:
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     summaries = {}
     for plan in plans:
         summaries[plan.preset] = write_summary(plan) if args.render_only else run_plan(plan)
-    from fpt.report import write_report
+    from fpt.results.report import write_report
 
     finished = [str(plan.sweep_dir) for plan in plans if any((t.run_dir / "results.json").exists() for t in plan.trials)]
     if finished:

@@ -21,8 +21,9 @@ from conftest import DECODERS, ENCODERS, save_pretrained_dir
 from fpt.backbones import BuildOptions, load_backbone, registry
 from fpt.backbones import minilm as minilm_module
 from fpt.backbones.freeze import ENCODER_ARCHITECTURES, SUPPORTED_ARCHITECTURES
-from fpt.model import FPT, ModelConfig
-from fpt.tasks import TaskSpec, make_task
+from fpt.model.network import FPT, ModelConfig
+from fpt.data.splits import TaskSpec
+from fpt.tasks import make_task
 
 SPEC = TaskSpec(input_type="continuous", input_dim=3, max_tokens=8, num_classes=4, padded=True)
 
@@ -53,7 +54,7 @@ def test_registry_lists_every_source_and_each_loader_resolves():
 
 
 def test_fpt_list_prints_the_registry(capsys):
-    from fpt.cli import main
+    from fpt.cli.main import main
 
     assert main(["list"]) == 0
     out = capsys.readouterr().out
@@ -347,8 +348,8 @@ def test_an_unknown_encoder_family_still_asks_for_freeze_rules(tmp_path):
 def test_each_encoder_family_trains_and_reloads(tmp_path, pretrained_dirs, run_values, arch):
     """A local directory of each family through fit (Lightning), its default read-out on a padded
     task, then the saved run re-evaluated: the summary token is saved and restored with the rest."""
-    from fpt.config import build_config
-    from fpt.training import fit, test_run
+    from fpt.config.files import build_config
+    from fpt.training.fitting import fit, test_run
 
     readout = "first" if arch in ("vit", "deit") else None
     values = run_values(pretrained_dirs[arch], tmp_path / arch, init="pretrained", readout=readout, steps=3)

@@ -8,13 +8,13 @@ import json
 import pytest
 import torch
 
-from fpt.config import build_config
+from fpt.config.files import build_config
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_dirs, run_values):
     """A run whose validation accuracy rises then falls: lr high enough to overshoot on a tiny model."""
-    from fpt.training import fit
+    from fpt.training.fitting import fit
 
     run_dir = tmp_path_factory.mktemp("best") / "run"
     values = run_values(tiny_dirs["gpt2"], run_dir, steps=12, eval_every=2, lr=0.05, seed=3)
@@ -23,7 +23,7 @@ def run(tmp_path_factory, tiny_dirs, run_values):
 
 
 def _val_curve(run_dir):
-    from fpt.report import read_curve
+    from fpt.results.rows import read_curve
 
     return dict(zip(*read_curve(run_dir)))
 
@@ -47,8 +47,10 @@ def test_test_at_best_is_the_test_of_the_best_weights(run, tmp_path):
     """Re-evaluate best.safetensors independently: same test metrics as results.json's at_best_val."""
     import lightning as L
 
-    from fpt.config import load_config
-    from fpt.training import FPTModule, _test, build_model, load_trained
+    from fpt.config.files import load_config
+    from fpt.training.module import FPTModule
+    from fpt.training.fitting import _test
+    from fpt.runs.checkpoint import build_model, load_trained
 
     run_dir, results = run
     config = load_config(run_dir / "config.yaml")
@@ -70,12 +72,12 @@ def test_resume_keeps_the_best(run, tmp_path):
     """The best step lives in the resume checkpoint: continuing a run keeps it unless a later one is better."""
     import shutil
 
-    from fpt.training import fit
+    from fpt.training.fitting import fit
 
     run_dir, results = run
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
-    from fpt.config import load_config
+    from fpt.config.files import load_config
 
     config = load_config(copy / "config.yaml")
     config.run_dir, config.steps = str(copy), 14

@@ -86,8 +86,8 @@ LISTOPS = {"source": "generated", "min_length": 10, "max_length": 60, "max_token
 def test_resume_on_a_padded_task_reproduces_the_uninterrupted_run(tmp_path, tiny_dirs, run_values):
     """The exact-resume test (tests/test_training.py) on ListOps: variable lengths, bucketed batches whose windows
     (4 batches) straddle the resume point."""
-    from fpt.config import build_config
-    from fpt.training import fit
+    from fpt.config.files import build_config
+    from fpt.training.fitting import fit
 
     def values(run_dir, steps):
         return run_values(tiny_dirs["llama"], run_dir, task="listops", task_options=LISTOPS, steps=steps,
@@ -102,8 +102,8 @@ def test_resume_on_a_padded_task_reproduces_the_uninterrupted_run(tmp_path, tiny
 
 
 def test_bucketing_trains_on_other_batches_and_evaluation_order_changes_no_metric(tmp_path, tiny_dirs, run_values):
-    from fpt.config import build_config
-    from fpt.training import fit
+    from fpt.config.files import build_config
+    from fpt.training.fitting import fit
 
     def values(run_dir, bucket):
         return run_values(tiny_dirs["llama"], run_dir, task="listops", task_options=LISTOPS, steps=4,
@@ -115,21 +115,22 @@ def test_bucketing_trains_on_other_batches_and_evaluation_order_changes_no_metri
     assert any(not torch.equal(a[k], b[k]) for k in a)  # other batches, another model
 
     # Re-testing a run with evaluation batches in the plain order gives the same metrics as the sorted order.
-    import fpt.training as training
+    import fpt.training.fitting as training
+    import fpt.training.module as training_module
 
     sorted_metrics = training.test_run(tmp_path / "plain")
-    original = training.by_length
-    training.by_length = lambda split: None
+    original = training_module.by_length
+    training_module.by_length = lambda split: None
     try:
         plain_order = training.test_run(tmp_path / "plain")
     finally:
-        training.by_length = original
+        training_module.by_length = original
     assert sorted_metrics["test"]["accuracy"] == plain_order["test"]["accuracy"]
     assert sorted_metrics["test"]["loss"] == pytest.approx(plain_order["test"]["loss"], rel=1e-5)
 
 
 def test_protocol_and_older_runs(tmp_path):
-    from fpt.config import build_config, load_config
+    from fpt.config.files import build_config, load_config
 
     assert build_config({"task": "listops"}).bucket_by_length == 100
     assert build_config({"task": "remote-homology", "protocol": "paper"}).bucket_by_length == 100  # TAPE's loader

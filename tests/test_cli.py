@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from fpt.backbones.freeze import PRESETS
-from fpt.cli import main
+from fpt.cli.main import main
 
 SMALL = ["-o", "n_bits=3", "-o", "val_samples=16", "-o", "test_samples=16", "--init", "random",
          "--steps", "4", "--eval-every", "2", "--batch-size", "8", "--eval-batch-size", "16", "--device", "cpu",
@@ -144,7 +144,7 @@ def test_test_and_resume_need_a_run_dir(tmp_path, capsys):
 
 
 def test_yaml_task_options_merge_with_flags():
-    from fpt.config import build_config, merge
+    from fpt.config.files import build_config, merge
 
     merged = merge({"task_options": {"n_bits": 5, "patch_size": 5}}, {"task_options": {"n_bits": 10}})
     assert build_config(merged).task_options == {"n_bits": 10, "patch_size": 5}
@@ -178,11 +178,11 @@ def test_resume_accepts_the_original_command_and_names_what_differs(tmp_path, ti
     assert "these options differ from the run's" in capsys.readouterr().err
 
 
-# -- the bad-input table, generated from the option declarations (fpt/config.py, fpt/options.py) ------------
+# -- the bad-input table, generated from the option declarations (fpt/config/, fpt/base/options.py) ------------
 def bad_values(f) -> list:
     """Values option ``f`` must refuse, from what it declares: outside its bounds, not finite, not one of its
     choices, of the wrong type, too long. A new option gets its rows here without a line of test code."""
-    from fpt.options import MAX_TEXT, base_kind
+    from fpt.base.options import MAX_TEXT, base_kind
 
     kind, _ = base_kind(f.type)
     meta = f.metadata
@@ -207,13 +207,13 @@ def bad_values(f) -> list:
 
 
 def _declared():
-    from fpt.config import FIELDS
+    from fpt.config.run import FIELDS
 
     return FIELDS
 
 
 def _table(flags_only: bool):
-    from fpt.options import base_kind
+    from fpt.base.options import base_kind
 
     rows = []
     for name, f in _declared().items():
@@ -224,7 +224,7 @@ def _table(flags_only: bool):
 
 
 def test_every_option_has_bad_values_and_every_number_declares_its_bounds():
-    from fpt.options import base_kind
+    from fpt.base.options import base_kind
 
     for name, f in _declared().items():
         assert bad_values(f), f"{name}: nothing to refuse? declare bounds, choices or a max_length"
@@ -235,7 +235,7 @@ def test_every_option_has_bad_values_and_every_number_declares_its_bounds():
 
 @pytest.mark.parametrize("name,value", _table(flags_only=False))
 def test_every_config_key_refuses_bad_values_by_name(name, value):
-    from fpt.config import build_config
+    from fpt.config.files import build_config
 
     with pytest.raises(ValueError) as err:
         build_config({name: value})
@@ -261,7 +261,7 @@ def test_every_flag_refuses_bad_values_before_anything_is_built(name, value, tmp
 
 
 def test_bool_flags_take_no_value(tmp_path, tiny_dirs, capsys):
-    from fpt.options import base_kind
+    from fpt.base.options import base_kind
 
     for name, f in _declared().items():
         if base_kind(f.type)[0] == "bool" and f.metadata.get("flag", True):
@@ -274,7 +274,7 @@ def test_bool_flags_take_no_value(tmp_path, tiny_dirs, capsys):
 def _task_table():
     import dataclasses
 
-    from fpt.tasks.base import _registered
+    from fpt.tasks.registry import registered_tasks as _registered
 
     rows = []
     for task_name, cls in sorted(_registered().items()):
@@ -289,8 +289,8 @@ def _task_table():
 def test_every_numeric_task_option_declares_bounds():
     import dataclasses
 
-    from fpt.options import base_kind
-    from fpt.tasks.base import _registered
+    from fpt.base.options import base_kind
+    from fpt.tasks.registry import registered_tasks as _registered
 
     for task_name, cls in _registered().items():
         if not cls.__module__.startswith("fpt.tasks"):
@@ -302,7 +302,8 @@ def test_every_numeric_task_option_declares_bounds():
 
 @pytest.mark.parametrize("task_name,option,value", _task_table())
 def test_every_task_option_refuses_bad_values_by_name(task_name, option, value):
-    from fpt.tasks.base import _registered, make_options
+    from fpt.tasks.base import make_options
+    from fpt.tasks.registry import registered_tasks as _registered
 
     with pytest.raises(ValueError, match=f"task '{task_name}': option '{option}'"):
         make_options(_registered()[task_name], {option: value})

@@ -1,4 +1,4 @@
-"""A shared CPU: fpt's OpenMP wait default (fpt/cpu.py) and `fpt bench --load N` (fpt/bench/load.py)."""
+"""A shared CPU: fpt's OpenMP wait default (fpt/base/cpu.py) and `fpt bench --load N` (fpt/bench/load.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fpt.cli import main
+from fpt.cli.main import main
 
 ROOT = Path(__file__).parents[1]
 
@@ -22,9 +22,9 @@ def _python(code: str, **env: str) -> str:
 
 
 def test_openmp_wait_default_is_set_before_torch_loads_unless_given():
-    from fpt.cpu import SPIN_COUNT
+    from fpt.base.cpu import SPIN_COUNT
 
-    show = "import os; from fpt.cpu import openmp_wait; print(os.environ.get('GOMP_SPINCOUNT'), '|', openmp_wait())"
+    show = "import os; from fpt.base.cpu import openmp_wait; print(os.environ.get('GOMP_SPINCOUNT'), '|', openmp_wait())"
     assert _python(f"import fpt, torch; {show}") == f"{SPIN_COUNT} | GOMP_SPINCOUNT={SPIN_COUNT} (fpt's default)"
     # yours win
     assert _python(f"import fpt; {show}", OMP_WAIT_POLICY="PASSIVE") == "None | OMP_WAIT_POLICY=PASSIVE (set in the environment)"
@@ -54,7 +54,7 @@ def test_bench_load_runs_competing_processes_and_reports_them(pretrained_dirs, t
 
 
 def test_threads_follow_the_cpus_slurm_gave_the_task(monkeypatch):
-    from fpt import fastpath
+    from fpt.model import fastpath
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
@@ -66,7 +66,7 @@ def test_threads_follow_the_cpus_slurm_gave_the_task(monkeypatch):
 
 
 def test_other_load_counts_other_processes_not_this_one(monkeypatch):
-    from fpt import cpu
+    from fpt.base import cpu
 
     machine = iter([(1000, 4000), (1000 + 300 + 100, 4000 + 400)])  # 400 busy ticks of 400, 100 of them ours
     own = iter([50, 150])
@@ -80,7 +80,7 @@ def test_other_load_counts_other_processes_not_this_one(monkeypatch):
 
 
 def test_other_load_sees_a_busy_process_on_this_machine():
-    from fpt.cpu import OtherLoad
+    from fpt.base.cpu import OtherLoad
 
     import time
 
@@ -105,7 +105,9 @@ def test_fit_threads_follow_the_cores_other_processes_leave(monkeypatch, pretrai
     """No --num-threads: a fit starts on the free cores and changes threads when other jobs come and go."""
     import torch
 
-    from fpt import callbacks, cpu, fastpath
+    from fpt.training import threads as callbacks
+    from fpt.base import cpu
+    from fpt.model import fastpath
 
     for name in ("OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK"):
         monkeypatch.delenv(name, raising=False)

@@ -15,7 +15,12 @@ import torch
 
 from fpt.data import cifar, idx, listops, tape
 from fpt.data.fixtures import (
-    lra_source, write_cifar10, write_idx, write_listops_tsv, write_mnist_like, write_tape_remote_homology,
+    lra_source,
+    write_cifar10,
+    write_idx,
+    write_listops_tsv,
+    write_mnist_like,
+    write_tape_remote_homology,
 )
 from fpt.data.patching import patchify, random_crop_flip, unpatchify
 

@@ -13,8 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fpt.config import build_config
-from fpt.training import FPTModule, ddp_ignored_names, fit
+from fpt.config.files import build_config
+from fpt.training.module import FPTModule, ddp_ignored_names
+from fpt.training.fitting import fit
 
 TINY_LLAMA = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5)

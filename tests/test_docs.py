@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from fpt import cli
-from fpt.config import FIELDS, RunConfig
-from fpt.options import ROLES, declared
+from fpt.cli import main as cli
+from fpt.config.run import FIELDS, RunConfig
+from fpt.base.options import ROLES, declared
 
 ROOT = Path(__file__).parents[1]
 DOCS = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
@@ -119,7 +119,7 @@ def recipe(name: str) -> str:
 
 def test_recipe_add_a_task(monkeypatch, tiny_dirs):
     from fpt.backbones import load_backbone
-    from fpt.model import FPT
+    from fpt.model.network import FPT
     from fpt.tasks import TASKS, make_task
 
     monkeypatch.setattr("fpt.tasks.base.TASKS", dict(TASKS))  # the registration does not outlive the test
@@ -140,7 +140,7 @@ def test_recipe_add_a_task(monkeypatch, tiny_dirs):
 def test_recipe_add_a_freeze_preset(monkeypatch, make_backbone):
     from fpt.backbones import freeze
     from fpt.data.splits import TaskSpec
-    from fpt.model import FPT, ModelConfig
+    from fpt.model.network import FPT, ModelConfig
 
     monkeypatch.setattr(freeze, "PRESETS", dict(freeze.PRESETS))
     monkeypatch.setattr(freeze, "PRESET_HELP", dict(freeze.PRESET_HELP))
@@ -158,7 +158,7 @@ def test_recipe_add_a_backbone_family(monkeypatch, tmp_path):
 
     from fpt.backbones import freeze, load_backbone
     from fpt.data.splits import TaskSpec
-    from fpt.model import FPT, ModelConfig
+    from fpt.model.network import FPT, ModelConfig
 
     Qwen3Config(num_hidden_layers=2, hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
                 head_dim=8, vocab_size=64, max_position_embeddings=32).save_pretrained(tmp_path)

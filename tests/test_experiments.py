@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fpt.backbones import load_backbone
-from fpt.config import build_config, list_presets, preset_dir, read_yaml
+from fpt.config.files import build_config, list_presets, preset_dir, read_yaml
 from fpt.tasks import TASKS
 from fpt.tasks.base import make_options
 
@@ -48,7 +48,8 @@ def test_each_paper_task_has_a_paper_preset_and_a_small_one():
 
 
 def test_every_experiment_expands_on_every_small_preset(tmp_path):
-    from fpt.sweep import list_experiments, make_plan
+    from fpt.experiments.files import list_experiments
+    from fpt.experiments.plan import make_plan
 
     experiments = list_experiments()
     assert {"table1", "init", "ladder", "size", "depth", "rothermel"} <= set(experiments)
@@ -83,11 +84,11 @@ def _results(path: Path) -> dict:
 
 
 def test_sweep_runs_grid_x_seeds_skips_finished_and_selects_on_validation(tmp_path, base_file, monkeypatch):
-    from fpt import sweep
+    from fpt.experiments import execute as sweep_execute, plan as sweep_plan, summary as sweep_summary
 
-    plan = sweep.make_plan(str(base_file), grid={"lr": [1e-3, 3e-2]}, seeds=2, sweep_dir=tmp_path / "sw")
+    plan = sweep_plan.make_plan(str(base_file), grid={"lr": [1e-3, 3e-2]}, seeds=2, sweep_dir=tmp_path / "sw")
     assert [(t.setting, t.seed) for t in plan.trials] == [("lr=0.001", 0), ("lr=0.001", 1), ("lr=0.03", 0), ("lr=0.03", 1)]
-    summary = sweep.run_plan(plan, echo=lambda line: None)
+    summary = sweep_execute.run_plan(plan, echo=lambda line: None)
     assert summary["complete"]
     for t in plan.trials:
         r = _results(t.run_dir)
@@ -101,8 +102,8 @@ def test_sweep_runs_grid_x_seeds_skips_finished_and_selects_on_validation(tmp_pa
     def no_fit(*args, **kwargs):
         raise AssertionError("a finished trial was run again")
 
-    monkeypatch.setattr("fpt.training.fit", no_fit)
-    again = sweep.run_plan(sweep.make_plan(str(base_file), grid={"lr": [1e-3, 3e-2]}, seeds=2,
+    monkeypatch.setattr("fpt.training.fitting.fit", no_fit)
+    again = sweep_execute.run_plan(sweep_plan.make_plan(str(base_file), grid={"lr": [1e-3, 3e-2]}, seeds=2,
                                            sweep_dir=tmp_path / "sw"), echo=lambda line: None)
     assert again["complete"]
     assert all((t.run_dir / "results.json").stat().st_mtime_ns == stamps[t.run_dir] for t in plan.trials)
@@ -117,7 +118,7 @@ def test_sweep_runs_grid_x_seeds_skips_finished_and_selects_on_validation(tmp_pa
         r["at_best_val"]["test"]["accuracy"] = (0.2 + 0.1 * t.seed) if good else 0.95
         r["test"]["accuracy"] = 0.5  # the final weights: shown, never the reported number
         (t.run_dir / "results.json").write_text(json.dumps(r))
-    summary = sweep.write_summary(plan)
+    summary = sweep_summary.write_summary(plan)
     assert summary["chosen"] == {"all": "lr=0.03"}
     best = next(s for s in summary["settings"] if s["setting"] == "lr=0.03")
     assert best["chosen"] and best["test"]["mean"] == pytest.approx(0.25)
@@ -135,19 +136,19 @@ def test_sweep_runs_grid_x_seeds_skips_finished_and_selects_on_validation(tmp_pa
         r["val"]["best_accuracy"] = 0.9
         r["val"]["best_loss"] = 0.4 if t.params["lr"] == 0.001 else 0.2
         (t.run_dir / "results.json").write_text(json.dumps(r))
-    assert sweep.write_summary(plan)["chosen"] == {"all": "lr=0.03"}
+    assert sweep_summary.write_summary(plan)["chosen"] == {"all": "lr=0.03"}
     for t in plan.trials:
         r = _results(t.run_dir)
         r["val"]["best_loss"] = 0.1 if t.params["lr"] == 0.001 else 0.2
         (t.run_dir / "results.json").write_text(json.dumps(r))
-    assert sweep.write_summary(plan)["chosen"] == {"all": "lr=0.001"}
+    assert sweep_summary.write_summary(plan)["chosen"] == {"all": "lr=0.001"}
 
 
 def test_sweep_resumes_an_interrupted_trial_and_restarts_one_without_checkpoint(tmp_path, base_file):
-    from fpt import sweep
+    from fpt.experiments import execute as sweep_execute, plan as sweep_plan
 
-    plan = sweep.make_plan(str(base_file), grid={"init": ["random"]}, seeds=2, sweep_dir=tmp_path / "sw")
-    sweep.run_plan(plan, echo=lambda line: None)
+    plan = sweep_plan.make_plan(str(base_file), grid={"init": ["random"]}, seeds=2, sweep_dir=tmp_path / "sw")
+    sweep_execute.run_plan(plan, echo=lambda line: None)
     resumable, restartable = plan.trials[0].run_dir, plan.trials[1].run_dir
     # Interrupted after its last checkpoint: no results.json, no model.safetensors.
     (resumable / "results.json").unlink()
@@ -161,14 +162,14 @@ def test_sweep_resumes_an_interrupted_trial_and_restarts_one_without_checkpoint(
                 shutil.rmtree(p)
             else:
                 p.unlink()
-    assert sweep.trial_state(plan.trials[0].values, resumable) == "resume"
-    assert sweep.trial_state(plan.trials[1].values, restartable) == "restart"
+    assert sweep_plan.trial_state(plan.trials[0].values, resumable) == "resume"
+    assert sweep_plan.trial_state(plan.trials[1].values, restartable) == "restart"
     states = {}
 
     def echo(line):
         states[line.split(":")[0].split("] ")[-1]] = line  # the last line of each trial: its outcome
 
-    summary = sweep.run_plan(plan, echo=echo)
+    summary = sweep_execute.run_plan(plan, echo=echo)
     assert summary["complete"]
     assert "resumed" in states["init=random/s0"] and "restarted" in states["init=random/s1"]
     assert _results(resumable)["steps"] == 4 and _results(restartable)["steps"] == 4
@@ -176,16 +177,16 @@ def test_sweep_resumes_an_interrupted_trial_and_restarts_one_without_checkpoint(
 
 
 def test_sweep_refuses_a_trial_directory_with_other_settings(tmp_path, base_file):
-    from fpt import sweep
+    from fpt.experiments import execute as sweep_execute, plan as sweep_plan
 
-    sweep.run_plan(sweep.make_plan(str(base_file), sweep_dir=tmp_path / "sw"), echo=lambda line: None)
-    changed = sweep.make_plan(str(base_file), sets={"steps": 6}, sweep_dir=tmp_path / "sw")
+    sweep_execute.run_plan(sweep_plan.make_plan(str(base_file), sweep_dir=tmp_path / "sw"), echo=lambda line: None)
+    changed = sweep_plan.make_plan(str(base_file), sets={"steps": 6}, sweep_dir=tmp_path / "sw")
     with pytest.raises(ValueError, match="other settings.*steps"):
-        sweep.run_plan(changed, echo=lambda line: None)
+        sweep_execute.run_plan(changed, echo=lambda line: None)
 
 
 def test_sweep_cli_parallel_and_syntax(tmp_path, base_file, capsys):
-    from fpt.cli import main
+    from fpt.cli.main import main
 
     sweep_dir = tmp_path / "sw"
     args = ["sweep", str(base_file), "--grid", "layers=1,2", "--set", "steps=2", "--sweep-dir", str(sweep_dir)]
@@ -203,7 +204,7 @@ def test_sweep_cli_parallel_and_syntax(tmp_path, base_file, capsys):
 
 
 def test_parse_values():
-    from fpt.sweep import parse_assignment
+    from fpt.experiments.files import parse_assignment
 
     assert parse_assignment("lr=1e-5,1e-4,0.01", True) == ("lr", [1e-5, 1e-4, 0.01])
     assert parse_assignment("init=pretrained,random", True) == ("init", ["pretrained", "random"])
@@ -215,7 +216,7 @@ def test_parse_values():
 @pytest.fixture(scope="module")
 def bit_memory_source(tmp_path_factory, tiny_dirs):
     """A tiny transformer trained whole (freeze full, random init) on Bit Memory."""
-    from fpt.training import fit
+    from fpt.training.fitting import fit
 
     run_dir = tmp_path_factory.mktemp("bm") / "source"
     values = {"task": "bit-memory", "task_options": {"n_bits": 8, "n_strings": 2, "patch_size": 2,
@@ -227,7 +228,7 @@ def bit_memory_source(tmp_path_factory, tiny_dirs):
 
 
 def test_run_backbone_loads_the_trained_weights(bit_memory_source, tiny_dirs):
-    from fpt.training import load_run
+    from fpt.runs.checkpoint import load_run
 
     _, source_model = load_run(bit_memory_source)
     plain = load_backbone(tiny_dirs["llama"], init="random", seed=0)
@@ -249,7 +250,8 @@ def test_run_backbone_loads_the_trained_weights(bit_memory_source, tiny_dirs):
 
 
 def test_fit_on_a_run_backbone_records_it_and_reloads(tmp_path, bit_memory_source, run_values):
-    from fpt.training import fit, load_run
+    from fpt.training.fitting import fit
+    from fpt.runs.checkpoint import load_run
 
     values = run_values(f"run:{bit_memory_source}", tmp_path / "xor", init="pretrained", freeze="fpt")
     results = fit(build_config(values), enable_progress_bar=False)
@@ -262,13 +264,13 @@ def test_fit_on_a_run_backbone_records_it_and_reloads(tmp_path, bit_memory_sourc
     assert meta["source_run"] == str(bit_memory_source) and meta["fingerprint"] == results["backbone_identity"]["fingerprint"]
     config, model = load_run(tmp_path / "xor")  # rebuilt through run:, identity checked
     assert model.backbone.identity() == results["backbone_identity"]
-    from fpt.reference import setting_of
+    from fpt.results.reference import setting_of
 
     assert setting_of(results) == "frozen-bit-memory"
 
 
 def test_run_backbone_errors(tmp_path, bit_memory_source, tiny_dirs, run_values):
-    from fpt.training import fit
+    from fpt.training.fitting import fit
 
     with pytest.raises(ValueError, match="--init random does not apply"):
         load_backbone(f"run:{bit_memory_source}", init="random")

@@ -8,7 +8,7 @@ from torch import nn
 
 from conftest import BACKBONES
 from fpt.backbones.freeze import GROUPS, PRESETS, assign_groups, resolve_preset
-from fpt.model import FPT, ModelConfig
+from fpt.model.network import FPT, ModelConfig
 from fpt.tasks import make_task
 
 # Module classes of each architecture, written out here rather than taken from fpt.backbones.freeze.

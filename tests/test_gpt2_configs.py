@@ -52,7 +52,7 @@ def test_pretrained_gpt2_offline_fails_at_once_naming_what_to_run():
 
 
 def test_cli_names_the_presets_smollm2_variant(tmp_path, capsys):
-    from fpt.cli import main
+    from fpt.cli.main import main
 
     assert main(["fit", "--config", "bit-xor", "--layers", "1", "--steps", "1", "--run-dir", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
@@ -60,7 +60,7 @@ def test_cli_names_the_presets_smollm2_variant(tmp_path, capsys):
 
 
 def test_every_plain_paper_preset_is_gpt2_and_has_a_smollm2_variant():
-    from fpt.config import list_presets, read_yaml
+    from fpt.config.files import list_presets, read_yaml
 
     presets = list_presets()
     for task in ("bit-memory", "bit-xor", "listops", "mnist", "cifar10", "cifar10-lra", "remote-homology"):

@@ -15,13 +15,13 @@ ROOT = Path(__file__).parents[1] / "fpt"
 
 # In order: a module may import only from its own layer or an earlier one. A package name covers its submodules.
 LAYERS = {
-    "base": ("fpt", "fpt.io", "fpt.text", "fpt.options", "fpt.config", "fpt.cpu"),  # words every layer shares
+    "base": ("fpt", "fpt.base.io", "fpt.base.text", "fpt.base.options", "fpt.config", "fpt.base.cpu"),  # words every layer shares
     "data": ("fpt.data",),
     "tasks": ("fpt.tasks",),
-    "model": ("fpt.backbones", "fpt.model", "fpt.checkpoint", "fpt.features", "fpt.fastpath", "fpt.step",
-              "fpt.predict", "fpt.reference", "fpt.report"),
-    "training": ("fpt.training", "fpt.callbacks", "fpt.health", "fpt.rundir", "fpt.distributed", "fpt.bench"),
-    "cli": ("fpt.cli", "fpt.sweep", "fpt.slurm", "fpt.experiment_cli"),
+    "model": ("fpt.backbones", "fpt.model", "fpt.runs.checkpoint", "fpt.model.features", "fpt.model.fastpath", "fpt.model.step",
+              "fpt.results.predict", "fpt.results.reference", "fpt.results.report"),
+    "training": ("fpt.training", "fpt.training.callbacks", "fpt.runs.health", "fpt.runs.rundir", "fpt.training.distributed", "fpt.bench"),
+    "cli": ("fpt.cli", "fpt.experiments", "fpt.experiments.slurm", "fpt.cli.experiments"),
 }
 ORDER = list(LAYERS)
 
@@ -87,8 +87,8 @@ def test_data_never_imports_tasks_and_homology_not_listops():
 
 @pytest.mark.parametrize("modules_", [
     "fpt.model, fpt.tasks, fpt.backbones, fpt.data",
-    "fpt.checkpoint, fpt.predict, fpt.report",  # load and use trained models without Lightning
-    "fpt.sweep, fpt.health, fpt.rundir, fpt.config",
+    "fpt.runs.checkpoint, fpt.results.predict, fpt.results.report",  # load and use trained models without Lightning
+    "fpt.experiments, fpt.runs.health, fpt.runs.rundir, fpt.config",
 ])
 def test_import_without_lightning(modules_):
     code = (
@@ -104,17 +104,26 @@ def test_import_without_lightning(modules_):
 
 def test_old_import_paths_still_work():
     """Names that moved stay importable from where they were (other code imports them from there)."""
-    from fpt.health import ChanceWarning, GracefulStop, NonFiniteGradientError, PhaseTracker  # noqa: F401
-    from fpt.rundir import AtomicCheckpointIO, read_checkpoint, save_checkpoint_file  # noqa: F401
-    from fpt.tasks import ArraySplit, GeneratedSplit, Split, TaskSpec, collate, make_task, register_task  # noqa: F401
-    from fpt.tasks.base import suggest  # noqa: F401
-    from fpt.tasks.listops import PackedSequenceSplit  # noqa: F401
-    from fpt.training import (  # noqa: F401
-        NonFiniteGradientError as training_error, build_model, check_identity, load_run, load_trained, read_results,
+    from fpt.training.callbacks import ChanceWarning, PhaseTracker  # noqa: F401
+    from fpt.training.stopping import GracefulStop  # noqa: F401
+    from fpt.runs.health import NonFiniteGradientError  # noqa: F401
+    from fpt.training.callbacks import AtomicCheckpointIO  # noqa: F401
+    from fpt.runs.checkpoint import read_checkpoint, save_checkpoint_file  # noqa: F401
+    from fpt.data.splits import ArraySplit, GeneratedSplit, Split, TaskSpec, collate  # noqa: F401
+    from fpt.tasks import make_task, register_task  # noqa: F401
+    from fpt.base.text import suggest  # noqa: F401
+    from fpt.data.sequences import PackedSequenceSplit  # noqa: F401
+    from fpt.runs.health import NonFiniteGradientError as training_error  # noqa: F401
+    from fpt.runs.checkpoint import (  # noqa: F401
+        build_model,
+        check_identity,
+        load_run,
+        load_trained,
+        read_results,
         save_trained,
     )
-    import fpt.checkpoint
+    import fpt.runs.checkpoint
     import fpt.data.splits
 
-    assert TaskSpec is fpt.data.splits.TaskSpec and load_run is fpt.checkpoint.load_run
+    assert TaskSpec is fpt.data.splits.TaskSpec and load_run is fpt.runs.checkpoint.load_run
     assert training_error is NonFiniteGradientError

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ARCHS, BACKBONES, ENCODERS
-from fpt.model import FPT, ModelConfig
-from fpt.tasks import TaskSpec, make_task
+from fpt.model.network import FPT, ModelConfig
+from fpt.data.splits import TaskSpec
+from fpt.tasks import make_task
 
 
 def xor(n_bits=4):

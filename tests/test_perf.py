@@ -16,9 +16,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from fpt import fastpath
-from fpt.config import build_config
-from fpt.training import EvalBatchSampler, FPTModule, build_model, fit
+from fpt.model import fastpath
+from fpt.config.files import build_config
+from fpt.training.module import EvalBatchSampler, FPTModule
+from fpt.runs.checkpoint import build_model
+from fpt.training.fitting import fit
 
 TINY_LLAMA = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5)
@@ -87,7 +89,7 @@ def test_step_guard_skips_counts_and_trips(fused):
 
 def _nan_grads(monkeypatch) -> list:
     """Every gradient of the head becomes NaN; returns the list that receives the model fit builds."""
-    import fpt.training as training
+    import fpt.training.module as training
 
     original, built = training.build_model, []
 
@@ -103,7 +105,7 @@ def _nan_grads(monkeypatch) -> list:
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_fit_stops_after_bad_steps_with_head_untouched(tiny_llama, tmp_path, monkeypatch, fused):
-    from fpt.training import NonFiniteGradientError
+    from fpt.runs.health import NonFiniteGradientError
 
     config = _config(tiny_llama, tmp_path, f"bad-{fused}", steps=20, eval_every=5, max_bad_steps=3,
                      fused_optimizer=fused)
@@ -145,7 +147,7 @@ def test_training_steps_do_not_read_the_device(tiny_llama, tmp_path, monkeypatch
 
     import lightning as L
 
-    from fpt import training
+    from fpt.training import fitting as training
 
     reads_at: list[int] = []  # reads so far, at the start of each training step
     state = {"reads": 0, "on": False}
@@ -255,7 +257,7 @@ def test_cached_features_on_disk_resume_and_reuse(tiny_llama, tmp_path):
         assert f.get_tensor("features").shape == (16, 4, TINY_LLAMA["hidden_size"])
         assert f.get_tensor("y").shape == (16, 4)
     stamp = (run / "features" / "val.safetensors").stat().st_mtime_ns
-    from fpt.cli import main
+    from fpt.cli.main import main
 
     assert main(["fit", "--resume", str(run), "--steps", "9", "--no-progress-bar"]) == 0
     assert (run / "features" / "val.safetensors").stat().st_mtime_ns == stamp  # reused, not recomputed
@@ -265,8 +267,8 @@ def test_cached_features_on_disk_resume_and_reuse(tiny_llama, tmp_path):
 
 def test_cached_splits_match_the_model(tiny_llama, tmp_path):
     """Cached rows hold exactly model.features of the batches the uncached stream would give."""
-    from fpt.features import FeatureCache
-    from fpt.tasks.base import ArraySplit
+    from fpt.model.features import FeatureCache
+    from fpt.data.splits import ArraySplit
 
     config = _config(tiny_llama, tmp_path, "rows", freeze="output-only", cache_features=True, cache_train_samples=24)
     module = FPTModule(config)
@@ -293,7 +295,7 @@ def test_cached_splits_match_the_model(tiny_llama, tmp_path):
 
 
 def test_cached_features_refuse_other_presets(tiny_llama, tmp_path):
-    from fpt.features import check_cacheable
+    from fpt.model.features import check_cacheable
 
     with pytest.raises(ValueError, match="output-only"):
         check_cacheable(build_model(_config(tiny_llama, tmp_path, "x")))
@@ -301,7 +303,7 @@ def test_cached_features_refuse_other_presets(tiny_llama, tmp_path):
 
 # -- fpt bench ----------------------------------------------------------------------------------------
 def test_bench_cli_prints_table_and_json(tiny_llama, tmp_path, capsys):
-    from fpt.cli import main
+    from fpt.cli.main import main
 
     out = tmp_path / "bench.json"
     assert main(["bench", "--backbone", tiny_llama, "--tokens", "16", "--input-dim", "4", "--batch-size", "4",
@@ -338,7 +340,7 @@ def test_bench_cli_prints_table_and_json(tiny_llama, tmp_path, capsys):
 
 @pytest.mark.parametrize("data", [["--tokens", "12", "--input-dim", "3"], ["--task", "bit-xor"]])
 def test_bench_fit_path_times_the_whole_training_loop(tiny_llama, tmp_path, capsys, data):
-    from fpt.cli import main
+    from fpt.cli.main import main
 
     out = tmp_path / "bench.json"
     assert main(["bench", "--backbone", tiny_llama, *data, "--batch-size", "4", "--steps", "6", "--warmup", "2",
@@ -357,7 +359,7 @@ def test_bench_fit_path_times_the_whole_training_loop(tiny_llama, tmp_path, caps
 
 
 def test_bench_cached_path_trains_the_head_on_precomputed_features(tiny_llama, tmp_path, capsys):
-    from fpt.cli import main
+    from fpt.cli.main import main
 
     out = tmp_path / "bench.json"
     assert main(["bench", "--backbone", tiny_llama, "--tokens", "12", "--input-dim", "3", "--batch-size", "4",
@@ -447,7 +449,7 @@ def test_bench_categories_cover_cpu_ops_and_gpu_kernels():
 @pytest.mark.parametrize("layers", [1, 4, 12])
 def test_bench_smollm2(layers, tmp_path, capsys):
     _need_smollm2()
-    from fpt.cli import main
+    from fpt.cli.main import main
 
     assert main(["bench", "--backbone", "smollm2-135m", "--layers", str(layers), "--tokens", "64", "--input-dim", "16",
                  "--batch-size", "16", "--steps", "5", "--warmup", "2", "--json", str(tmp_path / "b.json")]) == 0

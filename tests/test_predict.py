@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import GPT2Config
 
-from fpt.cli import main
-from fpt.training import load_run
+from fpt.cli.main import main
+from fpt.runs.checkpoint import load_run
 
 
 @pytest.fixture(scope="module")

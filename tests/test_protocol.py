@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from fpt import protocol
-from fpt.config import build_config, preset_keys, read_yaml
+from fpt.config import protocols as protocol
+from fpt.config.files import build_config, preset_keys, read_yaml
 from fpt.data.fixtures import write_cifar10, write_listops_files, write_mnist_like, write_tape_remote_homology
 from fpt.tasks import make_task
 
@@ -53,7 +53,7 @@ def test_paper_learning_rate_and_lstm(task, backbone, lr):
 
 
 def test_cli_preset_keys_give_way_to_the_protocol_but_flags_do_not(tmp_path, tiny_dirs, capsys):
-    from fpt.cli import main
+    from fpt.cli.main import main
 
     run = tmp_path / "run"
     code = main(["fit", "--config", "bit-xor-small", "--protocol", "paper", "--backbone", tiny_dirs["gpt2"],
@@ -128,7 +128,7 @@ def test_listops_generated_paper_drops_brackets_too():
 # -- dropout -----------------------------------------------------------------------------------------------
 def test_input_dropout_and_backbone_dropout(tiny_dirs):
     from fpt.backbones import load_backbone
-    from fpt.model import FPT, ModelConfig
+    from fpt.model.network import FPT, ModelConfig
 
     task = make_task("bit-xor", {"n_bits": 4})
     kept = load_backbone(tiny_dirs["gpt2"], init="random", dropout="keep")
@@ -151,7 +151,8 @@ def test_input_dropout_and_backbone_dropout(tiny_dirs):
 
 
 def test_numeric_backbone_dropout_reaches_gguf_style_modules(tiny_dirs):
-    from fpt.backbones import _set_dropout, load_backbone
+    from fpt.backbones.hf import _set_dropout
+    from fpt.backbones import load_backbone
 
     b = load_backbone(tiny_dirs["llama"], init="random")
     _set_dropout(b.model.config, 0.3, b.model)
@@ -162,7 +163,7 @@ def test_numeric_backbone_dropout_reaches_gguf_style_modules(tiny_dirs):
 def test_layernorm_lstm_norms_train_when_frozen_and_compute_the_2021_cell():
     from fpt.backbones import load_backbone
     from fpt.backbones.lnlstm import LayerNormLSTMCell, LNLSTMLayerNorm
-    from fpt.model import FPT, ModelConfig
+    from fpt.model.network import FPT, ModelConfig
 
     task = make_task("bit-xor", {"n_bits": 4})
     backbone = load_backbone("lstm", init="random", layers=2, lstm_width=16, lstm_kind="layernorm", dropout=0.1)
@@ -260,7 +261,7 @@ def test_bit_xor_binary_inputs():
 # -- the paper's init of the new layers -----------------------------------------------------------------------
 def test_paper_init_of_embedding_and_head(tiny_dirs):
     from fpt.backbones import load_backbone
-    from fpt.model import FPT, ModelConfig
+    from fpt.model.network import FPT, ModelConfig
 
     spec = make_task("listops", {"source": "generated", "max_length": 60, "max_tokens": 60, "min_length": 20}).spec
     backbone = load_backbone(tiny_dirs["gpt2"], init="random")
@@ -275,7 +276,7 @@ def test_paper_init_of_embedding_and_head(tiny_dirs):
 
 # -- remote homology: the 2021 evaluation ----------------------------------------------------------------------
 def test_homology_paper_evaluation(tmp_path, tiny_dirs):
-    from fpt.training import fit
+    from fpt.training.fitting import fit
 
     write_tape_remote_homology(tmp_path / "remote_homology", n=10, lengths=(5, 80))
     values = {"protocol": "paper", "task": "remote-homology", "task_options": {"max_tokens": 40},
@@ -310,8 +311,8 @@ def gpt2_1024(tmp_path_factory):
 
 
 def test_acceptance_listops_paper_vs_fixed_report_rows(tmp_path, listops_files, gpt2_1024, caplog):
-    from fpt.cli import main
-    from fpt.report import run_row
+    from fpt.cli.main import main
+    from fpt.results.rows import run_row
 
     common = ["--config", "listops", "-o", "source=files", "--data-dir", str(tmp_path), "--backbone", gpt2_1024,
               "--steps", "2", "--eval-every", "2", "--no-progress-bar", "--num-threads", "1"]

@@ -23,11 +23,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from fpt import cli
-from fpt.config import build_config
-from fpt.health import ChanceWarning
-from fpt.rundir import RunLock, RunLockedError
-from fpt.training import fit
+from fpt.cli import main as cli
+from fpt.config.files import build_config
+from fpt.training.callbacks import ChanceWarning
+from fpt.runs.rundir import RunLock, RunLockedError
+from fpt.training.fitting import fit
 
 STEPS, EVAL_EVERY = 24, 8
 
@@ -89,7 +89,7 @@ def test_same_seed_gives_identical_metrics(backbone, reference, tmp_path):
 SLOW_CLI = """
 import sys, time
 from pathlib import Path
-import fpt.training as t
+import fpt.training.module as t
 progress, delay = Path(sys.argv[1]), float(sys.argv[2])
 original = t.FPTModule.training_step
 def slow_step(self, batch, batch_idx):
@@ -165,7 +165,7 @@ def test_sigterm_saves_current_step_and_prints_resume_command(backbone, referenc
 # -- 1. training health ---------------------------------------------------------------------------
 def poison_training_steps(monkeypatch, bad_steps, batch_size=8):
     """NaN inputs in the training batches of the given steps (stream positions step*batch ...)."""
-    import fpt.training as t
+    import fpt.training.module as t
 
     original = t._SplitDataset.__getitem__
 
@@ -264,7 +264,7 @@ def test_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):
 
 def test_lock_of_a_reused_pid_is_stale(tmp_path):
     """A live process that has the lock's pid but started later is not the lock's writer."""
-    from fpt.rundir import _process_start
+    from fpt.runs.rundir import _process_start
 
     run_dir = tmp_path / "reused"
     run_dir.mkdir()
@@ -303,8 +303,8 @@ def test_fit_refuses_a_directory_in_use(backbone, tmp_path, capsys):
 
 
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
-    from fpt import io as fio
-    from fpt.rundir import save_checkpoint_file
+    from fpt.base import io as fio
+    from fpt.runs.checkpoint import save_checkpoint_file
 
     path = tmp_path / "checkpoints" / "last.ckpt"
     save_checkpoint_file({"global_step": 1, "w": torch.ones(3)}, path)
@@ -362,7 +362,7 @@ def test_checkpoint_of_another_backbone_or_task_shape_is_refused(backbone, pretr
 
 
 def test_out_of_memory_says_what_to_change(backbone, tmp_path, monkeypatch, capsys):
-    import fpt.training as t
+    import fpt.training.module as t
 
     def oom(self, batch, batch_idx):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
@@ -406,7 +406,7 @@ class _PoisonWeights(L.Callback):
 
 
 def test_non_finite_weights_are_never_saved_or_called_good(backbone, tmp_path):
-    from fpt.checkpoint import NonFiniteWeightsError
+    from fpt.runs.checkpoint import NonFiniteWeightsError
 
     run_dir = tmp_path / "poisoned"
     with pytest.raises(NonFiniteWeightsError) as err:
@@ -421,8 +421,8 @@ def test_non_finite_weights_are_never_saved_or_called_good(backbone, tmp_path):
 
 
 def test_save_trained_refuses_non_finite_tensors(tmp_path, lstm_backbone):
-    from fpt.checkpoint import NonFiniteWeightsError, save_trained
-    from fpt.model import FPT
+    from fpt.runs.checkpoint import NonFiniteWeightsError, save_trained
+    from fpt.model.network import FPT
     from fpt.tasks import make_task
 
     model = FPT(lstm_backbone, make_task("bit-xor", {"n_bits": 3}).spec)
@@ -537,7 +537,7 @@ def test_run_dir_under_a_file_or_on_a_read_only_or_full_file_system(backbone, tm
 def test_a_full_disk_mid_write_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
     import errno
 
-    from fpt.io import WriteError, atomic_write_text
+    from fpt.base.io import WriteError, atomic_write_text
 
     target = tmp_path / "results.json"
     target.write_text("old")

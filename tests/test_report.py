@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fpt import reference
-from fpt.config import build_config
+from fpt.results import reference
+from fpt.config.files import build_config
 
 
 # -- reference numbers ------------------------------------------------------------------------------
@@ -115,7 +115,7 @@ def test_setting_of(run, setting):
 @pytest.fixture(scope="module")
 def xor_runs(tmp_path_factory, pretrained_dirs, tiny_dirs, run_values):
     """Bit XOR on a tiny GPT-2: pretrained and random (frozen), and a fully trained LSTM."""
-    from fpt.training import fit
+    from fpt.training.fitting import fit
 
     root = tmp_path_factory.mktemp("report-runs")
     runs = {
@@ -140,7 +140,8 @@ def _csv_curve(run_dir: Path):
 
 
 def test_read_curve_uses_optimizer_steps(xor_runs):
-    from fpt.report import read_curve, read_results
+    from fpt.results.rows import read_curve
+    from fpt.runs.checkpoint import read_results
 
     run = xor_runs["pretrained"]
     steps, acc = read_curve(run)
@@ -152,7 +153,8 @@ def test_read_curve_uses_optimizer_steps(xor_runs):
 
 
 def test_learning_curve_figure_carries_the_metrics(xor_runs):
-    from fpt.report import learning_curve_figure, read_curve
+    from fpt.results.figures import learning_curve_figure
+    from fpt.results.rows import read_curve
 
     dirs = [xor_runs["pretrained"], xor_runs["random"], xor_runs["lstm"]]
     fig = learning_curve_figure(dirs, "bit-xor")
@@ -168,7 +170,8 @@ def test_learning_curve_figure_carries_the_metrics(xor_runs):
 
 
 def test_convergence_figure_carries_ours_and_the_papers(xor_runs):
-    from fpt.report import convergence_figure, run_row
+    from fpt.results.figures import convergence_figure
+    from fpt.results.rows import run_row
 
     rows = [run_row(d) for d in xor_runs.values()]
     fig = convergence_figure(rows)
@@ -186,7 +189,7 @@ def test_convergence_figure_carries_ours_and_the_papers(xor_runs):
 
 
 def test_attention_maps_and_figure(xor_runs):
-    from fpt.report import attention_figure, attention_maps
+    from fpt.results.figures import attention_figure, attention_maps
 
     maps, config = attention_maps(xor_runs["pretrained"], examples=8)
     n_bits = config.task_options["n_bits"]
@@ -206,7 +209,7 @@ def test_attention_maps_and_figure(xor_runs):
 
 
 def test_report_cli_writes_table_csv_and_figures(xor_runs, tmp_path, capsys):
-    from fpt.cli import main
+    from fpt.cli.main import main
 
     out = tmp_path / "report"
     assert main(["report", *map(str, xor_runs.values()), "--out", str(out)]) == 0
@@ -232,7 +235,7 @@ def test_report_cli_writes_table_csv_and_figures(xor_runs, tmp_path, capsys):
 
 
 def test_plot_cli(xor_runs, capsys):
-    from fpt.cli import main
+    from fpt.cli.main import main
 
     assert main(["plot", str(xor_runs["random"])]) == 0
     figures = xor_runs["random"] / "figures"
@@ -243,7 +246,8 @@ def test_plot_cli(xor_runs, capsys):
 
 
 def test_fashion_mnist_row_says_there_is_no_paper_number(tmp_path):
-    from fpt.report import render_markdown, run_row
+    from fpt.results.report import render_markdown
+    from fpt.results.rows import run_row
 
     run = tmp_path / "fm"
     run.mkdir()
@@ -259,7 +263,7 @@ def test_fashion_mnist_row_says_there_is_no_paper_number(tmp_path):
 
 # -- issue 15: reports never show a garbage row, a stale or ambiguous legend, or a wrong bar ----------------
 def test_a_foreign_or_broken_results_json_is_named_and_nothing_is_written(tmp_path, capsys):
-    from fpt.cli import main
+    from fpt.cli.main import main
 
     foreign = tmp_path / "someone-else" / "exp1"
     foreign.mkdir(parents=True)
@@ -276,7 +280,7 @@ def test_a_foreign_or_broken_results_json_is_named_and_nothing_is_written(tmp_pa
 
 
 def test_legends_tell_apart_runs_that_differ_only_in_lr(xor_runs, tmp_path):
-    from fpt.report import learning_curve_figure
+    from fpt.results.figures import learning_curve_figure
 
     twin = tmp_path / "lr-twin"
     shutil.copytree(xor_runs["random"], twin)
@@ -292,14 +296,14 @@ def test_legends_tell_apart_runs_that_differ_only_in_lr(xor_runs, tmp_path):
 
 
 def test_accuracy_axis_ends_at_100(xor_runs):
-    from fpt.report import learning_curve_figure
+    from fpt.results.figures import learning_curve_figure
 
     ax = learning_curve_figure(list(xor_runs.values())).axes[0]
     assert ax.get_ylim()[1] == 100 and ax.get_ylim()[0] >= 0
 
 
 def test_convergence_bar_says_how_many_runs_reached_the_target():
-    from fpt.report import convergence_figure
+    from fpt.results.figures import convergence_figure
 
     def row(steps_to_target, seed):
         return {"task": "bit-xor", "setting": "fpt", "init": "pretrained", "freeze": "fpt", "steps": 1000,
@@ -315,7 +319,7 @@ def test_convergence_bar_says_how_many_runs_reached_the_target():
 
 
 def test_read_curve_reads_older_runs_with_lightnings_labels(tmp_path):
-    from fpt.report import read_curve
+    from fpt.results.rows import read_curve
 
     old = tmp_path / "old"  # no results.json marker: validations labelled one before their step
     old.mkdir()

@@ -94,7 +94,7 @@ class _Opens:
 
 
 def test_checkpoint_with_pickled_objects_is_refused(tmp_path):
-    from fpt.rundir import read_checkpoint
+    from fpt.runs.checkpoint import read_checkpoint
 
     marker = tmp_path / "ran"
     path = tmp_path / "checkpoints" / "last.ckpt"
@@ -107,9 +107,10 @@ def test_checkpoint_with_pickled_objects_is_refused(tmp_path):
 
 def test_resume_checkpoint_holds_only_safe_types(pretrained_dirs, tmp_path):
     """A real run's last.ckpt loads with weights_only=True, and Lightning reads it through fpt's loader."""
-    from fpt.config import build_config
-    from fpt.rundir import AtomicCheckpointIO
-    from fpt.training import _trainer, fit
+    from fpt.config.files import build_config
+    from fpt.training.callbacks import AtomicCheckpointIO
+    from fpt.training.trainer import _trainer
+    from fpt.training.fitting import fit
 
     config = build_config({"task": "bit-xor", "task_options": {"n_bits": 3, "val_samples": 16, "test_samples": 16},
                            "backbone": pretrained_dirs["gpt2"], "steps": 2, "eval_every": 2, "batch_size": 8,
@@ -152,8 +153,8 @@ def test_remote_code_never_runs_without_the_flag(tmp_path):
 
 
 def test_config_values_are_never_evaluated(tmp_path):
-    from fpt import cli
-    from fpt.config import read_yaml
+    from fpt.cli import main as cli
+    from fpt.config.files import read_yaml
 
     marker = tmp_path / "ran"
     bad = tmp_path / "bad.yaml"

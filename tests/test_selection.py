@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fpt.callbacks import BestValidationWeights
-from fpt.objectives import Classification, Regression
+from fpt.training.best import BestValidationWeights
+from fpt.model.objectives import Classification, Regression
 
 
 def test_an_equal_value_is_better_only_with_a_lower_loss():
@@ -55,7 +55,7 @@ def test_the_time_series_report_chooses_the_learning_rate_as_the_sweep_does():
     time-series table marks the one with the lower validation loss, the setting sweep.md chose."""
     from pathlib import Path
 
-    from fpt.report import timeseries_table
+    from fpt.results.timeseries_report import timeseries_table
 
     def run(lr, val_loss, test):
         return {"task": "timeseries", "data": {"problem": "GunPoint"}, "backbone": "smollm2-135m", "init": "random",

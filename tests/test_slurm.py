@@ -18,7 +18,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from fpt.cli import main
+from fpt.cli.main import main
 
 REPO = Path(__file__).parents[1]
 
@@ -37,7 +37,7 @@ def comparable(markdown: str) -> str:
 
 # -- the sweep directory alone ---------------------------------------------------------------------------
 def test_status_and_summarize_read_the_sweep_directory_alone(tmp_path, base_file, capsys):
-    from fpt import sweep
+    from fpt.experiments import plan as sweep_plan, status as sweep_status
 
     sweep_dir = tmp_path / "sw"
     # layers=5 fails when the model is built (the tiny backbone has 2 blocks): a real failed trial
@@ -62,20 +62,20 @@ def test_status_and_summarize_read_the_sweep_directory_alone(tmp_path, base_file
     # an interrupted trial (checkpoint, no results) and a running one (a live process holds its lock)
     done = sweep_dir / "layers=2" / "s0"
     (done / "results.json").unlink()
-    plan = sweep.load_plan(sweep_dir)
-    assert sweep.trial_status(plan.trials[0]) == {"status": "interrupted",
+    plan = sweep_plan.load_plan(sweep_dir)
+    assert sweep_status.trial_status(plan.trials[0]) == {"status": "interrupted",
                                                   "detail": "resumable, last checkpoint at step 4"}
     (done / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename, "started": "now"}))
-    assert sweep.trial_status(plan.trials[0])["status"] == "running"
+    assert sweep_status.trial_status(plan.trials[0])["status"] == "running"
     (done / ".lock").write_text(json.dumps({"pid": 2**22 + 7, "host": os.uname().nodename}))  # a dead process
-    assert sweep.trial_status(plan.trials[0])["status"] == "interrupted"
+    assert sweep_status.trial_status(plan.trials[0])["status"] == "interrupted"
 
     assert main(["sweep", "--status", str(tmp_path / "nothing")]) == 2
     assert "no plan.json" in capsys.readouterr().err
 
 
 def test_slurm_time_limits_read_as_sbatch_does():
-    from fpt.slurm import time_minutes
+    from fpt.experiments.slurm import time_minutes
 
     assert [time_minutes(t) for t in ("90", "30:30", "1:30:00", "2-00", "1-01:30", "0-00:00:30")] == [90, 31, 90, 2880,
                                                                                                       1530, 1]
@@ -145,8 +145,8 @@ def test_slurm_requeues_a_trial_warned_of_its_time_limit_and_it_resumes_exactly(
     """SIGUSR2 (what SLURM sends --slurm-signal-delay seconds before the time limit; here sent with scancel): the
     trial checkpoints at the step it is on, submitit requeues the job, and the requeued job resumes the trial.
     The trained weights equal those of an uninterrupted run."""
-    from fpt.config import build_config
-    from fpt.training import fit
+    from fpt.config.files import build_config
+    from fpt.training.fitting import fit
 
     steps = 200
     sweep_dir = tmp_path / "sw"

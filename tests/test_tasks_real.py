@@ -11,9 +11,7 @@ import torch
 
 from fpt.data import listops as lo
 from fpt.data import tape
-from fpt.data.fixtures import (
-    write_cifar10, write_listops_files, write_mnist_like, write_tape_remote_homology,
-)
+from fpt.data.fixtures import write_cifar10, write_listops_files, write_mnist_like, write_tape_remote_homology
 from fpt.data.idx import load_idx_dataset
 from fpt.data.listops_eval import evaluate_tokens
 from fpt.data.sources import FASHION_MNIST

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from fpt.config import build_config
+from fpt.config.files import build_config
 from fpt.data.fixtures import write_cifar10, write_listops_files, write_mnist_like, write_tape_remote_homology
-from fpt.training import fit
+from fpt.training.fitting import fit
 
 
 # Datasets never come from the network here, and each test gets its own empty cache.

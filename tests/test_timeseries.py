@@ -23,7 +23,7 @@ import torch
 
 from fpt.data import ts
 from fpt.data.store import MissingDataError
-from fpt.objectives import Classification, Regression, make_objective
+from fpt.model.objectives import Classification, Regression, make_objective
 from fpt.tasks import make_task
 from fpt.tasks.timeseries import TimeSeriesDataError, num_patches, patch_series, tokens_of
 
@@ -397,13 +397,13 @@ def test_regression_metrics_match_numpy_over_batches():
 
 
 def test_sweep_selects_the_lowest_validation_rmse(tmp_path):
-    from fpt import sweep
+    from fpt.experiments import plan as sweep_plan, summary as sweep_summary
 
     write_problem(tmp_path, "R", 12, 6, regression=True)
     base = tmp_path / "base.yaml"
     base.write_text(json.dumps({"task": "timeseries", "task_options": {"path": str(tmp_path / "R")},
                                 "backbone": "lstm", "init": "random", "freeze": "full", "steps": 2}))
-    plan = sweep.make_plan(str(base), grid={"lr": [1e-3, 1e-2, 1e-1]}, seeds=2, sweep_dir=tmp_path / "sw")
+    plan = sweep_plan.make_plan(str(base), grid={"lr": [1e-3, 1e-2, 1e-1]}, seeds=2, sweep_dir=tmp_path / "sw")
     val = {1e-3: 0.30, 1e-2: 0.10, 1e-1: 0.20}  # lower is better: 1e-2 must be chosen
     for t in plan.trials:
         t.run_dir.mkdir(parents=True)
@@ -412,18 +412,18 @@ def test_sweep_selects_the_lowest_validation_rmse(tmp_path):
              "val": {"best": val[t.params["lr"]] + 0.01 * t.seed, "metric": "rmse", "higher_is_better": False},
              "test": {"rmse": 1.0 + t.seed, "mae": 0.5}}
         (t.run_dir / "results.json").write_text(json.dumps(r))
-    summary = sweep.summarize(plan)
+    summary = sweep_summary.summarize(plan)
     chosen = [s for s in summary["settings"] if s["chosen"]]
     assert [s["setting"] for s in chosen] == ["lr=0.01"]
     assert chosen[0]["test"]["mean"] == pytest.approx(1.5) and chosen[0]["metric"] == "rmse"
-    markdown = sweep.render_markdown(summary)
+    markdown = sweep_summary.render_markdown(summary)
     assert "val rmse" in markdown and "1.5 ± 0.71" in markdown
 
 
 # -- end to end ----------------------------------------------------------------------------------------
 def _fit(tmp_path, tiny, options, name, steps=30):
-    from fpt.config import build_config
-    from fpt.training import fit
+    from fpt.config.files import build_config
+    from fpt.training.fitting import fit
 
     config = build_config({"task": "timeseries", "task_options": options, "backbone": tiny, "init": "random",
                            "steps": steps, "batch_size": 8, "eval_every": 10, "eval_batch_size": 16, "lr": 3e-3,
@@ -432,8 +432,8 @@ def _fit(tmp_path, tiny, options, name, steps=30):
 
 
 def test_classification_and_regression_train_end_to_end_then_predict_and_report(tmp_path, tiny_dirs):
-    from fpt.cli import main
-    from fpt.report import write_report
+    from fpt.cli.main import main
+    from fpt.results.report import write_report
 
     write_problem(tmp_path / "data", "Cls", n_train=40, n_test=20, channels=2, length=16, variable=True)
     write_problem(tmp_path / "data", "Reg", n_train=40, n_test=20, length=16, regression=True, seed=1)
@@ -477,22 +477,22 @@ def test_classification_and_regression_train_end_to_end_then_predict_and_report(
 
 @needs_aeon
 def test_gunpoint_by_name_trains_and_reports_the_published_numbers(tmp_path, tiny_dirs):
-    from fpt import reference
-    from fpt.report import write_report
+    from fpt.results import ts_reference
+    from fpt.results.report import write_report
 
     results = _fit(tmp_path, tiny_dirs["gpt2"], {"name": "GunPoint", "patch_size": 10}, "gp", steps=10)
     assert results["data"]["official_split"] and results["data"]["n_test"] == 150
-    published, why = reference.ts_lookup(results["data"])
+    published, why = ts_reference.ts_lookup(results["data"])
     assert not why and {p.method for p in published} == {"HIVE-COTE 2", "MultiRocket", "ROCKET", "1-NN DTW"}
     text = Path(write_report([tmp_path / "gp"], tmp_path / "rep", attention=False)["markdown"]).read_text()
     assert "| GunPoint | accuracy |" in text and "| 100 | 100 | 100 | 90.7 | - |" in text
     # another split of the same problem is never compared with the published numbers
     other = dict(results["data"], n_test=100)
-    assert reference.ts_lookup(other)[0] == [] and "not the published split" in reference.ts_lookup(other)[1]
+    assert ts_reference.ts_lookup(other)[0] == [] and "not the published split" in ts_reference.ts_lookup(other)[1]
 
 
 def test_make_objective_needs_target_statistics_for_regression():
-    from fpt.tasks.base import TaskSpec
+    from fpt.data.splits import TaskSpec
 
     spec = TaskSpec("continuous", 4, 8, num_classes=1, output="regression")
     with pytest.raises(ValueError, match="target_statistics"):
@@ -505,7 +505,7 @@ def test_make_objective_needs_target_statistics_for_regression():
 def test_the_readme_command_runs_offline_on_smollm2(tmp_path, monkeypatch, capsys):
     """`fpt fit --task timeseries -o name=GunPoint --layers 2 ...` (the README's command; fewer steps here)."""
     from fpt.backbones.gguf import find_smollm2_gguf
-    from fpt.cli import main
+    from fpt.cli.main import main
 
     try:
         find_smollm2_gguf()

@@ -12,10 +12,13 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-import fpt.training as training
+import fpt.training.fitting as training
+import fpt.training.module as training_module
 from conftest import save_pretrained_dir
-from fpt.config import build_config, load_config
-from fpt.training import NonFiniteGradientError, build_model, fit, load_run, load_trained, read_results
+from fpt.config.files import build_config, load_config
+from fpt.runs.health import NonFiniteGradientError
+from fpt.runs.checkpoint import build_model, load_run, load_trained, read_results
+from fpt.training.fitting import fit
 
 
 def rows(run_dir) -> list[dict[str, str]]:
@@ -199,7 +202,7 @@ def test_resume_refuses_a_config_for_another_backbone(tmp_path, tiny_dirs, run_v
 def poison_steps(monkeypatch):
     """Make the training loss NaN at the global steps put in the returned set (-1: at every step)."""
     bad: set[int] = set()
-    original = training.FPTModule._logits_and_loss
+    original = training_module.FPTModule._logits_and_loss
 
     def poisoned(self, batch):
         logits, y, loss = original(self, batch)
@@ -207,7 +210,7 @@ def poison_steps(monkeypatch):
             loss = loss * float("nan")
         return logits, y, loss
 
-    monkeypatch.setattr(training.FPTModule, "_logits_and_loss", poisoned)
+    monkeypatch.setattr(training_module.FPTModule, "_logits_and_loss", poisoned)
     return bad
 
 

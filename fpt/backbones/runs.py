@@ -55,8 +55,8 @@ def load_run_backbone(name: str, *, init: str = "pretrained", layers: int | None
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from fpt.backbones import load_backbone
-    from fpt.config import load_config
+    from fpt.backbones.registry import load_backbone
+    from fpt.config.files import load_config
 
     run_dir = run_dir_of(name)
     if init != "pretrained":

@@ -5,14 +5,14 @@ One process, one table::
     fpt bench --backbone smollm2-135m --layers 12 --task bit-xor --batch-size 32
     fpt bench --backbone smollm2-135m --layers 12,30 --tokens 64 --input-dim 16 --batch-size 64,256 --device cuda --json b.json
 
-A step is what training does, run by the same code (:class:`fpt.step.TrainingStep`): forward through
+A step is what training does, run by the same code (:class:`fpt.model.step.TrainingStep`): forward through
 the real ``FPT`` module (with its real freezing, so frozen weights get no weight gradients),
 cross-entropy, backward, gradient-norm clip with the non-finite check, optimizer step. Paths:
 
 * ``naive`` — what the 2021 code did: fp32, eager attention, the for-loop Adam
   (``foreach=False``), a plain ``nn.Module`` (no compile), and host reads every step (the loss for
   logging and the finiteness of the gradient norm);
-* ``fast`` — fpt's defaults for the device (``fpt.fastpath``): on CUDA bf16 autocast, SDPA
+* ``fast`` — fpt's defaults for the device (``fpt.model.fastpath``): on CUDA bf16 autocast, SDPA
   attention, ``torch.compile`` of the backbone, fused Adam with the sync-free step guard; on CPU
   fp32, SDPA attention, no compile, unfused Adam, threads = physical cores.
 
@@ -49,18 +49,23 @@ from typing import Any
 
 import torch
 
-from fpt import fastpath
-from fpt.cpu import openmp_wait
+from fpt.model import fastpath
+from fpt.base.cpu import openmp_wait
 from fpt.backbones import load_backbone
 from fpt.bench.load import Competitors
 from fpt.bench.measure import flops_per_step, matmul_params, measured_bf16_peak_tflops  # noqa: F401
 from fpt.bench.paths import FitPath, StepPath, spec_and_batch
 from fpt.bench.profile import (  # noqa: F401  (tests and tools import these from fpt.bench)
-    CATEGORIES, HOST_CATEGORY, _in_optimizer, breakdown_from_events, categorize, profile_breakdown,
+    CATEGORIES,
+    HOST_CATEGORY,
+    _in_optimizer,
+    breakdown_from_events,
+    categorize,
+    profile_breakdown,
 )
 from fpt.bench.table import format_table
-from fpt.io import atomic_write_json
-from fpt.step import OPTIMIZER_RANGE, PHASE_RANGES  # noqa: F401
+from fpt.base.io import atomic_write_json
+from fpt.model.step import OPTIMIZER_RANGE, PHASE_RANGES  # noqa: F401
 
 PATHS = ("naive", "fast", "fit", "cached")
 
@@ -136,7 +141,7 @@ def _bench(args, device, use_cuda: bool, paths: list[str], competitors: Competit
         "device": torch.cuda.get_device_name(device) if use_cuda else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__, "paths": {},
     }
-    if not use_cuda:  # how idle OpenMP threads wait: what decides how a shared CPU is used (fpt/cpu.py)
+    if not use_cuda:  # how idle OpenMP threads wait: what decides how a shared CPU is used (fpt/base/cpu.py)
         out["openmp"] = openmp_wait()
     if use_cuda:
         if getattr(args, "_peak", None) is None:

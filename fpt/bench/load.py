@@ -85,7 +85,7 @@ def competitor(directory: str, index: int, parent: int) -> None:
     process ``parent`` says so or is gone."""
     import torch
 
-    from fpt import fastpath
+    from fpt.model import fastpath
     from fpt.bench.paths import StepPath, spec_and_batch
 
     d = Path(directory)

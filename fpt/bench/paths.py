@@ -13,22 +13,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from fpt import fastpath
+from fpt.model import fastpath
 from fpt.backbones import load_backbone
 from fpt.bench.measure import Memory, count_host_syncs, flops_per_step, matmul_params, throughput
 from fpt.bench.profile import breakdown_from_events
-from fpt.config import build_config
+from fpt.config.files import build_config
 from fpt.data.splits import TaskSpec
-from fpt.features import check_cacheable
-from fpt.model import FPT, ModelConfig
-from fpt.objectives import make_objective
-from fpt.step import TrainingStep, autocast_for, resolve_precision
+from fpt.model.features import check_cacheable
+from fpt.model.network import FPT, ModelConfig
+from fpt.model.objectives import make_objective
+from fpt.model.step import TrainingStep, autocast_for, resolve_precision
 from fpt.tasks import make_task
 
 
 def spec_and_batch(args, device):
     """The task shape, the one batch every step path trains on (synthetic with ``--tokens``) and the task's
-    objective (its loss: :mod:`fpt.objectives`)."""
+    objective (its loss: :mod:`fpt.model.objectives`)."""
     if args.tokens is not None and args.task is None:
         spec = TaskSpec(input_type="continuous", input_dim=args.input_dim, max_tokens=args.tokens, num_classes=2,
                         num_labels=1, readout="last")
@@ -68,7 +68,7 @@ def optimizer_label(settings: dict[str, Any]) -> str:
 
 
 class StepPath:
-    """One path's model, optimizer and training step (:class:`fpt.step.TrainingStep`), built and warmed up
+    """One path's model, optimizer and training step (:class:`fpt.model.step.TrainingStep`), built and warmed up
     (memory measured meanwhile)."""
 
     def __init__(self, name: str, args, device, spec, batch, objective):
@@ -180,8 +180,9 @@ class FitPath:
     """
 
     def __init__(self, args, device):
-        from fpt.callbacks import StepTimer  # only this path needs Lightning
-        from fpt.training import fit, resolve_device
+        from fpt.training.callbacks import StepTimer
+        from fpt.training.fitting import fit
+        from fpt.training.trainer import resolve_device
 
         self.name, self.device = "fit", device
         total, b = args.warmup + args.steps, args.batch_size

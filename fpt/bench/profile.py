@@ -1,7 +1,7 @@
 """Where a step's time goes: profiled operators (CPU) or kernels (GPU), sorted into categories.
 
 The ``USDT:`` lines that torch's profiler (Kineto) writes to stderr at every start and stop are
-filtered out (:func:`fpt.step.no_profiler_chatter`): they say nothing to a user.
+filtered out (:func:`fpt.model.step.no_profiler_chatter`): they say nothing to a user.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fpt.step import OPTIMIZER_RANGE, PHASE_RANGES, no_profiler_chatter
+from fpt.model.step import OPTIMIZER_RANGE, PHASE_RANGES, no_profiler_chatter
 
 # Where the time goes: profiled operators (CPU) or kernels (GPU) sorted into these, first match wins.
 # Names are matched lower-cased; GPU kernel names come from cuBLAS/cuDNN/flash/Triton and vary by

@@ -42,7 +42,7 @@ import torch
 
 from fpt.data.patching import channel_stats, check_patch_size, patchify
 from fpt.data.splits import ArraySplit, TaskSpec
-from fpt.text import close_matches
+from fpt.base.text import close_matches
 
 KINDS = ("auto", "tokens", "discrete", "image")
 SPLIT_KEYS = {"train": ("x_train", "y_train"), "val": ("x_val", "y_val"), "test": ("x_test", "y_test")}

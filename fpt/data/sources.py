@@ -134,7 +134,7 @@ def timeseries_problem(name: str) -> Dataset:
     bundled data) and, when its Zenodo record is known (aeon's tables, :func:`fpt.data.ts.zenodo_record`),
     the download. The archive publishes no checksums: a download is checked for completeness
     (Content-Length) by :mod:`fpt.data.store` and must parse (:func:`fpt.data.ts.find_problem`)."""
-    from fpt.data.ts import aeon_data_root, base_name, zenodo_record
+    from fpt.data.aeon import aeon_data_root, base_name, zenodo_record
 
     if not name or any(c in name for c in "/\\") or name.startswith("."):
         raise ValueError(f"timeseries: {name!r} is not a problem name (e.g. GunPoint); for your own files use "

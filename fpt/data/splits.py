@@ -5,7 +5,7 @@ A split hands the model batches as dicts:
 * ``x``: ``float32 [B, T, D]`` for continuous tokens, or ``int64 [B, T]`` for discrete ones;
 * ``y``: ``int64 [B]`` (one label per sample) or ``int64 [B, K]`` (K labels per sample, e.g. bits);
   for a regression task (``TaskSpec.output == "regression"``) ``float32 [B]`` or ``[B, K]``, the
-  targets in their original units (:mod:`fpt.objectives` standardises them for the loss);
+  targets in their original units (:mod:`fpt.model.objectives` standardises them for the loss);
 * ``mask`` (optional): ``bool [B, T]``, True on real tokens, False on padding (padding is on the
   right, so the last real token is at ``mask.sum(1) - 1``).
 
@@ -43,7 +43,7 @@ class TaskSpec:
     readout_tokens: int = 1  # with readout="tokens": how many final tokens; each predicts num_labels/readout_tokens labels
     padded: bool = False  # batches carry a `mask` (variable-length sequences)
     pad_id: int = 0  # padding token id for discrete inputs
-    # the output type (fpt.objectives): "regression" predicts num_labels real-valued targets, num_classes must be 1
+    # the output type (fpt.model.objectives): "regression" predicts num_labels real-valued targets, num_classes must be 1
     output: OutputType = "classification"
 
     def __post_init__(self):

@@ -41,25 +41,33 @@ a download is checked for completeness (``Content-Length``) and must parse befor
 """
 
 from __future__ import annotations
-
-import ast
-import importlib.metadata
-import importlib.util
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-
 import numpy as np
+
+
 
 HEADER_KEYS = ("problemname", "timestamps", "missing", "univariate", "dimension", "dimensions", "equallength",
                "serieslength", "classlabel", "targetlabel")
+
+
+
 _BOOLEAN_KEYS = ("timestamps", "missing", "univariate", "equallength", "targetlabel")
+
+
+
 _MISSING_TOKENS = ("?", "nan")
+
+
+
 _COMMENT = ("#", "%")  # '%' as in ARFF, used by some archive files (aeon's UnitTest)
+
 
 
 class TSFormatError(ValueError):
     """A ``.ts`` file that does not follow the format; the message names the file and the line."""
+
 
 
 @dataclass
@@ -77,6 +85,7 @@ class TSHeader:
     class_values: tuple[str, ...] = ()  # the classes @classLabel true lists, in the header's order
     target_label: bool | None = None  # @targetLabel true: one regression target per case
     extra: dict[str, str] = field(default_factory=dict)  # keys this reader does not know (kept, ignored)
+
 
 
 @dataclass
@@ -121,12 +130,14 @@ class TSData:
         return len(self.series)
 
 
+
 def sort_labels(labels) -> tuple[str, ...]:
     labels = list(labels)
     try:
         return tuple(sorted(labels, key=float))
     except ValueError:
         return tuple(sorted(labels))
+
 
 
 # -- the reader --------------------------------------------------------------------------------
@@ -139,6 +150,7 @@ def _bool(value: str, key: str, where: str) -> bool:
     raise TSFormatError(f"{where}: @{key} must be true or false, got {value!r}")
 
 
+
 def _int(value: str, key: str, where: str) -> int:
     try:
         n = int(value)
@@ -147,6 +159,7 @@ def _int(value: str, key: str, where: str) -> int:
     if n < 1:
         raise TSFormatError(f"{where}: @{key} must be a positive integer, got {value!r}")
     return n
+
 
 
 def _parse_header_line(header: TSHeader, tokens: list[str], where: str, seen: dict[str, str]) -> None:
@@ -190,6 +203,7 @@ def _parse_header_line(header: TSHeader, tokens: list[str], where: str, seen: di
         header.series_length = _int(value, key, where)
 
 
+
 def _check_header(header: TSHeader, path: Path, key_lines: dict[str, int]) -> None:
     def where(*keys: str) -> str:
         return f"{path}, line {min(key_lines[k] for k in keys if k in key_lines)}"
@@ -204,6 +218,7 @@ def _check_header(header: TSHeader, path: Path, key_lines: dict[str, int]) -> No
     if header.univariate and header.dimensions not in (None, 1):
         raise TSFormatError(f"{where('univariate', 'dimension', 'dimensions')}: @univariate true but "
                             f"@dimensions {header.dimensions}")
+
 
 
 def _parse_values(text: str, where: str, channel: int) -> np.ndarray:
@@ -226,6 +241,7 @@ def _parse_values(text: str, where: str, channel: int) -> np.ndarray:
             raise TSFormatError(f"{where}: channel {channel}, value {i + 1}: {what} is not a number "
                                 f"(missing values are written ? or NaN){hint}") from None
     raise TSFormatError(f"{where}: channel {channel}: cannot read the values")  # pragma: no cover
+
 
 
 def read_ts(path: str | Path) -> TSData:
@@ -349,8 +365,10 @@ def read_ts(path: str | Path) -> TSData:
     return data
 
 
+
 # -- missing values ----------------------------------------------------------------------------
 MISSING_POLICIES = ("error", "interpolate")
+
 
 
 def fill_missing(data: TSData, policy: str, task: str = "timeseries") -> TSData:
@@ -382,137 +400,3 @@ def fill_missing(data: TSData, policy: str, task: str = "timeseries") -> TSData:
             s[:, c] = np.interp(t, t[ok], s[ok, c])
         filled.append(s)
     return TSData(data.path, data.header, filled, data.labels, data.targets, data.lines)
-
-
-# -- where problems are ------------------------------------------------------------------------
-AEON_DISTRIBUTION = "aeon"
-
-
-def aeon_data_root() -> Path | None:
-    """``aeon/datasets/data`` inside the installed aeon wheel (found without importing aeon), or None."""
-    candidates: list[Path] = []
-    try:
-        dist = importlib.metadata.distribution(AEON_DISTRIBUTION)
-        candidates.append(Path(dist.locate_file("aeon/datasets/data")))
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    try:
-        spec = importlib.util.find_spec("aeon")  # locates the package; does not run its __init__
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None:
-        candidates += [Path(p) / "datasets" / "data" for p in spec.submodule_search_locations or ()]
-    return next((c for c in candidates if c.is_dir()), None)
-
-
-def base_name(name: str) -> str:
-    """The archive folder a problem's files live in: ``JapaneseVowels_eq`` -> ``JapaneseVowels``."""
-    for suffix in ("_eq_nmv", "_nmv", "_eq"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def bundled_problems() -> dict[str, Path]:
-    """Problems the aeon wheel ships as NAME_TRAIN.ts + NAME_TEST.ts: name -> folder."""
-    root = aeon_data_root()
-    if root is None:
-        return {}
-    out = {}
-    for train in sorted(root.glob("*/*_TRAIN.ts")):
-        name = train.name[: -len("_TRAIN.ts")]
-        if (train.parent / f"{name}_TEST.ts").is_file():
-            out[name] = train.parent
-    return out
-
-
-def bundled_non_problems() -> dict[str, list[str]]:
-    """Folders of aeon's data that hold no TRAIN/TEST .ts pair (forecasting, anomaly, segmentation data)."""
-    root = aeon_data_root()
-    if root is None:
-        return {}
-    problems = bundled_problems()
-    out = {}
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
-        if d.name not in problems and not any(v == d for v in problems.values()):
-            out[d.name] = sorted(f.name for f in d.iterdir() if f.is_file())
-    return out
-
-
-def zenodo_record(name: str) -> int | None:
-    """The Zenodo record of a UCR/UEA/TSER problem, from aeon's installed tables (``tsc_zenodo`` in
-    ``tsc_datasets.py``, ``tsr_zenodo`` in ``tser_datasets.py``), read as Python literals: nothing of
-    aeon is run."""
-    root = aeon_data_root()
-    if root is None:
-        return None
-    for file, table in (("tsc_datasets.py", "tsc_zenodo"), ("tser_datasets.py", "tsr_zenodo")):
-        try:
-            tree = ast.parse((root.parent / file).read_text(encoding="utf-8"))
-        except (OSError, SyntaxError, ValueError):
-            continue
-        for node in tree.body:
-            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == table for t in node.targets):
-                try:
-                    records = ast.literal_eval(node.value)
-                except ValueError:
-                    continue
-                if isinstance(records, dict) and isinstance(records.get(name), int):
-                    return records[name]
-    return None
-
-
-def find_problem(name: str, data_dir=None, download: bool = True, task: str = "timeseries") -> dict[str, Path]:
-    """``{"train": path, "test": path}`` of an archive problem, downloading it into the cache if needed.
-
-    A name that aeon ships only as a forecasting / anomaly / segmentation series is refused with a
-    message; a missing problem raises :class:`fpt.data.store.MissingDataError` naming the files, the
-    folders searched and how to get them.
-    """
-    from fpt.data.sources import timeseries_problem
-    from fpt.data.store import ensure_files, find_files
-
-    dataset = timeseries_problem(name)
-    if find_files(dataset, data_dir) is None:
-        others = bundled_non_problems()
-        if name in others:
-            raise ValueError(
-                f"{task}: aeon's {name!r} is not a classification or regression problem: its folder holds "
-                f"{', '.join(others[name])} (a forecasting, anomaly-detection or segmentation series with no "
-                "NAME_TRAIN.ts / NAME_TEST.ts of labelled series). The timeseries task needs a labelled problem: "
-                f"{', '.join(bundled_problems()) or 'none bundled'}, or any UCR/UEA/TSER problem by name online")
-    found = ensure_files(dataset, data_dir, task=task, download_ok=download)
-    return {"train": found[f"{name}_TRAIN.ts"], "test": found[f"{name}_TEST.ts"]}
-
-
-def find_user_files(path: str | Path, data_dir=None) -> dict[str, Path | None]:
-    """The user's own files: ``{"train": path, "test": path or None}`` from ``-o path=...``.
-
-    ``path`` is a directory holding exactly one ``NAME_TRAIN.ts`` (and its ``NAME_TEST.ts``), a
-    ``NAME_TRAIN.ts`` file (its ``NAME_TEST.ts`` next to it is used when present), or any other ``.ts``
-    file (train only: the test split is then carved from it too, and the task says so).
-    Relative paths are also tried under ``data_dir`` and ``$FPT_DATA_DIR``.
-    """
-    import os
-
-    p = Path(path).expanduser()
-    if not p.exists() and not p.is_absolute():
-        for base in (data_dir, os.environ.get("FPT_DATA_DIR")):
-            if base and (Path(base).expanduser() / p).exists():
-                p = Path(base).expanduser() / p
-                break
-    if p.is_dir():
-        trains = sorted(p.glob("*_TRAIN.ts")) or sorted(p.glob("*_train.ts"))
-        if len(trains) != 1:
-            found = ", ".join(t.name for t in trains) if trains else "none"
-            raise FileNotFoundError(f"timeseries: {p} must hold exactly one NAME_TRAIN.ts (and its NAME_TEST.ts); "
-                                    f"found {found}. Point -o path= at one file instead")
-        p = trains[0]
-    if not p.is_file():
-        raise FileNotFoundError(f"timeseries: {p}: no such .ts file or directory")
-    stem = p.name
-    for tag in ("_TRAIN.ts", "_train.ts"):
-        if stem.endswith(tag):
-            test = p.with_name(stem[: -len(tag)] + tag.replace("TRAIN", "TEST").replace("train", "test"))
-            return {"train": p, "test": test if test.is_file() else None}
-    return {"train": p, "test": None}

@@ -16,10 +16,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fpt.data.arrays import (
-    MAX_CLASSES, ArrayDataError, ArrayLayout, PreprocessX, build_layout, load_npz, resolve_path, split_arrays, validate_arrays,
+    MAX_CLASSES,
+    ArrayDataError,
+    ArrayLayout,
+    PreprocessX,
+    build_layout,
+    load_npz,
+    resolve_path,
+    split_arrays,
+    validate_arrays,
 )
 from fpt.data.splits import ArraySplit, TaskSpec
-from fpt.options import PROBABILITY, SEEDS, at_least, between, bounded
+from fpt.base.options import PROBABILITY, SEEDS, at_least, between, bounded
 from fpt.tasks.base import NamedSplitsTask, register_task
 
 

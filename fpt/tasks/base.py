@@ -1,8 +1,7 @@
 """What a task is: a name in the registry, typed options, a shape (``TaskSpec``) and data splits.
 
 The batch format, ``TaskSpec`` and the ``Split`` classes live in :mod:`fpt.data.splits` (the data
-layer builds splits without knowing about tasks); they are re-exported here for code that
-imports them from ``fpt.tasks.base``.
+layer builds splits without knowing about tasks). The factory is in :mod:`fpt.tasks.registry`.
 """
 
 from __future__ import annotations
@@ -10,11 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fpt.data.splits import (  # noqa: F401  (re-exported: fpt.tasks.base was their home)
-    ArraySplit, GeneratedSplit, InputType, OutputType, Readout, Split, TaskSpec, collate, sample_rng,
-)
-from fpt.options import coerce_field, declared
-from fpt.text import suggest  # noqa: F401  (re-exported)
+from fpt.base.options import coerce_field, declared
+from fpt.base.text import suggest
+from fpt.data.splits import Split, TaskSpec
 
 
 class Task:
@@ -93,25 +90,6 @@ def make_options(cls: type[Task], values: dict[str, Any] | None) -> Task.Options
                 f"task {cls.name!r} has no option {key!r}.{suggest(key_norm, fields)} "
                 f"Its options: {', '.join(sorted(fields)) or '(none)'}."
             )
-        # the declared type, and the bounds where the task declares them (fpt.options.bounded); numbers are finite
+        # the declared type, and the bounds where the task declares them (fpt.base.options.bounded); numbers are finite
         kwargs[key_norm] = coerce_field(value, fields[key_norm], owner=f"task {cls.name!r}")
     return cls.Options(**kwargs)
-
-
-def _registered() -> dict[str, type[Task]]:
-    import fpt.tasks  # noqa: F401  (importing the package registers every built-in task)
-
-    return TASKS
-
-
-def make_task(name: str, options: dict[str, Any] | None = None, seed: int = 0, data_dir: str | None = None) -> Task:
-    """The single factory: ``make_task("bit-xor", {"n_bits": 5}, seed=0)``."""
-    tasks = _registered()
-    if name not in tasks:
-        raise ValueError(f"unknown task {name!r}.{suggest(name, tasks)} Known tasks: {', '.join(sorted(tasks))}.")
-    cls = tasks[name]
-    return cls(make_options(cls, options), seed=seed, data_dir=data_dir)
-
-
-def list_tasks() -> dict[str, str]:
-    return {name: cls.description for name, cls in sorted(_registered().items())}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fpt.data.splits import GeneratedSplit, TaskSpec
-from fpt.options import PROBABILITY, at_least, bounded
+from fpt.base.options import PROBABILITY, at_least, bounded
 from fpt.tasks.base import Task, register_task
 
 

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from fpt.data import sources, tape
 from fpt.data.sequences import PackedSequenceSplit, check_too_long_option, drop_too_long
 from fpt.data.store import ensure_files
-from fpt.options import at_least, between, bounded
-from fpt.tasks.base import Task, TaskSpec, register_task
+from fpt.base.options import at_least, between, bounded
+from fpt.tasks.base import Task, register_task
+from fpt.data.splits import TaskSpec
 
 EVAL_SPLITS = ("holdouts", "valid")
 

@@ -38,11 +38,11 @@ from fpt.data import sources
 from fpt.data.arrays import ArrayLayout
 from fpt.data.cifar import load_cifar10, to_greyscale
 from fpt.data.idx import load_idx_dataset
-from fpt.data.patching import (channel_stats, check_patch_size, normalise, patchify, random_crop_flip,
-                               random_rotation)
+from fpt.data.patching import channel_stats, check_patch_size, normalise, patchify, random_crop_flip, random_rotation
 from fpt.data.store import Dataset, ensure_files
-from fpt.options import FRACTION, SEEDS, at_least, between, bounded
-from fpt.tasks.base import ArraySplit, Task, TaskSpec, register_task
+from fpt.base.options import FRACTION, SEEDS, at_least, between, bounded
+from fpt.data.splits import ArraySplit, TaskSpec
+from fpt.tasks.base import Task, register_task
 
 
 def _stamp(paths) -> tuple:

@@ -36,12 +36,11 @@ import numpy as np
 
 from fpt.data import listops as lo
 from fpt.data import sources
-from fpt.data.sequences import (  # noqa: F401  (PackedSequenceSplit was defined here)
-    GeneratedSequenceSplit, PackedSequenceSplit, check_too_long_option, drop_too_long,
-)
+from fpt.data.sequences import GeneratedSequenceSplit, PackedSequenceSplit, check_too_long_option, drop_too_long
 from fpt.data.store import ensure_files
-from fpt.options import SEEDS, at_least, bounded
-from fpt.tasks.base import Task, TaskSpec, register_task
+from fpt.base.options import SEEDS, at_least, bounded
+from fpt.tasks.base import Task, register_task
+from fpt.data.splits import TaskSpec
 
 SOURCES = ("files", "generated")
 TEST_SPLITS = ("test", "val")

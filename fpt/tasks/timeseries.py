@@ -39,7 +39,7 @@ the real tokens (``readout=mean``).
 first line; ``missing=interpolate`` fills each gap linearly in time within its channel.
 
 **Regression** targets are reported in their original units; the objective
-(:class:`fpt.objectives.Regression`) standardises them with :meth:`target_statistics`.
+(:class:`fpt.model.objectives.Regression`) standardises them with :meth:`target_statistics`.
 
 **Forecasting** (GPT4TS's main use) is not here yet; it fits these pieces without rework: a
 ``forecast`` mode whose samples are windows of a long series, ``x`` the patched look-back window,
@@ -59,8 +59,9 @@ import numpy as np
 import torch
 
 from fpt.data import ts
-from fpt.options import FRACTION, SEEDS, at_least, bounded
-from fpt.tasks.base import ArraySplit, NamedSplitsTask, Split, TaskSpec, register_task
+from fpt.base.options import FRACTION, SEEDS, at_least, bounded
+from fpt.data.splits import ArraySplit, Split, TaskSpec
+from fpt.tasks.base import NamedSplitsTask, register_task
 
 NORMALIZE = ("channel", "global", "series", "none")
 CHANNEL_MODES = ("mixed", "independent")

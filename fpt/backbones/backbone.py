@@ -1,0 +1,114 @@
+"""What every backbone loader returns: a sequence model with what FPT needs to know about it."""
+
+from __future__ import annotations
+import hashlib
+from typing import Literal
+import torch
+from torch import nn
+from dataclasses import dataclass
+
+
+
+Init = Literal["pretrained", "random"]
+
+
+
+#: The name ``load_backbone`` uses when none is given: works offline after ``make install``.
+OFFLINE_DEFAULT = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build a backbone: every loader receives these (one new option = one new field here)."""
+
+    init: str = "pretrained"  # "pretrained" (load the weights) or "random" (same architecture, seeded weights)
+    layers: int | None = None  # keep only the first K blocks (None: all)
+    seed: int = 0  # seed of the random weights under init="random"
+    attn_implementation: str = "sdpa"  # "sdpa" (fast) or "eager" (needed to read attention weights)
+    trust_remote_code: bool = False  # run Python code shipped with a hub model (never by default)
+    lstm_width: int = 768  # hidden size of the LSTM baseline
+    lstm_kind: str = "torch"  # the LSTM baseline: "torch" (nn.LSTM) or "layernorm" (the 2021 code's, lnlstm.py)
+    # the backbone's dropout probability, or "keep" its own config's (fpt.backbones._set_dropout; default off)
+    dropout: float | str = 0.0
+
+    def __post_init__(self):
+        if self.init not in ("pretrained", "random"):
+            raise ValueError(f"init must be 'pretrained' or 'random', got {self.init!r}")
+        if self.attn_implementation not in ("sdpa", "eager"):
+            raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', got {self.attn_implementation!r}")
+        if self.lstm_kind not in ("torch", "layernorm"):
+            raise ValueError(f"lstm_kind must be torch or layernorm, got {self.lstm_kind!r}")
+        if self.dropout != "keep" and not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
+            raise ValueError(f"backbone dropout must be a probability in [0, 1) or 'keep', got {self.dropout!r}")
+        # checked here, before any file is read: a bad number is never blamed on a model file
+        if self.layers is not None and (isinstance(self.layers, bool) or not isinstance(self.layers, int)
+                                        or self.layers < 1):
+            raise ValueError(f"layers must be a positive integer (--layers >= 1), got {self.layers!r}")
+        if isinstance(self.lstm_width, bool) or not isinstance(self.lstm_width, int) or self.lstm_width < 1:
+            raise ValueError(f"lstm_width must be a positive integer (--lstm-width >= 1), got {self.lstm_width!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be an integer in 0..{2**32 - 1} (--seed), got {self.seed!r}")
+
+
+
+class Backbone(nn.Module):
+    """A sequence model that maps ``inputs_embeds [B, T, input_size]`` to hidden states ``[B, T, H]``.
+
+    Wraps a transformers base model (or the LSTM baseline) and records what FPT needs to know
+    about it: width, depth, the longest sequence it accepts, whether it has a learned position
+    table of its own, the scale of its token embeddings, and whether it is causal (a decoder) or
+    sees the whole sequence (an encoder: padding is masked out, there is no causal mask).
+    """
+
+    def __init__(self, model: nn.Module, *, name: str, arch: str, init: str, hidden_size: int,
+                 num_layers: int, max_positions: int | None, learned_positions: bool, embedding_std: float,
+                 causal: bool | None = True, input_size: int | None = None, default_readout: str | None = None,
+                 summary_init: torch.Tensor | None = None):
+        super().__init__()
+        # Loaders may hand back eval-mode models; dropout follows the run's backbone_dropout (see
+        # _set_dropout), and a uniform train() state keeps Lightning's mode bookkeeping predictable.
+        self.model = model.train()
+        self.name = name  # what the user asked for (e.g. "smollm2-135m", "gpt2", a directory)
+        self.arch = arch  # config.model_type ("gpt2", "llama", "gpt_neox", ...) or "lstm"
+        self.init = init  # "pretrained" or "random"
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.max_positions = max_positions  # None: no limit (LSTM, RoPE without a context limit)
+        self.learned_positions = learned_positions  # True when the backbone adds its own position table (GPT-2)
+        self.embedding_std = embedding_std  # std of the token embedding table: the scale inputs should match
+        self.causal = causal  # True: each position sees only earlier ones (decoders, LSTM); False: encoders; None: unknown
+        self.input_size = input_size or hidden_size  # width of inputs_embeds (ELECTRA-small: 128, blocks 256)
+        self.default_readout = default_readout  # the family's read-out in place of a task's "last" (encoders)
+        self.summary_init = summary_init  # start value of the 'first' read-out's summary token (ViT: its CLS token)
+        # Taken now, before any training changes norms or positions: identifies the weights as built.
+        self.weights_fingerprint = self._fingerprint()
+        self.source: dict[str, str] | None = None  # set for "run:PATH" backbones (fpt/backbones/runs.py)
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.arch == "lstm":
+            return self.model(inputs_embeds)
+        out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state
+
+    def token_embedding(self) -> nn.Module | None:
+        """The backbone's token table; FPT never uses or trains it (inputs come from our own layer)."""
+        return None if self.arch == "lstm" else self.model.get_input_embeddings()
+
+    def identity(self) -> dict[str, str]:
+        """What a checkpoint records to check later that it is loaded onto the same backbone."""
+        return {
+            "backbone": self.name, "arch": self.arch, "init": self.init, "layers": str(self.num_layers),
+            "hidden_size": str(self.hidden_size), "fingerprint": self.weights_fingerprint,
+            **(self.source or {}),
+        }
+
+    @torch.no_grad()
+    def _fingerprint(self) -> str:
+        """A hash of every weight byte as loaded (blake2b: ~0.3 s for SmolLM2's 135M parameters), so a
+        checkpoint is never loaded onto a backbone whose weights differ anywhere."""
+        digest = hashlib.blake2b(digest_size=16)
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(str(tuple(tensor.shape)).encode())
+            digest.update(tensor.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]

@@ -1,0 +1,4 @@
+"""Sweeps: experiment files, the plan, running it (locally or on SLURM), the summary and the status.
+
+Layers: docs/architecture.md.
+"""

@@ -1,0 +1,338 @@
+"""``fpt sweep``: many runs of one preset, one run directory per trial, best setting picked on validation.
+
+::
+
+    fpt sweep bit-xor-small --lr 1e-4,1e-3,1e-2 --seeds 3            # a learning-rate sweep, 3 seeds each
+    fpt sweep bit-xor-small --experiment table1                       # FPT vs full transformer vs full LSTM
+    fpt sweep mnist-small --experiment rothermel --parallel 2         # lr x {frozen, unfrozen} x 3 seeds
+    fpt sweep bit-xor-small --grid init=pretrained,random --grid layers=1,2 --set steps=300
+
+A sweep is a *base config* (a preset or YAML file, plus ``--set KEY=VALUE`` overrides), optionally
+an *experiment* (named variants, each a set of overrides, from ``fpt/presets/experiments/NAME.yaml``),
+a *grid* (``--grid KEY=V1,V2,...`` and its shorthand ``--lr``; cartesian product) and *seeds*
+(``--seeds N``: seeds 0..N-1). Every combination is one trial, written to
+``SWEEP_DIR/<setting>/s<seed>/`` (a normal run directory: ``fpt test``, ``fpt report`` work on it);
+the default ``SWEEP_DIR`` is ``runs/sweeps/<preset>[-<experiment>][-<swept keys>]``.
+
+Model selection is on **validation** (``results.json`` ``val.best``: accuracy, or RMSE for
+regression tasks, :mod:`fpt.model.objectives`), averaged over seeds: within each experiment variant, the
+grid setting with the best mean validation value (highest accuracy, lowest RMSE) is *chosen*, and
+its test value *at the best validation point* (``at_best_val``: the weights kept in
+``best.safetensors``, as Rothermel et al. 2021 select and evaluate) is reported as mean and
+standard deviation over seeds (per setting too); the test at the final weights is shown beside it.
+Test numbers never choose anything. With ``--set protocol=paper`` the protocol may override the
+preset's keys (not ``--set``, ``--grid`` or an experiment's), as for ``fpt fit``.
+
+Re-running the same command skips finished trials (``results.json`` present), resumes a trial that
+was interrupted after its first checkpoint (``fit(..., resume=True)``) and restarts one that was
+interrupted before it (the partial directory is moved aside to ``<dir>.old-<timestamp>``). A trial
+directory that holds a run with *different* settings is an error, never silently reused.
+``SWEEP_DIR/sweep.json`` and ``sweep.md`` are rewritten after every trial; each trial's output
+goes to ``SWEEP_DIR/<setting>/s<seed>.log`` (a failed trial's last line there says why).
+``SWEEP_DIR/plan.json`` holds every trial's full config, so that the sweep directory alone is the
+source of truth: ``fpt sweep --status SWEEP_DIR`` (trials pending / running / finished / failed /
+interrupted, read from the files) and ``fpt sweep SWEEP_DIR --summarize`` (sweep.json and sweep.md
+rebuilt) need nothing else.
+
+``--launcher local`` (default) runs the trials here, ``--parallel`` at a time; ``--launcher slurm``
+submits every pending trial as a SLURM job array through submitit (:mod:`fpt.experiments.slurm`).
+
+Experiments may name *sources*: runs trained once before the trials, whose directory a variant
+uses as ``backbone: run:@NAME`` (the bit-memory-pretrained initialisation). A source is a preset
+(its ``-small`` version when the swept preset is a ``-small`` one) with the experiment's overrides,
+on the swept config's backbone, depth and LSTM width, seed 0, in ``SWEEP_DIR/sources/NAME``.
+"""
+
+from __future__ import annotations
+import itertools
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from fpt.config.files import (
+    DOCUMENTATION_KEYS,
+    build_config,
+    is_shipped_preset,
+    note_changes_in_label,
+    preset_dir,
+    preset_keys,
+    read_yaml,
+)
+from fpt.model.fastpath import physical_cores
+from fpt.base.io import atomic_write_json
+from fpt.config.protocols import resolve
+from fpt.config.run import MACHINERY
+from fpt.experiments.files import Experiment, load_experiment
+
+
+
+# MACHINERY (fpt.config): options that only say *how* a trial runs (declared with role "how"): they may
+# differ between the command that started a trial and the one that resumes or re-checks it.
+# What a source run takes over from the swept config, so that its backbone fits the trials.
+INHERITED_BY_SOURCES = ("backbone", "layers", "lstm_width", "attn_implementation", "trust_remote_code", "device",
+                        "precision", "num_threads", "protocol", "lstm_kind")
+
+
+
+def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``overrides`` into a flat config dict; ``task_options.KEY`` and a ``task_options``
+    mapping update the task options instead of replacing them."""
+    out = dict(values)
+    for key, value in overrides.items():
+        key = key.replace("-", "_")
+        if key.startswith("task_options."):
+            out["task_options"] = {**out.get("task_options", {}), key.split(".", 1)[1]: value}
+        elif key == "task_options" and isinstance(value, dict):
+            out["task_options"] = {**out.get("task_options", {}), **value}
+        else:
+            out[key] = value
+    return out
+
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "+".join(_fmt(v) for v in value)
+    return "null" if value is None else str(value)
+
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+-]", "_", text) or "base"
+
+
+
+# -- the plan -----------------------------------------------------------------------------------
+@dataclass
+class Trial:
+    variant: str | None
+    params: dict[str, Any]  # the grid values of this trial
+    seed: int
+    values: dict[str, Any]  # the full flat config
+    setting: str  # variant + grid values, the name of the settings directory
+    run_dir: Path
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir.with_name(self.run_dir.name + ".log")
+
+
+
+@dataclass
+class Plan:
+    preset: str
+    base: dict[str, Any]
+    experiment: Experiment | None
+    grid: dict[str, list[Any]]
+    seeds: list[int]
+    sweep_dir: Path
+    sources: dict[str, tuple[dict[str, Any], Path]]
+    trials: list[Trial]
+    command: str = ""
+
+
+
+def _source_preset(preset: str, small: bool) -> str:
+    if small and not preset.endswith("-small") and (preset_dir() / f"{preset}-small.yaml").is_file():
+        return f"{preset}-small"
+    return preset
+
+
+
+def _is_small(preset: str, base: dict[str, Any]) -> bool:
+    return Path(preset).stem.endswith("-small") or str(base.get("label", "")).startswith("-small")
+
+
+
+def _resolve_sources(value: Any, sources: dict[str, tuple[dict[str, Any], Path]]) -> Any:
+    if isinstance(value, str) and value.startswith("run:@"):
+        name = value[len("run:@"):]
+        if name not in sources:
+            raise ValueError(f"{value!r} names no source of this experiment (sources: {', '.join(sources) or 'none'})")
+        return f"run:{sources[name][1].resolve()}"
+    return value
+
+
+
+def _plan_sources(exp: Experiment | None, preset: str, base: dict[str, Any], root: Path, name: str,
+                  machinery: dict[str, Any]) -> dict[str, tuple[dict[str, Any], Path]]:
+    """The experiment's source runs (trained before the trials), each config validated."""
+    sources: dict[str, tuple[dict[str, Any], Path]] = {}
+    for source_name, spec in (exp.sources if exp else {}).items():
+        spec = dict(spec or {})
+        if "preset" not in spec:
+            raise ValueError(f"experiment {exp.name!r}: source {source_name!r} needs a 'preset'")
+        source_preset = _source_preset(str(spec.pop("preset")), _is_small(preset, base))
+        values = read_yaml(source_preset)
+        for key in DOCUMENTATION_KEYS:
+            values.pop(key, None)
+        values = apply_overrides(values, {k: base[k] for k in INHERITED_BY_SOURCES if k in base})
+        for key in INHERITED_BY_SOURCES:
+            if key not in base:
+                values.pop(key, None)  # the swept config uses the default: so does its source
+        values = apply_overrides(values, {**spec, "seed": 0, **machinery})
+        values["run_dir"] = str(root / "sources" / source_name)
+        source_keys = preset_keys(read_yaml(source_preset)) if is_shipped_preset(source_preset) else set()
+        values = resolve(values, source_keys - preset_keys(spec))  # the protocol's settings (fpt.config.protocols)
+        values["label"] = (str(values.get("label", "")) + f" [source {source_name} of {name}]").strip()
+        build_config(values)
+        sources[source_name] = (values, root / "sources" / source_name)
+    return sources
+
+
+
+def make_plan(preset: str, *, experiment: str | None = None, grid: dict[str, list[Any]] | None = None,
+              seeds: int | list[int] | None = None, sets: dict[str, Any] | None = None,
+              sweep_dir: str | Path | None = None, threads: int | None = None, parallel: int = 1,
+              command: str = "") -> Plan:
+    """Every trial of a sweep, each config validated (a typo fails here, before anything runs)."""
+    preset_values = read_yaml(preset)
+    # keys a shipped preset set, which --set protocol=paper may override (fpt.config.protocols: preset < protocol < yours)
+    from_preset = preset_keys(preset_values) if is_shipped_preset(preset) else set()
+    base = note_changes_in_label(preset_values, apply_overrides(preset_values, sets or {}))  # --set vs the label
+    for key in DOCUMENTATION_KEYS:
+        base.pop(key, None)
+    exp = load_experiment(experiment) if experiment else None
+    full_grid: dict[str, list[Any]] = dict(exp.grid) if exp else {}
+    full_grid.update({k.replace("-", "_"): v for k, v in (grid or {}).items()})
+    if seeds is None:
+        seeds = exp.seeds if exp and exp.seeds else 1
+    seed_list = list(range(int(seeds))) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seed_list:
+        raise ValueError("--seeds must be at least 1")
+    if "seed" in full_grid:
+        raise ValueError("sweep seeds with --seeds N, not --grid seed=...")
+    cli_keys = [k.replace("-", "_") for k in (grid or {}) if not (exp and k.replace("-", "_") in exp.grid)]
+    name = Path(preset).stem + (f"-{exp.name}" if exp else "") + "".join(f"-{k}" for k in cli_keys)
+    root = Path(sweep_dir) if sweep_dir else Path("runs") / "sweeps" / name
+    if threads is None and parallel > 1 and "num_threads" not in base:
+        threads = max(1, physical_cores() // parallel)
+    machinery = {"num_threads": threads} if threads else {}
+
+    sources = _plan_sources(exp, preset, base, root, name, machinery)
+    variants: list[tuple[str | None, dict[str, Any]]] = list(exp.variants.items()) if exp else [(None, {})]
+    keys = list(full_grid)
+    trials = []
+    for variant, overrides in variants:
+        overrides = {k: _resolve_sources(v, sources) for k, v in overrides.items()}
+        for combo in itertools.product(*(full_grid[k] for k in keys)):
+            params = dict(zip(keys, combo))
+            parts = ([variant] if variant else []) + [f"{k}={_fmt(v)}" for k, v in params.items()]
+            setting = _slug("_".join(parts)) if parts else "base"
+            for seed in seed_list:
+                values = apply_overrides(apply_overrides(base, overrides), params)
+                values = apply_overrides(values, {"seed": seed, **machinery})
+                run_dir = root / setting / f"s{seed}"
+                values["run_dir"] = str(run_dir)
+                explicit = preset_keys({**(sets or {}), **overrides, **params})
+                values = resolve(values, from_preset - explicit)  # the protocol's settings, stored with the trial
+                build_config(values)
+                trials.append(Trial(variant, params, seed, values, setting, run_dir))
+    if len({t.run_dir for t in trials}) != len(trials):
+        raise ValueError("two trials of this sweep map to the same directory; give the variants distinct names")
+    return Plan(preset, base, exp, full_grid, seed_list, root, sources, trials, command)
+
+
+
+def describe_plan(plan: Plan) -> str:
+    lines = [f"sweep of {plan.preset}" + (f", experiment {plan.experiment.name}" if plan.experiment else "")
+             + f": {len(plan.trials)} trials in {plan.sweep_dir}"]
+    for name, (_, run_dir) in plan.sources.items():
+        lines.append(f"  source {name}: {run_dir} [{trial_state(*plan.sources[name])}]")
+    for t in plan.trials:
+        lines.append(f"  {t.setting}/s{t.seed} [{trial_state(t.values, t.run_dir)}]")
+    return "\n".join(lines)
+
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    return "fpt " + " ".join(argv if argv is not None else sys.argv[1:])
+
+
+
+# -- the sweep directory alone: plan.json, --status, --summarize ----------------------------------
+PLAN_FILE = "plan.json"
+
+
+
+PLAN_FORMAT = 1
+
+
+
+def save_plan(plan: Plan) -> None:
+    """``SWEEP_DIR/plan.json``: every trial and source with its full config (paths relative to the sweep)."""
+    record = {
+        "format": PLAN_FORMAT, "preset": plan.preset, "command": plan.command,
+        "experiment": ({"name": plan.experiment.name, "description": plan.experiment.description}
+                       if plan.experiment else None),
+        "grid": plan.grid, "seeds": plan.seeds, "base": plan.base,
+        "sources": {name: values for name, (values, _) in plan.sources.items()},
+        "trials": [{"variant": t.variant, "params": t.params, "seed": t.seed, "setting": t.setting, "values": t.values}
+                   for t in plan.trials],
+    }
+    plan.sweep_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(plan.sweep_dir / PLAN_FILE, record)
+
+
+
+def load_plan(sweep_dir: str | Path) -> Plan:
+    """The plan of an existing sweep, from its ``plan.json``; run directories are taken relative to
+    ``sweep_dir`` (so a sweep directory read from another working directory, or moved, still works)."""
+    root = Path(sweep_dir)
+    path = root / PLAN_FILE
+    if not path.is_file():
+        hint = (" It has a sweep.json: it was started by an older fpt; run the sweep command again (finished trials "
+                "are skipped) to write plan.json." if (root / "sweep.json").is_file() else
+                " Is it a sweep directory (fpt sweep ... --sweep-dir DIR)?")
+        raise FileNotFoundError(f"{root}: no {PLAN_FILE}.{hint}")
+    try:
+        record = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); run the sweep command again to rewrite it") from None
+    if record.get("format") != PLAN_FORMAT:
+        raise ValueError(f"{path}: unknown plan format {record.get('format')!r} (this fpt reads {PLAN_FORMAT})")
+    exp = record.get("experiment")
+    experiment = Experiment(exp["name"], exp.get("description", ""), {}) if exp else None
+    sources = {}
+    for name, values in record.get("sources", {}).items():
+        run_dir = root / "sources" / name
+        sources[name] = ({**values, "run_dir": str(run_dir)}, run_dir)
+    trials = []
+    for t in record["trials"]:
+        run_dir = root / t["setting"] / f"s{t['seed']}"
+        trials.append(Trial(t["variant"], t["params"], t["seed"], {**t["values"], "run_dir": str(run_dir)},
+                            t["setting"], run_dir))
+    return Plan(record["preset"], record.get("base", {}), experiment, record.get("grid", {}), record.get("seeds", []),
+                root, sources, trials, record.get("command", ""))
+
+
+# -- running trials -----------------------------------------------------------------------------
+def _comparable(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in build_config(values).to_dict().items() if k not in MACHINERY}
+
+
+def trial_state(values: dict[str, Any], run_dir: Path) -> str:
+    """``done`` (results.json), ``resume`` (a checkpoint), ``restart`` (partial, no checkpoint) or ``new``.
+
+    Raises if the directory holds a run with other settings than ``values``.
+    """
+    if (run_dir / "config.yaml").exists():
+        stored = _comparable(read_yaml(str(run_dir / "config.yaml")))
+        planned = _comparable(values)
+        diffs = {k: (stored.get(k), planned.get(k)) for k in set(stored) | set(planned) if stored.get(k) != planned.get(k)}
+        if diffs:
+            listed = "; ".join(f"{k}: there {a!r}, now {b!r}" for k, (a, b) in sorted(diffs.items())[:6])
+            raise ValueError(f"{run_dir} holds a run with other settings ({listed}). Use another --sweep-dir, "
+                             "or remove that directory to run it again.")
+        if (run_dir / "results.json").exists():
+            return "done"
+        if (run_dir / "checkpoints" / "last.ckpt").exists():
+            return "resume"
+        return "restart"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        return "restart"
+    return "new"

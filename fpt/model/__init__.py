@@ -1,0 +1,4 @@
+"""The model: FPT around a backbone (network), objectives, the training step, the CPU/GPU fast path, the feature cache.
+
+No Lightning. Layers: docs/architecture.md.
+"""

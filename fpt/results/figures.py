@@ -1,0 +1,236 @@
+"""fpt report's and fpt plot's figures: learning curves, convergence, attention maps."""
+
+from __future__ import annotations
+import json
+import math
+from pathlib import Path
+from typing import Any
+import numpy as np
+import torch
+from fpt.results import reference
+from fpt.runs.checkpoint import build_model, load_trained, read_results
+from fpt.config.files import load_config
+from fpt.tasks import make_task
+from fpt.results.rows import _freeze_text, _short_backbone, read_curve
+
+
+
+# -- figures ---------------------------------------------------------------------------------------
+def _figure(width: float = 6.4, height: float = 4.2):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+
+def run_legend(r: dict[str, Any]) -> str:
+    backbone = _short_backbone(r)
+    return f"{backbone} {r.get('init')} {_freeze_text(r.get('freeze', ''))} s{r.get('seed')}"
+
+
+
+# What tells runs with the same backbone, init, freeze and seed apart, in the order legends add them.
+_DISTINGUISHING = (("layers", "{} layers"), ("lr", "lr {:g}"), ("batch_size", "batch {}"), ("steps", "{} steps"),
+                   ("protocol", "protocol {}"), ("task_options", "{}"), ("label", "{}"))
+
+
+
+def run_legends(results: dict[Path, dict[str, Any]]) -> dict[Path, str]:
+    """A legend entry per run that tells it from every other: :func:`run_legend`, plus what differs among runs
+    that would read the same (layers, learning rate...), else the run's directory name."""
+    base = {d: run_legend(r) if r else str(d) for d, r in results.items()}
+    out = dict(base)
+    for text in set(base.values()):
+        same = [d for d in results if base[d] == text]
+        if len(same) < 2:
+            continue
+        extra = {d: [] for d in same}
+        for key, fmt in _DISTINGUISHING:
+            values = [results[d].get(key) if key != "protocol" else reference.protocol_of(results[d]) for d in same]
+            if len({json.dumps(v, sort_keys=True, default=str) for v in values}) > 1:
+                for d, v in zip(same, values):
+                    if key == "task_options" and isinstance(v, dict):
+                        others = [results[o].get(key) or {} for o in same if o != d]
+                        v = ", ".join(f"{k}={x}" for k, x in v.items() if any(o.get(k) != x for o in others))
+                    if v not in (None, ""):
+                        extra[d].append(fmt.format(v) if not (isinstance(v, str) and fmt == "lr {:g}") else str(v))
+        for d in same:
+            out[d] = " ".join([text, *extra[d]])
+        if len({out[d] for d in same}) < len(same):  # still alike: their folders tell them apart
+            for d in same:
+                out[d] = f"{out[d]} ({Path(d).name})"
+    return out
+
+
+
+def learning_curve_figure(run_dirs: list[Path], title: str | None = None):
+    """Validation accuracy (%) against optimizer steps, one line per run (x, y: ``read_curve``)."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    tasks = set()
+    results = {Path(d): (read_results(d) if (Path(d) / "results.json").exists() else {}) for d in run_dirs}
+    legends = run_legends(results)
+    lowest = 100.0
+    for run_dir in run_dirs:
+        steps, acc = read_curve(run_dir)
+        if not steps:
+            continue
+        r = results[Path(run_dir)]
+        tasks.add(r.get("task", ""))
+        style = "-" if r.get("init") == "pretrained" and reference.backbone_kind(r) != "lstm" else "--"
+        ax.plot(steps, [100 * a for a in acc], style, marker="o", markersize=3, label=legends[Path(run_dir)],
+                clip_on=False)  # points at 100% are drawn whole on the top edge
+        lowest = min(lowest, 100 * min(acc))
+    ax.set_xlabel("optimizer steps")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(title or ("learning curves: " + ", ".join(sorted(t for t in tasks if t))))
+    ax.grid(True, alpha=0.3)
+    if ax.lines:
+        _accuracy_axis(ax, lowest)
+        ax.legend(fontsize=7)
+    return fig
+
+
+
+def _accuracy_axis(ax, lowest: float) -> None:
+    """A percentage axis that ends at 100 (never at 104: no accuracy is above 100%), from a round number below
+    the lowest value."""
+    bottom = max(0.0, 10 * math.floor((lowest - 2) / 10))
+    ax.set_ylim(bottom, 100)
+
+
+
+def convergence_figure(rows: list[dict[str, Any]]):
+    """Steps to the target accuracy (ours; hatched where not reached, drawn at the steps trained)
+    next to the paper's steps to converge, per task and setting (log scale)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["setting"] or f"{r['init']}/{r['freeze']}"), []).append(r)
+    keys = sorted(groups)
+    ours, reached, runs, paper = [], [], [], []
+    for key in keys:
+        rs = groups[key]
+        hit = [float(r["steps_to_target"]) for r in rs if r["steps_to_target"] is not None]
+        ours.append(float(np.mean(hit)) if hit else float(max(r["steps"] or 0 for r in rs)))
+        reached.append(len(hit))
+        runs.append(len(rs))
+        paper.append(rs[0]["paper_steps_to_converge"])
+    fig = _figure(max(6.4, 1.1 * len(keys) + 2), 4.4)
+    ax = fig.add_subplot()
+    x = np.arange(len(keys))
+    bars = ax.bar(x - 0.2, ours, 0.4, color="tab:blue",
+                  label="ours: mean steps to target of the runs that reached it (k/n: runs that did; "
+                        "hatched: none, drawn at the steps trained)")
+    for bar, hit, n in zip(bars, reached, runs):
+        if not hit:
+            bar.set_hatch("//")
+            bar.set_alpha(0.5)
+        text = "not reached" if not hit else (f"{hit}/{n}" if hit < n else (f"{n}/{n}" if n > 1 else ""))
+        if text:
+            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                        fontsize=6, xytext=(0, 2), textcoords="offset points")
+    ax.bar(x + 0.2, [p if p is not None else 0 for p in paper], 0.4, label="paper: steps to converge", color="tab:orange")
+    ax.set_xticks(x, [f"{t}\n{s}" for t, s in keys], fontsize=7)
+    positive = [v for v in ours + [p for p in paper if p] if v and v > 0]
+    if positive:
+        ax.set_yscale("log")
+        ax.set_ylim(top=max(positive) * 3)  # room for the k/n labels above the bars
+    ax.set_ylabel("optimizer steps")
+    ax.set_title("convergence speed")
+    ax.legend(fontsize=6, loc="upper left")
+    fig.fpt_data = {"keys": keys, "ours": ours, "reached": [h == n for h, n in zip(reached, runs)],
+                    "reached_runs": reached, "runs": runs, "paper": paper}  # for tests and callers
+    return fig
+
+
+
+def attention_maps(run_dir: str | Path, examples: int = 64):
+    """Attention from the read-out (output) tokens to every token, averaged over held-out examples:
+    a tensor ``[layers, heads, output tokens, tokens]`` and the run's config."""
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / "config.yaml")
+    config.attn_implementation = "eager"  # SDPA returns no attention weights
+    model = build_model(config)
+    load_trained(model, run_dir / "model.safetensors")
+    model.eval()
+    if model.backbone.arch == "lstm":
+        raise ValueError(f"{run_dir}: an LSTM has no attention")
+    task = make_task(config.task, config.task_options, seed=config.seed, data_dir=config.data_dir)
+    split = task.val()
+    batch = split.batch(np.arange(min(examples, len(split))))
+    with torch.no_grad():
+        h = model.embed(batch["x"])
+        out = model.backbone.model(inputs_embeds=h, attention_mask=batch.get("mask"), output_attentions=True,
+                                   use_cache=False)
+    if not out.attentions or out.attentions[0] is None:
+        raise ValueError(f"{run_dir}: the backbone returned no attention weights")
+    att = torch.stack([a.float().mean(0) for a in out.attentions])  # [L, H, T, T]
+    n_out = model.readout_tokens
+    return att[:, :, -n_out:, :].numpy(), config
+
+
+
+def attention_figure(maps, config=None, title: str | None = None):
+    """A grid of heat maps, layers x heads: rows = output tokens, columns = input tokens (``maps``:
+    ``[layers, heads, output tokens, tokens]`` from :func:`attention_maps`)."""
+    layers, heads, n_out, n_tokens = maps.shape
+    fig = _figure(max(6.0, 1.7 * heads), max(2.6, 1.8 * layers + 0.8))
+    axes = fig.subplots(layers, heads, squeeze=False)
+    xlabels = ylabels = None
+    subtitle = ""
+    if config is not None and config.task == "bit-xor":
+        patch = int(config.task_options.get("patch_size", 1))
+        half = n_tokens // 2
+        if n_tokens <= 24:
+            xlabels = [f"a{i + 1}" for i in range(half)] + [f"b{i + 1}" for i in range(n_tokens - half)]
+            ylabels = [f"out{i + 1}" for i in range(n_out)]
+        subtitle = (f"Bit XOR ({patch} bit(s) per token): tokens a1-a{half} hold string a, b1-b{n_tokens - half} string b; "
+                    "output i should attend to a_i and b_i")
+    vmax = float(maps.max()) if maps.size else 1.0
+    image = None
+    for l in range(layers):
+        for h in range(heads):
+            ax = axes[l][h]
+            image = ax.imshow(maps[l, h], vmin=0, vmax=vmax, cmap="viridis", aspect="auto")
+            ax.set_title(f"layer {l + 1} head {h + 1}", fontsize=7)
+            if xlabels and l == layers - 1:
+                ax.set_xticks(range(n_tokens), xlabels, fontsize=5, rotation=90)
+            else:
+                ax.set_xticks([])
+            if ylabels and h == 0:
+                ax.set_yticks(range(n_out), ylabels, fontsize=5)
+            else:
+                ax.set_yticks([])
+            if h == 0:
+                ax.set_ylabel("output token", fontsize=7)
+            if l == layers - 1:
+                ax.set_xlabel("input token", fontsize=7)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
+    fig.suptitle((title or "attention from output tokens") + ("\n" + subtitle if subtitle else ""), fontsize=8)
+    return fig
+
+
+
+# -- entry points ----------------------------------------------------------------------------------
+def _save(fig, path: Path) -> str:
+    fig.savefig(path, dpi=110)
+    return str(path)
+
+
+
+def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, str]:
+    """``fpt plot``: learning curve (and attention maps for Bit XOR) of one run, in RUN_DIR/figures."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+    out = Path(out_dir) if out_dir else run_dir / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"learning curve": _save(learning_curve_figure([run_dir], f"{run_dir.name}: validation accuracy"),
+                                       out / "curve.png")}
+    results = read_results(run_dir) if (run_dir / "results.json").exists() else {}
+    if results.get("task") == "bit-xor" and reference.backbone_kind(results) != "lstm":
+        maps, config = attention_maps(run_dir)
+        written["attention"] = _save(attention_figure(maps, config, f"attention: {run_legend(results)}"),
+                                     out / "attention.png")
+    return written

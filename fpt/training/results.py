@@ -1,0 +1,69 @@
+"""results.json: what a finished run writes about itself (metrics, timings, protocol, task)."""
+
+from __future__ import annotations
+import dataclasses
+from typing import Any
+import torch
+from fpt.config.run import RunConfig
+from fpt.tasks.base import make_options
+from fpt.training.trainer import resolve_device
+
+
+
+def _results(config, module, trainer, test_metrics, train_seconds, seconds) -> dict[str, Any]:
+    counts = module.model.parameter_counts()
+    invocations = module.invocations(seconds, train_seconds)
+    accelerator, precision = resolve_device(config)
+    device = torch.cuda.get_device_name(0) if accelerator == "gpu" else f"cpu ({torch.get_num_threads()} threads)"
+    results = {
+        "task": config.task, "task_options": module.task.options.__dict__, "backbone": config.backbone,
+        "init": config.init, "freeze": config.freeze, "layers": module.model.backbone.num_layers,
+        "steps": int(trainer.global_step), "batch_size": config.batch_size, "lr": config.lr, "seed": config.seed,
+        "trainable_params": counts["trainable"], "total_params": counts["total"],
+        # wall seconds of every invocation (a resumed run's earlier ones counted up to their last checkpoint)
+        "seconds": round(sum(i["seconds"] or 0 for i in invocations), 2),
+        "train_seconds": round(sum(i.get("train_seconds", i["seconds"]) or 0 for i in invocations), 2),
+        "invocations": invocations,
+        "device": device, "precision": precision, "label": config.label,
+        "world_size": int(trainer.world_size),  # processes that shared each global batch (DDP)
+        "backbone_identity": module.model.backbone.identity(),  # incl. source_* for run:PATH backbones
+        "skipped_steps": module.bad_steps_total,
+        # all threads of the process, every invocation
+        "cpu_seconds": round(sum(i["cpu_seconds"] or 0 for i in invocations), 2),
+        "objective": module.objective.describe(),  # output type, headline metric and its direction
+        # metrics.csv labels a validation with the optimizer steps completed before it, as the console does
+        "metrics_step": "completed",
+        "protocol": _protocol_record(config, module.task),  # fpt.config.protocols: what --protocol set, and what was used
+        "val": {
+            "best_accuracy": (module.best_val[0] if module.best_val else None)
+            if module.objective.kind == "classification" else None,
+            "metric": module.objective.metric,  # the value model selection uses: val.best, in this direction
+            "higher_is_better": module.objective.higher_is_better,
+            "best": module.best_val[0] if module.best_val else None,
+            "best_step": module.best_val[1] if module.best_val else None,
+            "best_loss": module.best_val[2] if module.best_val else None,  # ties of val.best: the lower loss wins
+            "target_accuracy": config.target_accuracy if module.objective.kind == "classification" else None,
+            "first_step_at_target": module.first_step_at_target,
+        },
+    }
+    adjust = getattr(module.task, "adjust_test_metrics", None)
+    if adjust is not None:
+        adjust(test_metrics)
+    results.update(test_metrics)
+    # which data exactly (time series: problem, files, split sizes; reports match on it) and what the data
+    # options changed (ListOps' brackets and cuts, homology's dropped sequences)
+    data = {**(module.task.describe_data() if hasattr(module.task, "describe_data") else {}),
+            **(getattr(module.task, "preprocessing", None) or {})}
+    if data:
+        results["data"] = data
+    if config.backbone == "lstm":
+        results["lstm_kind"] = config.lstm_kind
+    return results
+
+
+
+def _protocol_record(config: RunConfig, task) -> dict[str, Any]:
+    from fpt.config.protocols import record
+
+    defaults = dataclasses.asdict(make_options(type(task), {}))  # the task's own defaults: what fpt does
+    return record(config, dict(task.options.__dict__), defaults)
