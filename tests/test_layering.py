@@ -1,10 +1,17 @@
-"""fpt's layers point one way: data -> tasks -> model -> training -> cli (docs/architecture.md).
+"""fpt's folders are its layers, and imports point down them (docs/architecture.md).
 
-A module may import from its own layer and the layers before it, never from a later one, at the top
-of the file or inside a function. The model, task and checkpoint layers import without Lightning.
+Every module lies in a layer folder (``fpt/<layer>/...``; the package's own ``fpt/__init__.py`` counts as
+``base``). A module may import from its own folder and the folders below it, never from one above: at
+the top of a file, inside a function, or through a registry's ``"module:function"`` loader string. No two
+modules import each other, directly or round a circle. The model, the tasks and a finished run load
+without Lightning.
 """
 
+from __future__ import annotations
+
 import ast
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,82 +20,168 @@ import pytest
 
 ROOT = Path(__file__).parents[1] / "fpt"
 
-# In order: a module may import only from its own layer or an earlier one. A package name covers its submodules.
-LAYERS = {
-    "base": ("fpt", "fpt.base.io", "fpt.base.text", "fpt.base.options", "fpt.config", "fpt.base.cpu"),  # words every layer shares
-    "data": ("fpt.data",),
-    "tasks": ("fpt.tasks",),
-    "model": ("fpt.backbones", "fpt.model", "fpt.runs.checkpoint", "fpt.model.features", "fpt.model.fastpath", "fpt.model.step",
-              "fpt.results.predict", "fpt.results.reference", "fpt.results.report"),
-    "training": ("fpt.training", "fpt.training.callbacks", "fpt.runs.health", "fpt.runs.rundir", "fpt.training.distributed", "fpt.bench"),
-    "cli": ("fpt.cli", "fpt.experiments", "fpt.experiments.slurm", "fpt.cli.experiments"),
-}
-ORDER = list(LAYERS)
+# Lowest first: a module may import only from its own layer or an earlier one.
+LAYERS = ["base", "config", "data", "tasks", "backbones", "model", "runs", "training", "results", "experiments",
+          "bench", "cli"]
+LOADER = re.compile(r"^(fpt(?:\.\w+)+):\w+$")  # a registry's "module:function" string (fpt/backbones/registry.py)
 
 
-def layer_of(module: str) -> str:
-    """The layer of a module: the longest declared name it equals or lies under."""
-    best = None
-    for layer, names in LAYERS.items():
-        for name in names:
-            if (module == name or module.startswith(name + ".")) and (best is None or len(name) > len(best[1])):
-                best = (layer, name)
-    if best is None:
-        raise AssertionError(f"{module} is in no layer: add it to tests/test_layering.py and docs/architecture.md")
-    return best[0]
-
-
-def modules() -> dict[str, Path]:
+def modules(root: Path = ROOT) -> dict[str, Path]:
+    """Dotted name -> file, for every .py file under ``root`` (a package named like its folder)."""
     out = {}
-    for path in sorted(ROOT.rglob("*.py")):
-        parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    for path in sorted(root.rglob("*.py")):
+        parts = [root.name, *path.relative_to(root).with_suffix("").parts]
         if parts[-1] == "__init__":
             parts = parts[:-1]
         out[".".join(parts)] = path
     return out
 
 
-def fpt_imports(path: Path) -> list[tuple[int, str]]:
-    """(line, module) of every ``import fpt...`` / ``from fpt... import`` in a file, at any depth."""
+def layer_of(module: str) -> str:
+    """The layer of a module: the folder right under ``fpt/`` (the root package itself is ``base``)."""
+    parts = module.split(".")
+    if parts == ["fpt"]:
+        return "base"
+    if len(parts) < 3 and not (len(parts) == 2 and parts[1] in LAYERS):
+        raise AssertionError(f"{module} lies in no layer folder: move it into one of fpt/{{{','.join(LAYERS)}}}/ "
+                             "(docs/architecture.md)")
+    if parts[1] not in LAYERS:
+        raise AssertionError(f"{module}: fpt/{parts[1]}/ is not a layer; add it to LAYERS in tests/test_layering.py "
+                             "and to docs/architecture.md, in its place")
+    return parts[1]
+
+
+def imports(path: Path, name: str, known: set[str]) -> list[tuple[int, str]]:
+    """(line, module) of every fpt module this file imports: ``import``/``from`` at any depth (relative ones
+    resolved) and ``"fpt.x.y:function"`` loader strings. ``from a import b`` names the module ``a.b`` when
+    there is one, else ``a``."""
     found = []
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "fpt"]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "fpt" and node.level == 0:
-            # `from fpt import x` imports the module fpt.x when there is one
-            found += [(node.lineno, f"{node.module}.{a.name}" if node.module == "fpt" else node.module) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            if module.split(".")[0] != "fpt":
+                continue
+            for alias in node.names:
+                found.append((node.lineno, f"{module}.{alias.name}" if f"{module}.{alias.name}" in known else module))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and LOADER.match(node.value):
+            found.append((node.lineno, LOADER.match(node.value).group(1)))
     return found
 
 
-def test_every_module_has_a_layer():
+def graph(root: Path = ROOT) -> tuple[dict[str, Path], dict[str, list[tuple[int, str]]]]:
+    mods = modules(root)
+    known = set(mods)
+    return mods, {name: imports(path, name, known) for name, path in mods.items()}
+
+
+def upward_imports(mods: dict[str, Path], edges: dict[str, list[tuple[int, str]]]) -> list[str]:
+    wrong = []
+    for name, targets in edges.items():
+        mine = LAYERS.index(layer_of(name))
+        for line, target in targets:
+            theirs = LAYERS.index(layer_of(target))
+            if theirs > mine:
+                wrong.append(f"{mods[name]}:{line}: {name} ({LAYERS[mine]}) imports {target} ({LAYERS[theirs]})")
+    return wrong
+
+
+def circles(edges: dict[str, list[tuple[int, str]]]) -> list[list[str]]:
+    """Every set of modules that import each other round a circle (Tarjan's strongly connected components)."""
+    succ = {name: sorted({t for _, t in targets if t in edges}) for name, targets in edges.items()}
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in succ[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1 or v in succ[v]:
+                out.append(sorted(component))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    for v in sorted(succ):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_every_module_lies_in_a_layer_folder():
     for name in modules():
         layer_of(name)
 
 
 def test_imports_point_down():
-    wrong = []
-    for name, path in modules().items():
-        mine = ORDER.index(layer_of(name))
-        for line, target in fpt_imports(path):
-            theirs = ORDER.index(layer_of(target))
-            if theirs > mine:
-                wrong.append(f"{path.relative_to(ROOT.parent)}:{line}: {name} ({ORDER[mine]}) imports {target} ({ORDER[theirs]})")
+    wrong = upward_imports(*graph())
     assert not wrong, "imports that point up the layers:\n" + "\n".join(wrong)
 
 
-def test_data_never_imports_tasks_and_homology_not_listops():
-    for name, path in modules().items():
-        targets = [t for _, t in fpt_imports(path)]
+def test_no_import_circles():
+    found = circles(graph()[1])
+    assert not found, "modules that import each other:\n" + "\n".join(" <-> ".join(c) for c in found)
+
+
+def test_the_checks_catch_planted_violations(tmp_path):
+    """A copy of fpt with an upward import inside a function, a circle through a loader string, and a module
+    outside every layer folder: each check fails on it."""
+    root = tmp_path / "fpt"
+    shutil.copytree(ROOT, root, ignore=shutil.ignore_patterns("__pycache__", "*.yaml", "configs"))
+    text = root / "base" / "text.py"
+    text.write_text(text.read_text() + "\n\ndef _planted():\n    from fpt.training.fitting import fit\n\n    return fit\n")
+    (root / "data" / "planted_a.py").write_text('"""planted"""\nLOADER = "fpt.data.planted_b:load"\n')
+    (root / "data" / "planted_b.py").write_text('"""planted"""\nfrom fpt.data import planted_a  # noqa: F401\n')
+    (root / "loose.py").write_text('"""planted: a module in no layer"""\n')
+
+    mods, edges = graph(root)
+    wrong = upward_imports({k: v for k, v in mods.items() if k != "fpt.loose"},
+                           {k: v for k, v in edges.items() if k != "fpt.loose"})
+    assert any("fpt.base.text (base) imports fpt.training.fitting (training)" in w for w in wrong), wrong
+    assert ["fpt.data.planted_a", "fpt.data.planted_b"] in circles(edges)
+    with pytest.raises(AssertionError, match="fpt.loose lies in no layer folder"):
+        layer_of("fpt.loose")
+    # and the real tree has none of them
+    assert "fpt.loose" not in modules() and not circles(graph()[1])
+
+
+def test_circles_finds_a_module_that_imports_itself_and_longer_rings():
+    edges = {"a": [(1, "b")], "b": [(1, "c")], "c": [(1, "a")], "d": [(1, "d")], "e": [(1, "a")]}
+    assert circles(edges) == [["a", "b", "c"], ["d"]]
+
+
+def test_data_never_imports_tasks_and_tasks_import_only_their_base():
+    mods, edges = graph()
+    for name, targets in edges.items():
+        targets = [t for _, t in targets]
         if name.startswith("fpt.data"):
             assert not [t for t in targets if t.startswith("fpt.tasks")], name
-        if name.startswith("fpt.tasks.") and name != "fpt.tasks.base":
-            assert not [t for t in targets if t.startswith("fpt.tasks.") and t != "fpt.tasks.base"], name
+        if name.startswith("fpt.tasks.") and name not in ("fpt.tasks.base", "fpt.tasks.registry"):
+            assert not [t for t in targets if t.startswith("fpt.tasks") and t != "fpt.tasks.base"], name
 
 
 @pytest.mark.parametrize("modules_", [
     "fpt.model, fpt.tasks, fpt.backbones, fpt.data",
     "fpt.runs.checkpoint, fpt.results.predict, fpt.results.report",  # load and use trained models without Lightning
-    "fpt.experiments, fpt.runs.health, fpt.runs.rundir, fpt.config",
+    "fpt.experiments.plan, fpt.experiments.status, fpt.runs.health, fpt.runs.rundir, fpt.config.files",
+    "fpt.training.distributed",  # the CLI imports it at start-up
 ])
 def test_import_without_lightning(modules_):
     code = (
@@ -100,30 +193,3 @@ def test_import_without_lightning(modules_):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"Lightning imported by {modules_}: {out.stdout.strip()[:200]}"
-
-
-def test_old_import_paths_still_work():
-    """Names that moved stay importable from where they were (other code imports them from there)."""
-    from fpt.training.callbacks import ChanceWarning, PhaseTracker  # noqa: F401
-    from fpt.training.stopping import GracefulStop  # noqa: F401
-    from fpt.runs.health import NonFiniteGradientError  # noqa: F401
-    from fpt.training.callbacks import AtomicCheckpointIO  # noqa: F401
-    from fpt.runs.checkpoint import read_checkpoint, save_checkpoint_file  # noqa: F401
-    from fpt.data.splits import ArraySplit, GeneratedSplit, Split, TaskSpec, collate  # noqa: F401
-    from fpt.tasks import make_task, register_task  # noqa: F401
-    from fpt.base.text import suggest  # noqa: F401
-    from fpt.data.sequences import PackedSequenceSplit  # noqa: F401
-    from fpt.runs.health import NonFiniteGradientError as training_error  # noqa: F401
-    from fpt.runs.checkpoint import (  # noqa: F401
-        build_model,
-        check_identity,
-        load_run,
-        load_trained,
-        read_results,
-        save_trained,
-    )
-    import fpt.runs.checkpoint
-    import fpt.data.splits
-
-    assert TaskSpec is fpt.data.splits.TaskSpec and load_run is fpt.runs.checkpoint.load_run
-    assert training_error is NonFiniteGradientError

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from fpt.data import ts
+from fpt.data import aeon, ts, ts_archive
 from fpt.data.store import MissingDataError
 from fpt.model.objectives import Classification, Regression, make_objective
 from fpt.tasks import make_task
@@ -29,7 +29,7 @@ from fpt.tasks.timeseries import TimeSeriesDataError, num_patches, patch_series,
 
 pytestmark = pytest.mark.usefixtures("offline_data")
 
-AEON = ts.aeon_data_root()
+AEON = aeon.aeon_data_root()
 needs_aeon = pytest.mark.skipif(AEON is None, reason="the aeon wheel is not installed (pip install --no-deps aeon)")
 
 
@@ -185,7 +185,7 @@ KNOWN = {  # name: (train cases, test cases, channels, (min length, max length),
 @pytest.mark.parametrize("name", sorted(KNOWN))
 def test_bundled_files_have_their_known_shapes(name):
     n_train, n_test, channels, (lo, hi), classes = KNOWN[name]
-    files = ts.find_problem(name)
+    files = ts_archive.find_problem(name)
     train, test = ts.read_ts(files["train"]), ts.read_ts(files["test"])
     assert (len(train), len(test)) == (n_train, n_test)
     assert train.num_channels == test.num_channels == channels
@@ -201,7 +201,7 @@ def test_bundled_files_have_their_known_shapes(name):
 
 @needs_aeon
 def test_every_bundled_problem_loads_by_name_and_non_problems_are_refused():
-    problems = ts.bundled_problems()
+    problems = aeon.bundled_problems()
     assert set(KNOWN) <= set(problems)
     for name in problems:
         task = make_task("timeseries", {"name": name, "patch_size": 16})
@@ -213,7 +213,7 @@ def test_every_bundled_problem_loads_by_name_and_non_problems_are_refused():
             assert batch["y"].dtype == torch.float32 and spec.num_classes == 1
         else:
             assert batch["y"].dtype == torch.int64 and spec.num_classes == len(info["classes"]) >= 2
-    others = ts.bundled_non_problems()
+    others = aeon.bundled_non_problems()
     assert {"Airline", "Lynx"} <= set(others)
     for name in others:
         with pytest.raises(ValueError, match="not a classification or regression problem"):
@@ -250,7 +250,7 @@ class _Response:
 @needs_aeon
 def test_online_a_problem_is_downloaded_once_from_its_zenodo_record_and_parsed(monkeypatch, tmp_path):
     name = "Adiac"  # in aeon's Zenodo table, not bundled
-    record = ts.zenodo_record(name)
+    record = aeon.zenodo_record(name)
     assert isinstance(record, int)
     fixture = write_problem(tmp_path / "remote", name, 8, 6)
     requested = []
@@ -262,10 +262,10 @@ def test_online_a_problem_is_downloaded_once_from_its_zenodo_record_and_parsed(m
         return _Response((fixture / filename).read_bytes())
 
     monkeypatch.setattr("fpt.data.store.urlopen", serve)
-    files = ts.find_problem(name)
+    files = ts_archive.find_problem(name)
     assert files["train"].parent == Path(tmp_path / "cache" / "timeseries" / name)
     assert len(requested) == 2 and ts.read_ts(files["train"]).kind == "classification"
-    ts.find_problem(name)  # found in the cache: nothing fetched again
+    ts_archive.find_problem(name)  # found in the cache: nothing fetched again
     assert len(requested) == 2
 
 
@@ -276,7 +276,7 @@ def test_an_incomplete_download_is_never_used(monkeypatch, tmp_path):
     monkeypatch.setattr("fpt.data.store.urlopen", lambda url, timeout=30.0: _Response(data[:100], length=len(data)))
     monkeypatch.setattr("time.sleep", lambda s: None)  # pooch waits between retries
     with pytest.raises(MissingDataError, match="Content-Length"):
-        ts.find_problem("Adiac")
+        ts_archive.find_problem("Adiac")
     assert not list((tmp_path / "cache").rglob("*.ts"))
 
 
@@ -504,7 +504,7 @@ def test_make_objective_needs_target_statistics_for_regression():
 @needs_aeon
 def test_the_readme_command_runs_offline_on_smollm2(tmp_path, monkeypatch, capsys):
     """`fpt fit --task timeseries -o name=GunPoint --layers 2 ...` (the README's command; fewer steps here)."""
-    from fpt.backbones.gguf import find_smollm2_gguf
+    from fpt.backbones.smollm2 import find_smollm2_gguf
     from fpt.cli.main import main
 
     try:

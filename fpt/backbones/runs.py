@@ -24,14 +24,13 @@ one bit-memory run is never loaded onto another.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 
+from fpt.backbones.backbone import Backbone, BuildOptions
+
 RUN_PREFIX = "run:"
-
-
-def is_run_backbone(name: str) -> bool:
-    return isinstance(name, str) and name.startswith(RUN_PREFIX)
 
 
 def run_dir_of(name: str) -> Path:
@@ -41,22 +40,18 @@ def run_dir_of(name: str) -> Path:
     return Path(path)
 
 
-def load_run_source(name: str, options):
-    """The registry's loader for ``run:DIR`` (options: ``fpt.backbones.registry.BuildOptions``; the
-    seed, LSTM width and LSTM kind are the source run's own)."""
-    return load_run_backbone(name, init=options.init, layers=options.layers,
-                             attn_implementation=options.attn_implementation,
-                             trust_remote_code=options.trust_remote_code, dropout=options.dropout)
-
-
-def load_run_backbone(name: str, *, init: str = "pretrained", layers: int | None = None,
-                      attn_implementation: str = "sdpa", trust_remote_code: bool = False, dropout: float | str = 0.0):
-    """The backbone of the finished run in ``name`` ("run:PATH"), with that run's trained weights."""
+def load_run_source(name: str, options: BuildOptions, create: Callable[[str, BuildOptions], Backbone]):
+    """The registry's loader for ``run:DIR``: the backbone of the finished run in ``name`` ("run:PATH"), with
+    that run's trained weights. ``create`` is the registry's factory, handed in (this module is one of its
+    loaders, so it does not import it), which builds the source run's backbone; the seed, LSTM width and LSTM
+    kind are the source run's own."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from fpt.backbones.registry import load_backbone
     from fpt.config.files import load_config
+
+    init, layers, attn_implementation = options.init, options.layers, options.attn_implementation
+    trust_remote_code, dropout = options.trust_remote_code, options.dropout
 
     run_dir = run_dir_of(name)
     if init != "pretrained":
@@ -72,11 +67,15 @@ def load_run_backbone(name: str, *, init: str = "pretrained", layers: int | None
                                 f"(fpt fit --resume {run_dir})")
     source = load_config(run_dir / "config.yaml")
     source_layers = source.layers
-    backbone = load_backbone(
-        source.backbone, init=source.init, layers=source.layers, seed=source.seed,
-        attn_implementation=attn_implementation, trust_remote_code=trust_remote_code or source.trust_remote_code,
-        lstm_width=source.lstm_width, lstm_kind=source.lstm_kind, dropout=dropout,
-    )
+
+    def build(depth: int | None) -> Backbone:  # the source run's backbone, as it was built, ``depth`` blocks deep
+        return create(source.backbone, BuildOptions(
+            init=source.init, layers=depth, seed=source.seed,
+            attn_implementation=attn_implementation, trust_remote_code=trust_remote_code or source.trust_remote_code,
+            lstm_width=source.lstm_width, lstm_kind=source.lstm_kind, dropout=dropout,
+        ))
+
+    backbone = build(source.layers)
     source_identity = backbone.identity()
     try:
         with safe_open(str(weights), framework="pt") as f:
@@ -84,8 +83,8 @@ def load_run_backbone(name: str, *, init: str = "pretrained", layers: int | None
         tensors = load_file(str(weights))
     except Exception as err:  # safetensors raises its own error types for broken files
         raise ValueError(f"{weights} is not a readable safetensors file ({err})") from None
-    # The rebuilt backbone must be the one the run trained on (the same keys fpt.training.check_identity
-    # compares; not imported from there, so that the backbone layer stays free of Lightning).
+    # The rebuilt backbone must be the one the run trained on (the same keys fpt.runs.checkpoint.check_identity
+    # compares; not imported from there: fpt/runs/ is a layer above this one).
     diffs = [f"{k}: run {metadata.get(k)!r} vs rebuilt {source_identity.get(k)!r}"
              for k in ("backbone", "arch", "init", "layers", "hidden_size", "fingerprint")
              if metadata.get(k) != source_identity.get(k)]
@@ -104,11 +103,7 @@ def load_run_backbone(name: str, *, init: str = "pretrained", layers: int | None
         if layers > backbone.num_layers:
             raise ValueError(f"--layers {layers} is more than the run {run_dir} has ({backbone.num_layers} blocks)")
         # Keep the first `layers` blocks: rebuild the source backbone that deep and drop later blocks' weights.
-        backbone = load_backbone(
-            source.backbone, init=source.init, layers=layers, seed=source.seed,
-            attn_implementation=attn_implementation, trust_remote_code=trust_remote_code or source.trust_remote_code,
-            lstm_width=source.lstm_width, lstm_kind=source.lstm_kind, dropout=dropout,
-        )
+        backbone = build(layers)
         own = backbone.state_dict()
         trained = {k: v for k, v in trained.items() if k in own}
     unexpected = sorted(set(trained) - set(own))

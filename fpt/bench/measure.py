@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+
 def _proc_status_kb(field: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -134,7 +135,3 @@ def throughput(step_s: float, batch_size: int, tokens: int, flops: float,
     }
 
 
-def _optimizer_label(settings: dict[str, Any]) -> str:
-    if settings["naive_optimizer"]:
-        return "adam (for-loop)"
-    return "adam fused" if settings["fused"] else "adam foreach"

@@ -48,6 +48,7 @@ from fpt.runs.rundir import RunLockedError
 from fpt.experiments.files import list_experiments
 from fpt.tasks import list_tasks
 
+
 def _parse_task_option(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"task options are KEY=VALUE, got {text!r} (e.g. -o n_bits=5)")

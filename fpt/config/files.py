@@ -6,23 +6,21 @@ The resolved config is written to ``RUN_DIR/config.yaml`` and is all that ``fpt 
 """
 
 from __future__ import annotations
+
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
 import yaml
+
 from fpt.base.io import atomic_write_text
 from fpt.base.options import coerce_field
 from fpt.base.text import description, suggest
 from fpt.config.run import FIELDS, MACHINERY, RunConfig, flag_of
 
 
-
-
-
-
 def preset_dir():
     return resources.files("fpt") / "presets"
-
 
 
 def list_presets() -> dict[str, str]:
@@ -31,9 +29,7 @@ def list_presets() -> dict[str, str]:
             for entry in sorted(preset_dir().iterdir(), key=lambda p: p.name) if entry.name.endswith(".yaml")}
 
 
-
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KB; more is not a config (or is /dev/zero)
-
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -46,7 +42,6 @@ class _NoAliasLoader(yaml.SafeLoader):
             raise yaml.composer.ComposerError(None, None, f"found the alias *{event.anchor}: YAML aliases are not "
                                               "accepted in fpt config files; write the value out", event.start_mark)
         return super().compose_node(parent, index)
-
 
 
 def read_text_file(path: Path, what: str, limit: int = MAX_CONFIG_BYTES) -> str:
@@ -69,7 +64,6 @@ def read_text_file(path: Path, what: str, limit: int = MAX_CONFIG_BYTES) -> str:
                          "give a YAML file of option: value lines") from None
 
 
-
 def parse_yaml(text: str, where: str) -> Any:
     """YAML text as plain data (``safe_load`` semantics: nothing is evaluated; no aliases)."""
     loader = _NoAliasLoader(text)  # a SafeLoader: what yaml.safe_load does, with aliases refused
@@ -79,7 +73,6 @@ def parse_yaml(text: str, where: str) -> Any:
         raise ValueError(f"{where} is not valid YAML: {err}") from None
     finally:
         loader.dispose()
-
 
 
 def read_yaml(path_or_preset: str) -> dict[str, Any]:
@@ -105,7 +98,6 @@ def read_yaml(path_or_preset: str) -> dict[str, Any]:
     return data
 
 
-
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """``overrides`` on top of ``base`` (flat option dicts); ``task_options`` are merged key by key."""
     out = dict(base)
@@ -120,7 +112,6 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-
 # Names other tools use for fpt's options (spelling suggestions cannot find these).
 _ALIASES = {
     "learning_rate": "lr", "lr_rate": "lr", "epochs": "steps", "max_steps": "steps", "num_steps": "steps",
@@ -131,9 +122,7 @@ _ALIASES = {
 }
 
 
-
 DOCUMENTATION_KEYS = ("description", "reproduces", "expected")  # keys of preset files that are not options
-
 
 
 def build_config(values: dict[str, Any], preset_keys: set[str] | frozenset = frozenset()) -> RunConfig:
@@ -160,14 +149,12 @@ def build_config(values: dict[str, Any], preset_keys: set[str] | frozenset = fro
     return RunConfig(**kwargs).validate()
 
 
-
 def _same(name: str, a: Any, b: Any) -> bool:
     """Two values of option ``name`` are the same once coerced (``"3e-3"`` and ``0.003``)."""
     try:
         return coerce_field(a, FIELDS[name]) == coerce_field(b, FIELDS[name])
     except (KeyError, ValueError):
         return a == b
-
 
 
 def note_changes_in_label(written: dict[str, Any], values: dict[str, Any], limit: int = 300) -> dict[str, Any]:
@@ -196,7 +183,6 @@ def note_changes_in_label(written: dict[str, Any], values: dict[str, Any], limit
     return {**values, "label": label + note}
 
 
-
 def changed_options(config: RunConfig, values: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """The options whose value in ``values`` (merged onto ``config``) differs from ``config``'s:
     ``{name: (config's value, the new value)}``."""
@@ -205,10 +191,8 @@ def changed_options(config: RunConfig, values: dict[str, Any]) -> dict[str, tupl
             if getattr(new, name) != getattr(config, name)}
 
 
-
 def save_config(config: RunConfig, path: Path) -> None:
     atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
-
 
 
 # Options added after runs were made: a run's config.yaml without them gets the value that reproduces how it
@@ -216,17 +200,14 @@ def save_config(config: RunConfig, path: Path) -> None:
 ABSENT_FROM_OLDER_RUNS = {"bucket_by_length": 0}
 
 
-
 def load_config(path: Path) -> RunConfig:
     values = read_yaml(str(path))
     return build_config({**{k: v for k, v in ABSENT_FROM_OLDER_RUNS.items() if k not in values}, **values})
 
 
-
 def is_shipped_preset(path_or_preset: str) -> bool:
     """True for a preset name (``fpt/presets/NAME.yaml``), False for a file of the user's."""
     return not Path(path_or_preset).exists() and (preset_dir() / f"{path_or_preset}.yaml").is_file()
-
 
 
 def preset_keys(data: dict[str, Any]) -> set[str]:

@@ -12,7 +12,7 @@ file < command-line flags. So ``fpt fit --config listops --protocol paper`` take
 task and data settings and the protocol's batch size, while ``--batch-size 32`` (or a
 ``batch_size`` key in a YAML file of your own) still wins over the protocol. ``results.json``
 records the protocol and, for every setting it defines, the protocol's value, fpt's default and
-the value the run used (:func:`record`).
+the value the run used (``fpt.training.results.protocol_record``).
 
 Evidence for every value (file:line of the official code, or the paper) is in ``why`` and in
 ``docs/paper-fidelity.md``.
@@ -23,18 +23,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-PROTOCOLS = ("fpt", "paper")
+from fpt.base.text import suggest
+from fpt.config.run import FIELDS
 
-_DEFAULT_TASK = "bit-xor"  # RunConfig.task's default (kept here so this module imports nothing heavy)
-_DEFAULT_BACKBONE = "smollm2-135m"
+PROTOCOLS = ("fpt", "paper")
 
 
 def _task(values: dict[str, Any]) -> str:
-    return str(values.get("task") or _DEFAULT_TASK)
+    return str(values.get("task") or FIELDS["task"].default)
 
 
 def _is_lstm(values: dict[str, Any]) -> bool:
-    return str(values.get("backbone") or _DEFAULT_BACKBONE) == "lstm"
+    return str(values.get("backbone") or FIELDS["backbone"].default) == "lstm"
 
 
 def _tasks(*names: str) -> Callable[[dict[str, Any]], bool]:
@@ -109,8 +109,6 @@ PROTOCOL_SETTINGS: dict[str, tuple[Setting, ...]] = {"fpt": (), "paper": PAPER}
 
 def check_protocol(name: Any) -> str:
     if name not in PROTOCOLS:
-        from fpt.base.text import suggest
-
         raise ValueError(f"option 'protocol' (--protocol) must be one of {', '.join(PROTOCOLS)}, got {name!r}."
                          f"{suggest(str(name), PROTOCOLS)}")
     return name
@@ -149,41 +147,6 @@ def resolve(values: dict[str, Any], overridable: Iterable[str] = ()) -> dict[str
     if options or "task_options" in out:
         out["task_options"] = options
     return out
-
-
-def _fpt_default(key: str, task_defaults: dict[str, Any]) -> Any:
-    """fpt's own default of a setting: a RunConfig field's, or the task's option (``task_defaults``)."""
-    if key.startswith("task_options."):
-        return task_defaults.get(key.split(".", 1)[1])
-    import dataclasses
-
-    from fpt.config.run import FIELDS
-
-    f = FIELDS[key]
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
-
-
-def record(config, task_options: dict[str, Any] | None = None,
-           task_defaults: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What ``results.json`` says about the protocol: its name and, per setting it defines for this
-    run, the protocol's value, fpt's default, the value used, and where the value comes from.
-
-    ``task_options``: the options the task ran with; ``task_defaults``: the task's own defaults (this
-    module sits below the tasks, so the caller, which has the task, passes them)."""
-    values = config.to_dict()
-    task_defaults = task_defaults or {}
-    used_options = dict(task_options if task_options is not None else values.get("task_options") or {})
-    changed = {}
-    for key, s in settings_for(values).items():
-        default = _fpt_default(key, task_defaults)
-        used = used_options.get(key.split(".", 1)[1]) if key.startswith("task_options.") else values.get(key)
-        if s.value == default:
-            continue
-        entry = {"protocol": s.value, "fpt": default, "used": used, "source": s.why}
-        if used != s.value:
-            entry["overridden"] = True
-        changed[key] = entry
-    return {"name": config.protocol, "settings": changed}
 
 
 def describe(protocol: str) -> str:

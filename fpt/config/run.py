@@ -1,20 +1,19 @@
 """TODO"""
 
 from __future__ import annotations
+
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
+
 from fpt.base.options import SEEDS, at_least, between, coerce_field, declared, how, probability_or_keep, what, when
-
-
 
 # Lightning's precision names (lightning.fabric.connector._PRECISION_INPUT; tests/test_training.py checks
 # that they match), and auto. Declared here so that a typo is refused before anything is built.
 Tristate = Union[Literal["auto"], bool]  # auto | true | false
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "transformer-engine",
               "transformer-engine-float16", "32", "16", "bf16", "64")
-
 
 
 @dataclass
@@ -146,9 +145,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-
 FIELDS = declared(RunConfig)
-
 
 
 def flag_of(f: dataclasses.Field) -> str | None:
@@ -156,21 +153,17 @@ def flag_of(f: dataclasses.Field) -> str | None:
     return "--" + f.name.replace("_", "-") if f.metadata.get("flag", True) else None
 
 
-
 def role(name: str) -> str:
     """``what``, ``how`` or ``when`` (see :mod:`fpt.base.options`)."""
     return FIELDS[name].metadata["role"]
-
 
 
 def options_with_role(*roles: str) -> set[str]:
     return {name for name, f in FIELDS.items() if f.metadata["role"] in roles}
 
 
-
 # Options that only say how a run executes: sweeps ignore them when comparing a trial with its directory.
 MACHINERY = frozenset(options_with_role("how"))
-
 
 
 # Options whose value may change when a run is resumed: how it runs, and how long / when it is checked.

@@ -1,16 +1,15 @@
 """Where the UCR / UEA / TSER archive's problems are: the aeon wheel's files and the Zenodo records."""
 
 from __future__ import annotations
+
 import ast
 import importlib.metadata
 import importlib.util
 from pathlib import Path
 
 
-
 # -- where problems are ------------------------------------------------------------------------
 AEON_DISTRIBUTION = "aeon"
-
 
 
 def aeon_data_root() -> Path | None:
@@ -30,14 +29,12 @@ def aeon_data_root() -> Path | None:
     return next((c for c in candidates if c.is_dir()), None)
 
 
-
 def base_name(name: str) -> str:
     """The archive folder a problem's files live in: ``JapaneseVowels_eq`` -> ``JapaneseVowels``."""
     for suffix in ("_eq_nmv", "_nmv", "_eq"):
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
-
 
 
 def bundled_problems() -> dict[str, Path]:
@@ -53,7 +50,6 @@ def bundled_problems() -> dict[str, Path]:
     return out
 
 
-
 def bundled_non_problems() -> dict[str, list[str]]:
     """Folders of aeon's data that hold no TRAIN/TEST .ts pair (forecasting, anomaly, segmentation data)."""
     root = aeon_data_root()
@@ -65,7 +61,6 @@ def bundled_non_problems() -> dict[str, list[str]]:
         if d.name not in problems and not any(v == d for v in problems.values()):
             out[d.name] = sorted(f.name for f in d.iterdir() if f.is_file())
     return out
-
 
 
 def zenodo_record(name: str) -> int | None:

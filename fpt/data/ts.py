@@ -41,33 +41,28 @@ a download is checked for completeness (``Content-Length``) and must parse befor
 """
 
 from __future__ import annotations
+
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+
 import numpy as np
-
-
 
 HEADER_KEYS = ("problemname", "timestamps", "missing", "univariate", "dimension", "dimensions", "equallength",
                "serieslength", "classlabel", "targetlabel")
 
 
-
 _BOOLEAN_KEYS = ("timestamps", "missing", "univariate", "equallength", "targetlabel")
-
 
 
 _MISSING_TOKENS = ("?", "nan")
 
 
-
 _COMMENT = ("#", "%")  # '%' as in ARFF, used by some archive files (aeon's UnitTest)
-
 
 
 class TSFormatError(ValueError):
     """A ``.ts`` file that does not follow the format; the message names the file and the line."""
-
 
 
 @dataclass
@@ -85,7 +80,6 @@ class TSHeader:
     class_values: tuple[str, ...] = ()  # the classes @classLabel true lists, in the header's order
     target_label: bool | None = None  # @targetLabel true: one regression target per case
     extra: dict[str, str] = field(default_factory=dict)  # keys this reader does not know (kept, ignored)
-
 
 
 @dataclass
@@ -130,14 +124,12 @@ class TSData:
         return len(self.series)
 
 
-
 def sort_labels(labels) -> tuple[str, ...]:
     labels = list(labels)
     try:
         return tuple(sorted(labels, key=float))
     except ValueError:
         return tuple(sorted(labels))
-
 
 
 # -- the reader --------------------------------------------------------------------------------
@@ -150,7 +142,6 @@ def _bool(value: str, key: str, where: str) -> bool:
     raise TSFormatError(f"{where}: @{key} must be true or false, got {value!r}")
 
 
-
 def _int(value: str, key: str, where: str) -> int:
     try:
         n = int(value)
@@ -159,7 +150,6 @@ def _int(value: str, key: str, where: str) -> int:
     if n < 1:
         raise TSFormatError(f"{where}: @{key} must be a positive integer, got {value!r}")
     return n
-
 
 
 def _parse_header_line(header: TSHeader, tokens: list[str], where: str, seen: dict[str, str]) -> None:
@@ -203,7 +193,6 @@ def _parse_header_line(header: TSHeader, tokens: list[str], where: str, seen: di
         header.series_length = _int(value, key, where)
 
 
-
 def _check_header(header: TSHeader, path: Path, key_lines: dict[str, int]) -> None:
     def where(*keys: str) -> str:
         return f"{path}, line {min(key_lines[k] for k in keys if k in key_lines)}"
@@ -218,7 +207,6 @@ def _check_header(header: TSHeader, path: Path, key_lines: dict[str, int]) -> No
     if header.univariate and header.dimensions not in (None, 1):
         raise TSFormatError(f"{where('univariate', 'dimension', 'dimensions')}: @univariate true but "
                             f"@dimensions {header.dimensions}")
-
 
 
 def _parse_values(text: str, where: str, channel: int) -> np.ndarray:
@@ -241,7 +229,6 @@ def _parse_values(text: str, where: str, channel: int) -> np.ndarray:
             raise TSFormatError(f"{where}: channel {channel}, value {i + 1}: {what} is not a number "
                                 f"(missing values are written ? or NaN){hint}") from None
     raise TSFormatError(f"{where}: channel {channel}: cannot read the values")  # pragma: no cover
-
 
 
 def read_ts(path: str | Path) -> TSData:
@@ -365,10 +352,8 @@ def read_ts(path: str | Path) -> TSData:
     return data
 
 
-
 # -- missing values ----------------------------------------------------------------------------
 MISSING_POLICIES = ("error", "interpolate")
-
 
 
 def fill_missing(data: TSData, policy: str, task: str = "timeseries") -> TSData:

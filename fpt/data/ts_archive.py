@@ -1,9 +1,10 @@
 """Find a time-series problem's files: --data-dir, $FPT_DATA_DIR, the cache, the aeon wheel, then Zenodo."""
 
 from __future__ import annotations
-from pathlib import Path
-from fpt.data.aeon import bundled_non_problems, bundled_problems
 
+from pathlib import Path
+
+from fpt.data.aeon import bundled_non_problems, bundled_problems
 
 
 def find_problem(name: str, data_dir=None, download: bool = True, task: str = "timeseries") -> dict[str, Path]:
@@ -27,7 +28,6 @@ def find_problem(name: str, data_dir=None, download: bool = True, task: str = "t
                 f"{', '.join(bundled_problems()) or 'none bundled'}, or any UCR/UEA/TSER problem by name online")
     found = ensure_files(dataset, data_dir, task=task, download_ok=download)
     return {"train": found[f"{name}_TRAIN.ts"], "test": found[f"{name}_TEST.ts"]}
-
 
 
 def find_user_files(path: str | Path, data_dir=None) -> dict[str, Path | None]:

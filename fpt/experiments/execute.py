@@ -1,11 +1,13 @@
 """Run a plan's trials, in parallel processes, each logged to its own file; resume what is unfinished."""
 
 from __future__ import annotations
+
 import os
 import time
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any, Callable
+
 from fpt.runs.checkpoint import read_results
 from fpt.config.files import build_config
 from fpt.model.objectives import headline, test_score, val_score
@@ -13,13 +15,6 @@ from fpt.runs.rundir import LOCK_NAME, RunLock, move_aside
 from fpt.experiments.plan import Plan, save_plan, trial_state
 from fpt.experiments.status import _mark, _value
 from fpt.experiments.summary import write_summary
-
-
-
-
-
-
-
 
 
 def execute_trial(values: dict[str, Any], log_path: str | None = None) -> dict[str, Any]:
@@ -65,16 +60,6 @@ def execute_trial(values: dict[str, Any], log_path: str | None = None) -> dict[s
             "seconds": time.time() - start}
 
 
-
-
-
-
-
-
-
-
-
-
 def describe_outcome(name: str, outcome: dict[str, Any], where: str = "") -> str:
     """One line for a trial that has ended (the sweep prints it as each trial finishes)."""
     if outcome["state"] in ("failed", "interrupted"):
@@ -86,11 +71,9 @@ def describe_outcome(name: str, outcome: dict[str, Any], where: str = "") -> str
             f"({_value(test_score(r, at='final'), metric)} final)  ({r.get('steps')} steps, {r.get('seconds', 0):.0f} s)")
 
 
-
 def _init_worker(threads: int | None) -> None:
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)
-
 
 
 def run_plan(plan: Plan, parallel: int = 1, echo: Callable[[str], None] = print) -> dict[str, Any]:

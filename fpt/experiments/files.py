@@ -1,14 +1,15 @@
 """Experiment files: the YAML grids under fpt/presets/experiments (docs/experiments.md)."""
 
 from __future__ import annotations
+
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
 from fpt.config.files import parse_yaml, read_text_file
 from fpt.base.options import parse_text as parse_value
 from fpt.base.text import description, suggest
-
 
 
 # -- experiments -------------------------------------------------------------------------------
@@ -22,10 +23,8 @@ class Experiment:
     seeds: int | None = None
 
 
-
 def experiment_dir():
     return resources.files("fpt") / "presets" / "experiments"
-
 
 
 def list_experiments() -> dict[str, str]:
@@ -35,7 +34,6 @@ def list_experiments() -> dict[str, str]:
         return {}
     return {entry.name[:-5]: description(entry.read_text())
             for entry in sorted(root.iterdir(), key=lambda p: p.name) if entry.name.endswith(".yaml")}
-
 
 
 def load_experiment(name_or_path: str) -> Experiment:
@@ -58,7 +56,6 @@ def load_experiment(name_or_path: str) -> Experiment:
     variants = {str(k): dict(v or {}) for k, v in data["variants"].items()}
     grid = {str(k): list(v) if isinstance(v, list) else [v] for k, v in (data.get("grid") or {}).items()}
     return Experiment(name, description(text), variants, dict(data.get("sources") or {}), grid, data.get("seeds"))
-
 
 
 # -- parsing ------------------------------------------------------------------------------------

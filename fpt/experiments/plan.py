@@ -44,13 +44,14 @@ on the swept config's backbone, depth and LSTM width, seed 0, in ``SWEEP_DIR/sou
 """
 
 from __future__ import annotations
+
 import itertools
 import json
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
 from fpt.config.files import (
     DOCUMENTATION_KEYS,
     build_config,
@@ -66,14 +67,11 @@ from fpt.config.protocols import resolve
 from fpt.config.run import MACHINERY
 from fpt.experiments.files import Experiment, load_experiment
 
-
-
 # MACHINERY (fpt.config): options that only say *how* a trial runs (declared with role "how"): they may
 # differ between the command that started a trial and the one that resumes or re-checks it.
 # What a source run takes over from the swept config, so that its backbone fits the trials.
 INHERITED_BY_SOURCES = ("backbone", "layers", "lstm_width", "attn_implementation", "trust_remote_code", "device",
                         "precision", "num_threads", "protocol", "lstm_kind")
-
 
 
 def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +89,6 @@ def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[s
     return out
 
 
-
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)
@@ -100,10 +97,8 @@ def _fmt(value: Any) -> str:
     return "null" if value is None else str(value)
 
 
-
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=+-]", "_", text) or "base"
-
 
 
 # -- the plan -----------------------------------------------------------------------------------
@@ -121,7 +116,6 @@ class Trial:
         return self.run_dir.with_name(self.run_dir.name + ".log")
 
 
-
 @dataclass
 class Plan:
     preset: str
@@ -135,17 +129,14 @@ class Plan:
     command: str = ""
 
 
-
 def _source_preset(preset: str, small: bool) -> str:
     if small and not preset.endswith("-small") and (preset_dir() / f"{preset}-small.yaml").is_file():
         return f"{preset}-small"
     return preset
 
 
-
 def _is_small(preset: str, base: dict[str, Any]) -> bool:
     return Path(preset).stem.endswith("-small") or str(base.get("label", "")).startswith("-small")
-
 
 
 def _resolve_sources(value: Any, sources: dict[str, tuple[dict[str, Any], Path]]) -> Any:
@@ -155,7 +146,6 @@ def _resolve_sources(value: Any, sources: dict[str, tuple[dict[str, Any], Path]]
             raise ValueError(f"{value!r} names no source of this experiment (sources: {', '.join(sources) or 'none'})")
         return f"run:{sources[name][1].resolve()}"
     return value
-
 
 
 def _plan_sources(exp: Experiment | None, preset: str, base: dict[str, Any], root: Path, name: str,
@@ -182,7 +172,6 @@ def _plan_sources(exp: Experiment | None, preset: str, base: dict[str, Any], roo
         build_config(values)
         sources[source_name] = (values, root / "sources" / source_name)
     return sources
-
 
 
 def make_plan(preset: str, *, experiment: str | None = None, grid: dict[str, list[Any]] | None = None,
@@ -237,7 +226,6 @@ def make_plan(preset: str, *, experiment: str | None = None, grid: dict[str, lis
     return Plan(preset, base, exp, full_grid, seed_list, root, sources, trials, command)
 
 
-
 def describe_plan(plan: Plan) -> str:
     lines = [f"sweep of {plan.preset}" + (f", experiment {plan.experiment.name}" if plan.experiment else "")
              + f": {len(plan.trials)} trials in {plan.sweep_dir}"]
@@ -248,19 +236,11 @@ def describe_plan(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-
-def command_line(argv: list[str] | None = None) -> str:
-    return "fpt " + " ".join(argv if argv is not None else sys.argv[1:])
-
-
-
 # -- the sweep directory alone: plan.json, --status, --summarize ----------------------------------
 PLAN_FILE = "plan.json"
 
 
-
 PLAN_FORMAT = 1
-
 
 
 def save_plan(plan: Plan) -> None:
@@ -276,7 +256,6 @@ def save_plan(plan: Plan) -> None:
     }
     plan.sweep_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(plan.sweep_dir / PLAN_FILE, record)
-
 
 
 def load_plan(sweep_dir: str | Path) -> Plan:

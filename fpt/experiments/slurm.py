@@ -14,7 +14,7 @@ What runs where:
   (``SWEEP_DIR/slurm/jobs.json``); then, unless ``--no-wait``, a poll every few seconds (``squeue`` and
   the trials' files) that prints each trial as it ends and rewrites sweep.md. Stopping this command
   (Ctrl-C) leaves the jobs running;
-* in each job: :func:`fpt.experiments.execute_trial`, the function the local launcher calls (a finished trial
+* in each job: :func:`fpt.experiments.execute.execute_trial`, the function the local launcher calls (a finished trial
   is skipped, an interrupted one resumed from its checkpoint, a partial one restarted), its output in
   ``SWEEP_DIR/<setting>/s<seed>.log``; then sweep.json and sweep.md are rewritten from the files.
   submitit's own logs are in ``SWEEP_DIR/slurm/<job id>/``.
@@ -126,7 +126,7 @@ def make_executor(folder: Path, options: SlurmOptions, name: str):
 
 
 class TrialJob:
-    """What each job runs: one trial (:func:`fpt.experiments.execute_trial`), then the sweep's summary.
+    """What each job runs: one trial (:func:`fpt.experiments.execute.execute_trial`), then the sweep's summary.
 
     submitit calls :meth:`checkpoint` when it requeues the job (time limit, preemption): the requeued job
     runs the same trial again, which resumes it from ``checkpoints/last.ckpt``.

@@ -1,17 +1,18 @@
 """fpt sweep --status: what each trial of a sweep is doing, read from its run dir and log."""
 
 from __future__ import annotations
+
 import json
 import os
 from pathlib import Path
 import math
 import time
 from typing import Any
+
 from fpt.runs.checkpoint import checkpoint_step, results_or_none
 from fpt.model.objectives import headline, test_score, val_score
 from fpt.runs.rundir import LOCK_NAME, _pid_alive
 from fpt.experiments.plan import Trial, load_plan
-
 
 FAILED_MARK = "failed: "  # after "== <time> " in a trial's log: the trial ended with this error
 
@@ -39,7 +40,6 @@ def _value(x: Any, metric: str) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{float(x):.4g}"
 
 
-
 def _tail(path: Path, size: int = 8192) -> list[str]:
     """The last lines of a (possibly large) log file."""
     try:
@@ -49,7 +49,6 @@ def _tail(path: Path, size: int = 8192) -> list[str]:
             return f.read().decode(errors="replace").splitlines()
     except OSError:
         return []
-
 
 
 def logged_outcome(log_path: Path) -> dict[str, Any]:
@@ -66,14 +65,12 @@ def logged_outcome(log_path: Path) -> dict[str, Any]:
     return {}
 
 
-
 def _last_output_line(log_path: Path) -> str | None:
     """The last line a trial printed before fpt's own end-of-attempt line."""
     lines = [ln for ln in _tail(log_path) if ln.strip()]
     while lines and lines[-1].startswith("== "):
         lines.pop()
     return lines[-1].strip() if lines else None
-
 
 
 def _lock_owner(run_dir: Path) -> dict[str, Any] | None:
@@ -89,7 +86,6 @@ def _lock_owner(run_dir: Path) -> dict[str, Any] | None:
             and not _pid_alive(owner["pid"]):
         return None  # stale: that process is gone
     return owner
-
 
 
 def trial_status(trial: Trial) -> dict[str, Any]:
@@ -117,7 +113,6 @@ def trial_status(trial: Trial) -> dict[str, Any]:
     return {"status": "pending", "detail": ""}
 
 
-
 def checkpoint_note(run_dir: Path) -> str:
     """", last checkpoint at step N" (the checkpoint holds trained parameters only: small), or ""."""
     ckpt = run_dir / "checkpoints" / "last.ckpt"
@@ -125,9 +120,7 @@ def checkpoint_note(run_dir: Path) -> str:
     return f", last checkpoint at step {step}" if step is not None else ""
 
 
-
 STATUSES = ("finished", "running", "failed", "interrupted", "pending")
-
 
 
 def sweep_status(sweep_dir: str | Path) -> dict[str, Any]:
@@ -147,7 +140,6 @@ def sweep_status(sweep_dir: str | Path) -> dict[str, Any]:
     return {"sweep_dir": str(plan.sweep_dir), "trials": rows, "counts": counts}
 
 
-
 def format_status(status: dict[str, Any]) -> str:
     counts = status["counts"]
     lines = [f"{status['sweep_dir']}: {len(status['trials'])} trials: "
@@ -158,9 +150,7 @@ def format_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-
 JOBS_FILE = "slurm/jobs.json"  # trial name -> SLURM job id, written by fpt.experiments.slurm
-
 
 
 def _submitted_jobs(sweep_dir: Path) -> dict[str, str]:

@@ -1,10 +1,12 @@
 """A sweep's summary: per-trial results, mean and spread per setting, summary.json and summary.md."""
 
 from __future__ import annotations
+
 import math
 import time
 from pathlib import Path
 from typing import Any
+
 from fpt.results import reference
 from fpt.runs.checkpoint import results_or_none
 from fpt.base.io import atomic_write_json, atomic_write_text
@@ -13,20 +15,12 @@ from fpt.experiments.plan import Plan, Trial, load_plan
 from fpt.experiments.status import logged_outcome
 
 
-
-
-
-
-
-
-
 def _stats(values: list[float]) -> dict[str, Any]:
     if not values:
         return {"mean": None, "std": None, "n": 0, "values": []}
     mean = sum(values) / len(values)
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
     return {"mean": mean, "std": std, "n": len(values), "values": values}
-
 
 
 def _trial_entry(trial: Trial, results: dict[str, Any] | None, outcome: dict[str, Any]) -> dict[str, Any]:
@@ -49,7 +43,6 @@ def _trial_entry(trial: Trial, results: dict[str, Any] | None, outcome: dict[str
                      first_step_at_target=results.get("val", {}).get("first_step_at_target"),
                      steps=results.get("steps"), seconds=results.get("seconds"))
     return entry
-
 
 
 def summarize(plan: Plan, outcomes: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -116,7 +109,6 @@ def summarize(plan: Plan, outcomes: dict[str, dict[str, Any]] | None = None) -> 
     }
 
 
-
 def _mean_std(stats: dict[str, Any], metric: str = "accuracy") -> str:
     if stats["mean"] is None:
         return "-"
@@ -124,7 +116,6 @@ def _mean_std(stats: dict[str, Any], metric: str = "accuracy") -> str:
         return f"{stats['mean']:.4g}" + (f" ± {stats['std']:.2g}" if stats["n"] > 1 else "")
     text = f"{100 * stats['mean']:.1f}"
     return text + (f" ± {100 * stats['std']:.1f}" if stats["n"] > 1 else "")
-
 
 
 def render_markdown(summary: dict[str, Any]) -> str:
@@ -168,14 +159,12 @@ def render_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-
 def write_summary(plan: Plan, outcomes: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     summary = summarize(plan, outcomes)
     plan.sweep_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(plan.sweep_dir / "sweep.json", summary)
     atomic_write_text(plan.sweep_dir / "sweep.md", render_markdown(summary))
     return summary
-
 
 
 def summarize_dir(sweep_dir: str | Path) -> dict[str, Any]:

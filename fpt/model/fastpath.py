@@ -25,8 +25,6 @@ from torch import nn
 
 from fpt.base.options import coerce
 
-TRISTATE = ("auto", True, False)
-
 
 def parse_tristate(value: Any, name: str) -> Any:
     """``auto`` | true | false (YAML booleans or the strings true/false/on/off/yes/no/1/0)."""

@@ -41,7 +41,6 @@ _ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"
               torch.int32: "I32", torch.bool: "BOOL", torch.uint8: "U8", torch.int16: "I16", torch.int8: "I8"}
 _NP_FOR_ST = {"F32": np.float32, "F16": np.float16, "BF16": np.int16, "I64": np.int64, "I32": np.int32,
               "BOOL": np.bool_, "U8": np.uint8, "I16": np.int16, "I8": np.int8}
-_TORCH_FOR_ST = {v: k for k, v in _ST_DTYPES.items()}
 
 
 def check_cacheable(model) -> None:

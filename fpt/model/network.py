@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -43,7 +42,6 @@ class ModelConfig:
     input_gain: float = 1.41  # orthogonal init gain of the input layer (paper: 1.41)
     # dropout after a continuous input layer (the 2021 code: 0.1, fpt.py:118; none after an embedding)
     input_dropout: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form, recorded but unused
 
 
 class FPT(nn.Module):

@@ -1,18 +1,20 @@
 """fpt report's and fpt plot's figures: learning curves, convergence, attention maps."""
 
 from __future__ import annotations
+
 import json
 import math
 from pathlib import Path
 from typing import Any
+
 import numpy as np
 import torch
+
 from fpt.results import reference
 from fpt.runs.checkpoint import build_model, load_trained, read_results
 from fpt.config.files import load_config
 from fpt.tasks import make_task
 from fpt.results.rows import _freeze_text, _short_backbone, read_curve
-
 
 
 # -- figures ---------------------------------------------------------------------------------------
@@ -22,17 +24,14 @@ def _figure(width: float = 6.4, height: float = 4.2):
     return Figure(figsize=(width, height), layout="constrained")
 
 
-
 def run_legend(r: dict[str, Any]) -> str:
     backbone = _short_backbone(r)
     return f"{backbone} {r.get('init')} {_freeze_text(r.get('freeze', ''))} s{r.get('seed')}"
 
 
-
 # What tells runs with the same backbone, init, freeze and seed apart, in the order legends add them.
 _DISTINGUISHING = (("layers", "{} layers"), ("lr", "lr {:g}"), ("batch_size", "batch {}"), ("steps", "{} steps"),
                    ("protocol", "protocol {}"), ("task_options", "{}"), ("label", "{}"))
-
 
 
 def run_legends(results: dict[Path, dict[str, Any]]) -> dict[Path, str]:
@@ -60,7 +59,6 @@ def run_legends(results: dict[Path, dict[str, Any]]) -> dict[Path, str]:
             for d in same:
                 out[d] = f"{out[d]} ({Path(d).name})"
     return out
-
 
 
 def learning_curve_figure(run_dirs: list[Path], title: str | None = None):
@@ -91,13 +89,11 @@ def learning_curve_figure(run_dirs: list[Path], title: str | None = None):
     return fig
 
 
-
 def _accuracy_axis(ax, lowest: float) -> None:
     """A percentage axis that ends at 100 (never at 104: no accuracy is above 100%), from a round number below
     the lowest value."""
     bottom = max(0.0, 10 * math.floor((lowest - 2) / 10))
     ax.set_ylim(bottom, 100)
-
 
 
 def convergence_figure(rows: list[dict[str, Any]]):
@@ -143,7 +139,6 @@ def convergence_figure(rows: list[dict[str, Any]]):
     return fig
 
 
-
 def attention_maps(run_dir: str | Path, examples: int = 64):
     """Attention from the read-out (output) tokens to every token, averaged over held-out examples:
     a tensor ``[layers, heads, output tokens, tokens]`` and the run's config."""
@@ -167,7 +162,6 @@ def attention_maps(run_dir: str | Path, examples: int = 64):
     att = torch.stack([a.float().mean(0) for a in out.attentions])  # [L, H, T, T]
     n_out = model.readout_tokens
     return att[:, :, -n_out:, :].numpy(), config
-
 
 
 def attention_figure(maps, config=None, title: str | None = None):
@@ -211,12 +205,10 @@ def attention_figure(maps, config=None, title: str | None = None):
     return fig
 
 
-
 # -- entry points ----------------------------------------------------------------------------------
 def _save(fig, path: Path) -> str:
     fig.savefig(path, dpi=110)
     return str(path)
-
 
 
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, str]:

@@ -36,10 +36,9 @@ Fashion-MNIST (and the ``array`` task) have no published number.
 """
 
 from __future__ import annotations
+
 from dataclasses import dataclass, field
 from typing import Any
-
-
 
 CITATIONS = {
     "lu2021": "Lu, Grover, Abbeel, Mordatch (2021). Pretrained Transformers as Universal Computation Engines. "
@@ -53,10 +52,8 @@ CITATIONS = {
 }
 
 
-
 SOURCE_NAMES = {"lu2021": "Lu et al. 2021", "lra2020": "LRA (Tay et al. 2020)", "tape2019": "TAPE (Rao et al. 2019)",
                 "rothermel2021": "Rothermel et al. 2021"}
-
 
 
 TASKS = {  # our task name -> the paper's
@@ -65,12 +62,10 @@ TASKS = {  # our task name -> the paper's
 }
 
 
-
 NO_PAPER_NUMBER = {
     "fashion-mnist": "Fashion-MNIST is not in the paper: no published number to compare with",
     "array": "your own data: no published number",
 }
-
 
 
 # Task variants: a number and a run are compared only within one variant.
@@ -85,9 +80,7 @@ VARIANTS = {
 }
 
 
-
 DEFAULT_VARIANT = {"listops": "listops-fixed", "remote-homology": "homology-fold"}  # fpt's defaults; else standard
-
 
 
 # setting -> (init, freeze, backbone kind, description)
@@ -107,15 +100,12 @@ SETTINGS: dict[str, tuple[str, str, str, str]] = {
 }
 
 
-
 MODEL_DEPTH = {"gpt2": 12, "gpt2-medium": 24, "gpt2-large": 36, "gpt2-xl": 48}
-
 
 
 MODEL_TEXT = {"gpt2": "GPT-2 base (12 x 768)", "gpt2-medium": "GPT-2 medium (24 x 1024)",
               "gpt2-large": "GPT-2 large (36 x 1280)", "gpt2-xl": "GPT-2 XL (48 x 1600)",
               "lstm": "the 2021 LSTM (3 x 768, layer norm)"}
-
 
 
 @dataclass(frozen=True)
@@ -143,16 +133,13 @@ class Reference:
         return f"{SOURCE_NAMES[self.source]} {self.where}{via}, {MODEL_TEXT.get(self.model, self.model)}{depth}"
 
 
-
 def _variant_of_task(task: str) -> str:
     return {"listops": "listops-2021", "remote-homology": "homology-valid"}.get(task, "standard")
-
 
 
 def _lu(where: str, task: str, setting: str, accuracy: float, **kw) -> Reference:
     kw.setdefault("variant", _variant_of_task(task))
     return Reference("lu2021", where, task, setting, accuracy=float(accuracy), **kw)
-
 
 
 def _table1() -> list[Reference]:
@@ -182,7 +169,6 @@ def _table1() -> list[Reference]:
     return out
 
 
-
 def _table2() -> list[Reference]:
     rows = {  # task: frozen random / frozen bit-memory-pretrained (GPT-2 base)
         "bit-memory": (75.8, 100), "bit-xor": (100, 100), "listops": (34.3, 35.4), "mnist": (91.7, 97.8),
@@ -195,12 +181,10 @@ def _table2() -> list[Reference]:
     return out
 
 
-
 def _table8() -> list[Reference]:  # model size, CIFAR-10 (GPT-2 base is in Table 2)
     return [_lu("Table 8", "cifar10", "fpt", 69.8, model="gpt2-medium"),
             _lu("Table 8", "cifar10", "frozen-random", 64.0, model="gpt2-medium"),
             _lu("Table 8", "cifar10", "frozen-random", 65.7, model="gpt2-large")]
-
 
 
 def _table13() -> list[Reference]:
@@ -218,7 +202,6 @@ def _table13() -> list[Reference]:
     return out
 
 
-
 def _table15() -> list[Reference]:
     rows = {  # task: output only / +ln / +input / +pos (= fpt)
         "bit-memory": (76, 94, 100, 100), "bit-xor": (56, 98, 98, 100), "listops": (15, 36, 36, 38),
@@ -227,7 +210,6 @@ def _table15() -> list[Reference]:
     }
     return [_lu("Table 15", task, setting, v, note="the +pos rung, rounded" if setting == "fpt" else "")
             for task, values in rows.items() for setting, v in zip(("output-only", "+ln", "+input", "fpt"), values)]
-
 
 
 def _rothermel() -> list[Reference]:
@@ -244,7 +226,6 @@ def _rothermel() -> list[Reference]:
     return out
 
 
-
 def _steps() -> list[Reference]:
     rows = {  # task: (FPT, frozen random), gradient steps to converge
         "bit-memory": (1e4, 4e4), "bit-xor": (5e2, 2e4), "listops": (2e3, 6e3), "mnist": (5e3, 2e4),
@@ -254,18 +235,14 @@ def _steps() -> list[Reference]:
             for task, pair in rows.items() for setting, value in zip(("fpt", "frozen-random"), pair)]
 
 
-
 REFERENCES: list[Reference] = _table1() + _table2() + _table8() + _table13() + _table15() + _rothermel()
-
 
 
 STEPS_TO_CONVERGE: list[Reference] = _steps()
 
 
-
 _SOURCE_ORDER = {("lu2021", "Table 1"): 0, ("lu2021", "Table 2"): 1, ("lu2021", "Table 8"): 2, ("lu2021", "Table 13"): 3,
                  ("lu2021", "Table 15"): 4, ("rothermel2021", "Table 1"): 5}
-
 
 
 # -- classifying runs ------------------------------------------------------------------------------
@@ -278,7 +255,6 @@ def backbone_kind(results: dict[str, Any]) -> str:
     return "transformer"
 
 
-
 def _freeze_name(freeze: Any) -> str:
     if isinstance(freeze, str):
         return "fpt" if freeze == "+pos" else freeze
@@ -289,7 +265,6 @@ def _freeze_name(freeze: Any) -> str:
         if set(preset) == set(groups):
             return "fpt" if name == "+pos" else name
     return "+".join(groups)
-
 
 
 def setting_of(results: dict[str, Any]) -> str | None:
@@ -307,7 +282,6 @@ def setting_of(results: dict[str, Any]) -> str | None:
         if (s_init, s_freeze, s_kind) == (init, freeze, kind):
             return name
     return None
-
 
 
 def variant_of(results: dict[str, Any]) -> str:
@@ -328,7 +302,6 @@ def variant_of(results: dict[str, Any]) -> str:
     return "standard"
 
 
-
 def model_of(results: dict[str, Any]) -> str:
     """The run's backbone as the references name models: gpt2 sizes without their hub owner, lstm, or the name."""
     backbone = str(results.get("backbone", ""))
@@ -338,13 +311,11 @@ def model_of(results: dict[str, Any]) -> str:
     return short
 
 
-
 def protocol_of(results: dict[str, Any]) -> str:
     protocol = results.get("protocol")
     if isinstance(protocol, dict):
         return str(protocol.get("name", "fpt"))
     return str(protocol or "fpt")  # results.json of runs before protocols existed: fpt's
-
 
 
 # -- looking numbers up --------------------------------------------------------------------------
@@ -364,12 +335,10 @@ def lookup(task: str, setting: str | None, backbone: str | None = None, variant:
                                         r.protocol != preferred, _SOURCE_ORDER.get((r.source, r.where), 9)))
 
 
-
 def paper_accuracy(task: str, setting: str | None, backbone: str | None = None, variant: str | None = None,
                    protocol: str = "fpt") -> Reference | None:
     found = lookup(task, setting, backbone, variant, protocol)
     return found[0] if found else None
-
 
 
 def paper_steps(task: str, setting: str | None) -> float | None:
@@ -377,7 +346,6 @@ def paper_steps(task: str, setting: str | None) -> float | None:
         if r.task == task and r.setting == setting:
             return r.steps
     return None
-
 
 
 @dataclass
@@ -393,11 +361,9 @@ class Comparison:
     note: str = ""  # why there is no number, when there is none
 
 
-
 def _protocol_text(name: str) -> str:
     return {"paper": "the 2021 code's (--protocol paper)", "fpt": "fpt's default",
             "rothermel": "Rothermel et al.'s (lr swept, best validation)", "other": "another paper's own"}.get(name, name)
-
 
 
 def compare(results: dict[str, Any]) -> Comparison:
@@ -421,7 +387,6 @@ def compare(results: dict[str, Any]) -> Comparison:
         return Comparison(setting, variant, None, elsewhere=elsewhere, note=note)
     ref, others = found[0], found[1:]
     return Comparison(setting, variant, ref, differences(results, ref), others, elsewhere)
-
 
 
 def differences(results: dict[str, Any], ref: Reference) -> list[str]:
@@ -472,7 +437,6 @@ def differences(results: dict[str, Any], ref: Reference) -> list[str]:
     return out
 
 
-
 def describe(task: str) -> str:
     """A line about what the paper reports for a task (or why there is nothing)."""
     if task in NO_PAPER_NUMBER:
@@ -482,7 +446,6 @@ def describe(task: str) -> str:
     parts = [f"{r.setting} {r.accuracy:g}" for r in REFERENCES if r.task == task and r.where == "Table 1"
              and r.source == "lu2021"]
     return f"{TASKS[task]} (Lu et al. 2021, Table 1, test accuracy %, the 2021 code's protocol): " + ", ".join(parts)
-
 
 
 NO_PAPER_NUMBER.setdefault("timeseries", "not in the paper: the field's published baselines for the same problem and "

@@ -34,25 +34,21 @@ are written with the Agg canvas).
 """
 
 from __future__ import annotations
+
 import csv
 from pathlib import Path
 from typing import Any, Iterable
+
 from fpt.results import reference
 from fpt.runs.checkpoint import read_results
 from fpt.results.figures import _save, attention_figure, attention_maps, convergence_figure, learning_curve_figure, run_legend
 from fpt.results.rows import _num, find_runs, run_row
 from fpt.results.timeseries_report import timeseries_section
 
-
-
 COLUMNS = ("run", "label", "task", "backbone", "init", "freeze", "layers", "seed", "setting", "protocol", "variant",
            "test_accuracy", "test_accuracy_at_best_val", "test_accuracy_as_published", "paper_accuracy", "paper_source",
            "differences", "val_best_accuracy", "target_accuracy", "steps_to_target", "paper_steps_to_converge", "steps",
            "trainable_params", "total_params", "seconds", "device", "paper_note")
-
-
-
-
 
 
 def _steps(x: Any) -> str:
@@ -62,14 +58,12 @@ def _steps(x: Any) -> str:
     return f"{x:.0e}".replace("e+0", "e") if x >= 1e4 else f"{x:.0f}"
 
 
-
 def _paper_steps(r: dict[str, Any]) -> str:
     """The paper's steps to converge, flagged when our batch size is not the 2021 code's 4 (steps are per batch)."""
     text = _steps(r["paper_steps_to_converge"])
     if r["paper_steps_to_converge"] is not None and r.get("batch_size") not in (None, 4):
         text += f" (at batch 4; ours {r['batch_size']})"
     return text
-
 
 
 def render_markdown(rows: list[dict[str, Any]], figures: dict[str, str] | None = None) -> str:
@@ -115,14 +109,12 @@ def render_markdown(rows: list[dict[str, Any]], figures: dict[str, str] | None =
     return "\n".join(lines) + "\n"
 
 
-
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
         writer.writeheader()
         for r in rows:
             writer.writerow({k: r.get(k) for k in COLUMNS})
-
 
 
 def write_report(paths: Iterable[str | Path], out_dir: str | Path = "report", attention: bool = True) -> dict[str, Any]:
@@ -164,7 +156,6 @@ def write_report(paths: Iterable[str | Path], out_dir: str | Path = "report", at
             "skipped": skipped}
 
 
-
 def _short_names(run_dirs: list[Path]) -> dict[Path, str]:
     """Each run's path relative to the deepest folder holding all of them (``sweep/lr=0.001/s0``)."""
     import os
@@ -174,7 +165,6 @@ def _short_names(run_dirs: list[Path]) -> dict[Path, str]:
         return {run_dirs[0]: Path(resolved[0]).name}
     root = os.path.commonpath(resolved)
     return {d: os.path.relpath(r, root) for d, r in zip(run_dirs, resolved)}
-
 
 
 def _slug_path(run_dir: Path) -> str:

@@ -1,15 +1,17 @@
 """Finished runs as rows: find run dirs, read their results and curves (fpt report's input)."""
 
 from __future__ import annotations
+
 import csv
 import json
 from pathlib import Path
 import math
 from typing import Any, Iterable
+
 import yaml
+
 from fpt.results import reference
 from fpt.runs.checkpoint import read_results
-
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
@@ -36,13 +38,11 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
     return unique
 
 
-
 def _eval_every(run_dir: Path) -> int | None:
     try:
         return int((yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}).get("eval_every") or 0) or None
     except (OSError, ValueError, TypeError):
         return None
-
 
 
 def _labels_completed_steps(run_dir: Path, steps: list[int]) -> bool:
@@ -63,7 +63,6 @@ def _labels_completed_steps(run_dir: Path, steps: list[int]) -> bool:
     return all(s % every == 0 for s in steps[:-1]) and not all((s + 1) % every == 0 for s in steps)
 
 
-
 def read_curve(run_dir: str | Path, metric: str = "val/accuracy") -> tuple[list[int], list[float]]:
     """(optimizer steps, values) of a logged metric from ``metrics.csv`` (one value per step, the last
     logged; see the module doc for the step convention)."""
@@ -81,7 +80,6 @@ def read_curve(run_dir: str | Path, metric: str = "val/accuracy") -> tuple[list[
     return [s + offset for s in steps], [by_step[s] for s in steps]
 
 
-
 # -- the table ------------------------------------------------------------------------------------
 def _short_backbone(results: dict[str, Any]) -> str:
     backbone = str(results.get("backbone", ""))
@@ -95,15 +93,12 @@ def _short_backbone(results: dict[str, Any]) -> str:
     return backbone
 
 
-
 def _freeze_text(freeze: Any) -> str:
     return freeze if isinstance(freeze, str) else "+".join(freeze)
 
 
-
 def _pct(x: Any) -> float | None:
     return None if x is None else 100 * float(x)
-
 
 
 def run_row(run_dir: Path, results: dict[str, Any] | None = None) -> dict[str, Any]:

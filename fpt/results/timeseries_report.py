@@ -1,15 +1,17 @@
 """The time-series section of fpt report: per problem, fpt's settings beside published baselines."""
 
 from __future__ import annotations
+
 import csv
 import math
 from pathlib import Path
 from typing import Any
+
 import numpy as np
+
 from fpt.results import reference
 from fpt.results.figures import _accuracy_axis, _figure, _save
 from fpt.results.rows import _freeze_text, _num, _short_backbone, read_curve
-
 
 
 # -- time series (the timeseries task): our runs next to the field's published baselines -------------
@@ -21,9 +23,7 @@ TS_SETTING_NAMES = {"fpt": "FPT (pretrained, frozen)", "frozen-random": "frozen 
                     "finetuned": "pretrained, fully trained", "frozen-random-lstm": "frozen random LSTM"}
 
 
-
 TS_METHODS = ("HIVE-COTE 2", "MultiRocket", "ROCKET", "1-NN DTW", "GPT4TS")
-
 
 
 def _ts_fmt(value: float | None, metric: str, std: float | None = None, n: int = 1) -> str:
@@ -34,14 +34,12 @@ def _ts_fmt(value: float | None, metric: str, std: float | None = None, n: int =
     return f"{value:.4g}" + (f" ± {std:.2g}" if std is not None and n > 1 else "")
 
 
-
 def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
     mean = sum(values) / len(values)
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
     return mean, sd
-
 
 
 def timeseries_table(run_dirs: list[Path], results: dict[Path, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -92,7 +90,6 @@ def timeseries_table(run_dirs: list[Path], results: dict[Path, dict[str, Any]]) 
     return table
 
 
-
 def _verdict(problem: str, chosen: dict[str, dict[str, Any]], published: list) -> str:
     """One plain sentence: the frozen LM against frozen random, the LSTM and the best published number."""
     fpt = chosen.get("fpt")
@@ -119,7 +116,6 @@ def _verdict(problem: str, chosen: dict[str, dict[str, Any]], published: list) -
         parts.append(f"{word} the best published number ({best.method} {best.value:g}"
                      + (f"; by {abs(gap):.3g}{unit}" if word != "matches" else "") + ")")
     return f"- {problem}: FPT " + "; ".join(parts) + "." if parts else f"- {problem}: nothing to compare with."
-
 
 
 def timeseries_section(run_dirs: list[Path], results: dict[Path, dict[str, Any]], out: Path) -> tuple[str, dict[str, str]]:
@@ -189,10 +185,8 @@ def timeseries_section(run_dirs: list[Path], results: dict[Path, dict[str, Any]]
     return "\n".join(lines) + "\n", figures
 
 
-
 def _slug_problem(problem: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in problem)
-
 
 
 def timeseries_curve_figure(problem: str, groups: list[dict[str, Any]], results: dict[Path, dict[str, Any]]):

@@ -1,10 +1,9 @@
 """Published time-series baselines (UCR/UEA accuracies, TSER RMSE) with their exact sources."""
 
 from __future__ import annotations
+
 from dataclasses import dataclass
 from typing import Any
-
-
 
 # =================================================================================================
 # Time series (the `timeseries` task): published numbers of the field's own methods.
@@ -31,7 +30,6 @@ TS_CITATIONS = {
 }
 
 
-
 @dataclass(frozen=True)
 class TSReference:
     problem: str  # the archive's problem name
@@ -45,11 +43,9 @@ class TSReference:
         return TS_CITATIONS[self.source]
 
 
-
 # The archive's default split of each problem with published numbers: (train cases, test cases).
 TS_SPLITS = {"GunPoint": (50, 150), "ItalyPowerDemand": (67, 1029), "BasicMotions": (40, 40),
              "JapaneseVowels": (270, 370), "Covid3Month": (140, 61)}
-
 
 
 def _ts_references() -> list[TSReference]:
@@ -72,7 +68,6 @@ def _ts_references() -> list[TSReference]:
         TSReference("Covid3Month", "1-NN DTW", 0.0522, "rmse", "tsml-eval-regression"),
     ]
     return out
-
 
 
 TS_REFERENCES: list[TSReference] = _ts_references()

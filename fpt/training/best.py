@@ -1,19 +1,20 @@
 """best.safetensors: the weights at the best validation point, kept while training."""
 
 from __future__ import annotations
+
 import math
 from pathlib import Path
 from typing import Any
+
 import torch
 from lightning.pytorch.callbacks import Callback
+
 from fpt.runs.checkpoint import save_trained
 from fpt.model.objectives import better
 
 
-
 # -- best-validation weights ----------------------------------------------------------------
 BEST_WEIGHTS = "best.safetensors"
-
 
 
 # Best-validation weights: keep the trained parameters of the best validation, test them at the end.

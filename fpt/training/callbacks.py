@@ -14,6 +14,7 @@
 """
 
 from __future__ import annotations
+
 import csv
 import logging
 import math
@@ -21,19 +22,18 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+
 import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
 from fpt.runs.checkpoint import read_checkpoint, save_checkpoint_file
 from fpt.runs.health import say
 from fpt.model.step import no_profiler_chatter
 
-
-
 log = logging.getLogger("fpt")
-
 
 
 # -- progress and logs ------------------------------------------------------------------------------
@@ -72,7 +72,6 @@ class ResumableCSVLogger(CSVLogger):
         return self._experiment
 
 
-
 def _kept(row: dict[str, str], keep: int) -> bool:
     """A metrics.csv row from before a checkpoint at step ``keep``: training rows of steps < ``keep``, and the
     validation after ``keep`` steps (labelled ``keep``; the checkpoint is taken after it, so a resumed run does
@@ -82,7 +81,6 @@ def _kept(row: dict[str, str], keep: int) -> bool:
         return True
     return step == keep and any(v not in ("", None) for k, v in row.items() if k.startswith("val/")) \
         and not any(v not in ("", None) for k, v in row.items() if k.startswith("train/"))
-
 
 
 class Progress(Callback):
@@ -100,7 +98,6 @@ class Progress(Callback):
                   f"loss {float(m['val/loss']):.4f}", flush=True)
 
 
-
 def progress_bar(refresh_rate: int) -> Callback:
     """Lightning's tqdm bar, also showing the train loss and accuracy, read when it refreshes."""
     class _ProgressBar(TQDMProgressBar):
@@ -113,7 +110,6 @@ def progress_bar(refresh_rate: int) -> Callback:
             return metrics
 
     return _ProgressBar(refresh_rate=refresh_rate)
-
 
 
 # -- the resume checkpoint ---------------------------------------------------------------------------
@@ -130,7 +126,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return read_checkpoint(Path(path))
 
 
-
 class FlushLogsOnCheckpoint(Callback):
     """Writes the loggers' buffered rows (metrics.csv) whenever a checkpoint is taken, so a run killed
     after a checkpoint still has every row up to it (a resumed run re-logs only the later steps)."""
@@ -141,10 +136,8 @@ class FlushLogsOnCheckpoint(Callback):
                 logger.save()
 
 
-
 def is_final_step(trainer) -> bool:
     return trainer.max_steps > 0 and int(trainer.global_step) >= trainer.max_steps
-
 
 
 class ResumeCheckpoint(Callback):
@@ -178,7 +171,6 @@ class ResumeCheckpoint(Callback):
         if trainer.sanity_checking or trainer.state.fn != "fit":  # not fpt test / trainer.validate
             return
         trainer.save_checkpoint(self.path, weights_only=False)
-
 
 
 # -- training health ------------------------------------------------------------------------------------
@@ -241,7 +233,6 @@ class ChanceWarning(Callback):
             say("fpt: warning: " + message)
 
 
-
 class PhaseTracker(Callback):
     """Remembers whether training, validation or test was running (for error messages)."""
 
@@ -259,7 +250,6 @@ class PhaseTracker(Callback):
 
     def on_test_start(self, trainer, pl_module):
         self.phase = "test"
-
 
 
 class StepTimer(Callback):

@@ -18,8 +18,6 @@ import os
 
 from fpt.config.run import RunConfig
 
-STRATEGIES = ("auto", "ddp", "fsdp")
-
 
 def global_rank_from_env() -> int:
     """This process's rank before Lightning has started (torchrun: RANK; SLURM: SLURM_PROCID)."""

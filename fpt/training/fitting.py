@@ -12,13 +12,16 @@
 """
 
 from __future__ import annotations
+
 import signal
 import time
 from pathlib import Path
 from typing import Any
+
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+
 from fpt.model import fastpath
 from fpt.training.best import BEST_WEIGHTS, BestValidationWeights
 from fpt.training.threads import AdaptiveThreads
@@ -44,7 +47,6 @@ from fpt.runs.rundir import RunLock, is_run_dir, is_unstarted_run, prepare_run_d
 from fpt.training.module import FPTModule
 from fpt.training.results import _results
 from fpt.training.trainer import _health_callbacks, _quiet_lightning, _trainer, resolve_device
-
 
 
 def fit(config: RunConfig, resume: bool = False, enable_progress_bar: bool | None = None,
@@ -111,7 +113,6 @@ def fit(config: RunConfig, resume: bool = False, enable_progress_bar: bool | Non
         lock.release()
 
 
-
 def _take_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> RunLock:
     """Rank 0, once every option has been checked: move an old run aside (``--overwrite``) and lock the directory."""
     unstarted = not resume and is_unstarted_run(run_dir)
@@ -130,7 +131,6 @@ def _take_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> RunLock:
     return lock
 
 
-
 def _checkpoint_note(last: Path, config: RunConfig) -> str:
     """Which step the last good checkpoint holds, for error messages."""
     if not last.exists():
@@ -141,7 +141,6 @@ def _checkpoint_note(last: Path, config: RunConfig) -> str:
         return ""
     return (f" It holds step {step}. A resumed run repeats the same steps with the same settings, so fix the cause "
             f"in a new run (another --run-dir, or --overwrite) unless it was transient.")
-
 
 
 def _train(trainer: L.Trainer, module: FPTModule, config: RunConfig, last: Path, resume: bool, stopper: GracefulStop,
@@ -177,7 +176,6 @@ def _train(trainer: L.Trainer, module: FPTModule, config: RunConfig, last: Path,
             stopper.signum, int(trainer.global_step), resume_command)
 
 
-
 def _save_trained_state(trainer: L.Trainer, module: FPTModule, config: RunConfig, run_dir: Path, last: Path) -> None:
     """The end of training on disk: fpt's counters in last.ckpt, model.safetensors, the prediction layout."""
     # ResumeCheckpoint wrote the end state (optimizer, loops) inside the loop (a checkpoint taken after
@@ -195,7 +193,6 @@ def _save_trained_state(trainer: L.Trainer, module: FPTModule, config: RunConfig
     if trainer.is_global_zero:
         save_trained(module.model, run_dir / "model.safetensors", trained=trained, step=int(trainer.global_step))
         save_prediction_layout(module.task, run_dir)
-
 
 
 def _fit_locked(config, module, run_dir: Path, resume: bool, resumed_step, enable_progress_bar, rank_zero, start,
@@ -242,7 +239,6 @@ def _fit_locked(config, module, run_dir: Path, resume: bool, resumed_step, enabl
     return results
 
 
-
 def _test(trainer: L.Trainer, module: FPTModule) -> dict[str, dict[str, float]]:
     out = trainer.test(module, verbose=False)
     metrics: dict[str, dict[str, float]] = {}
@@ -251,7 +247,6 @@ def _test(trainer: L.Trainer, module: FPTModule) -> dict[str, dict[str, float]]:
         split, name = key.split("/", 1)
         metrics.setdefault(split, {})[name] = float(value)
     return metrics
-
 
 
 def test_run(run_dir: str | Path, enable_progress_bar: bool | None = None) -> dict[str, Any]:

@@ -1,13 +1,16 @@
 """The Lightning module that trains an FPT, and the samplers that feed it (docs/architecture.md)."""
 
 from __future__ import annotations
+
 import time
 from pathlib import Path
 from typing import Any
+
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
 from fpt.model import fastpath
 from fpt.runs.checkpoint import CHECKPOINT_FORMAT, build_model, check_compatible, check_parameter_names, spec_dict
 from fpt.config.run import RunConfig
@@ -18,7 +21,6 @@ from fpt.model.network import FPT
 from fpt.model.objectives import make_objective
 from fpt.model.step import BACKWARD_RANGE, FORWARD_RANGE, logits_and_loss
 from fpt.tasks import make_task
-
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -33,7 +35,6 @@ class _SplitDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.split)
-
 
 
 class StreamBatchSampler(Sampler):
@@ -53,7 +54,6 @@ class StreamBatchSampler(Sampler):
             start = step * self.b * self.world + self.rank * self.b
             yield np.arange(start, start + self.b, dtype=np.int64)
             step += 1
-
 
 
 class EvalBatchSampler(Sampler):
@@ -82,7 +82,6 @@ class EvalBatchSampler(Sampler):
 
     def __len__(self) -> int:
         return len(self._starts())
-
 
 
 # -- the Lightning module ---------------------------------------------------------------------
@@ -351,7 +350,6 @@ class FPTModule(L.LightningModule):
             counters["_batches_that_stepped"] = int(counters.get("_batches_that_stepped", 0)) + 1
         self.earlier_invocations = [dict(i) for i in meta.get("invocations") or [
             {"from_step": 0, "to_step": self.start_step, "seconds": None, "cpu_seconds": None}]]  # older checkpoints
-
 
 
 def ddp_ignored_names(module: FPTModule) -> list[str]:

@@ -1,13 +1,16 @@
 """results.json: what a finished run writes about itself (metrics, timings, protocol, task)."""
 
 from __future__ import annotations
+
 import dataclasses
 from typing import Any
+
 import torch
-from fpt.config.run import RunConfig
+
+from fpt.config.protocols import settings_for
+from fpt.config.run import FIELDS, RunConfig
 from fpt.tasks.base import make_options
 from fpt.training.trainer import resolve_device
-
 
 
 def _results(config, module, trainer, test_metrics, train_seconds, seconds) -> dict[str, Any]:
@@ -61,9 +64,37 @@ def _results(config, module, trainer, test_metrics, train_seconds, seconds) -> d
     return results
 
 
-
 def _protocol_record(config: RunConfig, task) -> dict[str, Any]:
-    from fpt.config.protocols import record
-
     defaults = dataclasses.asdict(make_options(type(task), {}))  # the task's own defaults: what fpt does
-    return record(config, dict(task.options.__dict__), defaults)
+    return protocol_record(config, dict(task.options.__dict__), defaults)
+
+
+def _fpt_default(key: str, task_defaults: dict[str, Any]) -> Any:
+    """fpt's own default of a setting: a RunConfig field's, or the task's option (``task_defaults``)."""
+    if key.startswith("task_options."):
+        return task_defaults.get(key.split(".", 1)[1])
+    f = FIELDS[key]
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def protocol_record(config, task_options: dict[str, Any] | None = None,
+           task_defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What ``results.json`` says about the protocol: its name and, per setting it defines for this
+    run, the protocol's value, fpt's default, the value used, and where the value comes from.
+
+    ``task_options``: the options the task ran with; ``task_defaults``: the task's own defaults."""
+    values = config.to_dict()
+    task_defaults = task_defaults or {}
+    used_options = dict(task_options if task_options is not None else values.get("task_options") or {})
+    changed = {}
+    for key, s in settings_for(values).items():
+        default = _fpt_default(key, task_defaults)
+        used = used_options.get(key.split(".", 1)[1]) if key.startswith("task_options.") else values.get(key)
+        if s.value == default:
+            continue
+        entry = {"protocol": s.value, "fpt": default, "used": used, "source": s.why}
+        if used != s.value:
+            entry["overridden"] = True
+        changed[key] = entry
+    return {"name": config.protocol, "settings": changed}
+

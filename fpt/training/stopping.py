@@ -1,16 +1,18 @@
 """Stop a run cleanly on a signal: save a checkpoint first, then exit with a resumable status."""
 
 from __future__ import annotations
+
 import os
 import signal
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
 from lightning.pytorch.callbacks import Callback
+
 from fpt.runs.health import STOP_SIGNALS, StopForSignal, say
 from fpt.training.callbacks import is_final_step
-
 
 
 class GracefulStop(Callback):

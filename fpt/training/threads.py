@@ -1,16 +1,16 @@
 """Adapt a CPU run's thread count to what the other processes on the machine leave free."""
 
 from __future__ import annotations
+
 import time
 from typing import Any
+
 import torch
 from lightning.pytorch.callbacks import Callback
+
 from fpt.runs.health import say
 
-
-
 ADAPT_EVERY_S = 10.0  # seconds between two looks at the other processes' CPU use
-
 
 
 class AdaptiveThreads(Callback):

@@ -1,13 +1,16 @@
 """The Lightning Trainer a run gets: device, precision, strategy, callbacks, quiet logs."""
 
 from __future__ import annotations
+
 import logging
 import os
 import warnings
 from pathlib import Path
+
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+
 from fpt.training.callbacks import (
     AtomicCheckpointIO,
     ChanceWarning,
@@ -25,14 +28,12 @@ from fpt.model.step import resolve_precision
 from fpt.training.module import FPTModule
 
 
-
 def resolve_device(config: RunConfig) -> tuple[str, str]:
     """(accelerator, precision) for Lightning."""
     if config.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA device; use --device cpu (or auto)")
     accelerator = "gpu" if (config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())) else "cpu"
     return accelerator, resolve_precision(config.precision, accelerator)
-
 
 
 # -- the two entry points -----------------------------------------------------------------------
@@ -71,7 +72,6 @@ def _trainer(config: RunConfig, run_dir: Path, enable_progress_bar: bool | None 
     )
 
 
-
 def _quiet_lightning():
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*infinite.*")
@@ -84,7 +84,6 @@ def _quiet_lightning():
     warnings.filterwarnings("ignore", message=".*`srun` command is available on your system but is not used.*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
-
 
 
 def _health_callbacks(config: RunConfig, module: FPTModule, last: Path) -> tuple[GracefulStop, PhaseTracker,
