@@ -37,7 +37,7 @@ def tiny_llama(tmp_path_factory) -> str:
 
 
 def _need_smollm2():
-    from fpt.backbones.gguf import find_smollm2_gguf
+    from fpt.backbones.smollm2 import find_smollm2_gguf
 
     try:
         find_smollm2_gguf()
@@ -380,7 +380,8 @@ def test_gpu_check_config_is_smollm2s_architecture():
     _need_smollm2()
     from transformers import AutoConfig
 
-    from fpt.backbones.gguf import find_smollm2_gguf, llama_config_from_gguf
+    from fpt.backbones.gguf import llama_config_from_gguf
+    from fpt.backbones.smollm2 import find_smollm2_gguf
 
     shipped = AutoConfig.from_pretrained(Path(__file__).parents[1] / "benchmarks" / "smollm2-135m-config").to_dict()
     real = llama_config_from_gguf(find_smollm2_gguf()).to_dict()

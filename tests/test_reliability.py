@@ -97,7 +97,7 @@ def slow_step(self, batch, batch_idx):
     progress.write_text(str(int(self.global_step)))
     return original(self, batch, batch_idx)
 t.FPTModule.training_step = slow_step
-from fpt.cli import main
+from fpt.cli.main import main
 sys.exit(main(sys.argv[3:]))
 """
 

@@ -1,4 +1,4 @@
-"""A run's configuration: one dataclass, YAML presets shipped in ``fpt/presets``, flags on top.
+"""Config files: YAML presets shipped in ``fpt/presets``, your own YAML, flags on top, into one RunConfig.
 
 Resolution order: dataclass defaults < ``--config FILE.yaml`` (or a preset name) < command-line flags.
 The resolved config is written to ``RUN_DIR/config.yaml`` and is all that ``fpt test`` and

@@ -1,4 +1,7 @@
-"""TODO"""
+"""RunConfig: every option of a run, declared once with its role, default, help and bounds (fpt.base.options).
+
+The flags, YAML keys, checks, ``--help``, docs/options.md and ``--resume``'s rules all come from these
+declarations (docs/architecture.md, "Add an option")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ``.ts`` time-series format of the UCR / UEA / TSER archives: a reader, and where problems are found.
+"""The ``.ts`` time-series format of the UCR / UEA / TSER archives: the reader.
 
 A ``.ts`` file is a header of ``@key value`` lines, ``@data``, then one case per line::
 
@@ -30,14 +30,7 @@ What this reader accepts (and the archive's own files use):
 
 Every malformed file is an error (:class:`TSFormatError`) naming the file and the line.
 
-Where a problem's files are found (:func:`find_problem`; the source description is
-:func:`fpt.data.sources.timeseries_problem`): ``--data-dir`` /
-``$FPT_DATA_DIR`` / the cache (``~/.cache/fpt/timeseries/<Name>``) as :mod:`fpt.data.store`
-searches them, then the problems the ``aeon`` wheel ships in ``aeon/datasets/data`` (located with
-``importlib``; aeon is never imported, its dependencies are not needed). Online, a missing problem is
-downloaded once into the cache from its Zenodo record (the archive's home since 2024), whose id is
-read from aeon's installed tables without running aeon's code. The archive publishes no checksums:
-a download is checked for completeness (``Content-Length``) and must parse before it is used.
+Where a problem's files are found: :mod:`fpt.data.ts_archive` (and :mod:`fpt.data.aeon`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,14 @@
-"""Find a time-series problem's files: --data-dir, $FPT_DATA_DIR, the cache, the aeon wheel, then Zenodo."""
+"""Find a time-series problem's files.
+
+Where a problem's files are found (:func:`find_problem`; the source description is
+:func:`fpt.data.sources.timeseries_problem`): ``--data-dir`` /
+``$FPT_DATA_DIR`` / the cache (``~/.cache/fpt/timeseries/<Name>``) as :mod:`fpt.data.store`
+searches them, then the problems the ``aeon`` wheel ships in ``aeon/datasets/data`` (located with
+``importlib``; aeon is never imported, its dependencies are not needed). Online, a missing problem is
+downloaded once into the cache from its Zenodo record (the archive's home since 2024), whose id is
+read from aeon's installed tables without running aeon's code. The archive publishes no checksums:
+a download is checked for completeness (``Content-Length``) and must parse before it is used.
+"""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fpt.results import reference
+from fpt.results import reference, ts_reference
 from fpt.runs.checkpoint import results_or_none
 from fpt.base.io import atomic_write_json, atomic_write_text
 from fpt.model.objectives import better, headline, test_score, val_score
@@ -82,7 +82,7 @@ def summarize(plan: Plan, outcomes: dict[str, dict[str, Any]] | None = None) -> 
                               if ref else {"setting": comparison.setting, "variant": comparison.variant,
                                            "note": comparison.note})
             if r0.get("task") == "timeseries":  # the field's published numbers for the same problem and split
-                published, _ = reference.ts_lookup(r0.get("data"))
+                published, _ = ts_reference.ts_lookup(r0.get("data"))
                 s["reference"]["published"] = ", ".join(f"{p.method} {p.value:g}" for p in published) or None
     chosen: dict[str, str] = {}
     for s in settings.values():

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from fpt.results import reference
+from fpt.results import reference, ts_reference
 from fpt.results.figures import _accuracy_axis, _figure, _save
 from fpt.results.rows import _freeze_text, _num, _short_backbone, read_curve
 
@@ -17,7 +17,7 @@ from fpt.results.rows import _freeze_text, _num, _short_backbone, read_curve
 # -- time series (the timeseries task): our runs next to the field's published baselines -------------
 # Self-contained: rows grouped per problem, setting and learning rate; the learning rate of each
 # setting chosen on mean validation (accuracy up, RMSE down); published numbers only for the same
-# problem and split (fpt.results.reference.ts_lookup).
+# problem and split (fpt.results.ts_reference.ts_lookup).
 TS_SETTING_NAMES = {"fpt": "FPT (pretrained, frozen)", "frozen-random": "frozen random transformer",
                     "full-lstm": "LSTM (trained)", "full-transformer": "transformer (trained from scratch)",
                     "finetuned": "pretrained, fully trained", "frozen-random-lstm": "frozen random LSTM"}
@@ -127,7 +127,7 @@ def timeseries_section(run_dirs: list[Path], results: dict[Path, dict[str, Any]]
              "Test accuracy in % (RMSE in the targets' units for regression), mean ± std over seeds, for each setting "
              "at the learning rate chosen on validation (mean over seeds; accuracy up, RMSE down). Published numbers "
              "only where the run used the same problem and the archive's default TRAIN/TEST split "
-             "(`fpt/results/reference.py`, `TS_REFERENCES`). fpt carves its validation cases out of TRAIN, so it trains on "
+             "(`fpt/results/ts_reference.py`, `TS_REFERENCES`). fpt carves its validation cases out of TRAIN, so it trains on "
              "fewer cases than the published methods, which use all of TRAIN.", ""]
     settings = [s for s in TS_SETTING_NAMES if any(g["setting"] == s for g in table)]
     settings += sorted({g["setting"] for g in table} - set(settings))
@@ -139,7 +139,7 @@ def timeseries_section(run_dirs: list[Path], results: dict[Path, dict[str, Any]]
         rows = [g for g in table if g["problem"] == problem]
         chosen = {g["setting"]: g for g in rows if g["chosen"]}
         metric = rows[0]["metric"]
-        published, why = reference.ts_lookup(rows[0]["data"])
+        published, why = ts_reference.ts_lookup(rows[0]["data"])
         if why:
             notes.append(f"- {problem}: {why}")
         notes += [f"- {problem}, {p.method}: {p.note}" for p in published if p.note]
@@ -171,7 +171,7 @@ def timeseries_section(run_dirs: list[Path], results: dict[Path, dict[str, Any]]
                      f"{g['lr']:g} | {len(g['seeds'])} | {_ts_fmt(g['val_mean'], g['metric'], g['val_std'], len(g['seeds']))} | "
                      f"{_ts_fmt(g['test_mean'], g['metric'], g['test_std'], len(g['seeds']))} | {g['steps']} | "
                      f"{_num(g['seconds'], 0)} | {_num(g['cpu_seconds'], 0)} |")
-    lines += ["", "Sources of the published numbers:", ""] + [f"- `{k}`: {v}" for k, v in reference.TS_CITATIONS.items()]
+    lines += ["", "Sources of the published numbers:", ""] + [f"- `{k}`: {v}" for k, v in ts_reference.TS_CITATIONS.items()]
     if figures:
         lines += ["", "Learning curves (validation metric against optimizer steps, chosen learning rate of each "
                   "setting, one line per seed):", ""] + [f"- {k}: `{Path(v).name}`" for k, v in figures.items()]

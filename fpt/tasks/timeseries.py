@@ -7,7 +7,7 @@
     fpt fit --task timeseries -o name=FordA                                 # online: downloaded once into the cache
     fpt fit --task timeseries -o path=my_TRAIN.ts                           # your own (and my_TEST.ts next to it)
 
-**Data.** ``name=`` finds an archive problem as :func:`fpt.data.ts.find_problem` describes
+**Data.** ``name=`` finds an archive problem as :func:`fpt.data.ts_archive.find_problem` describes
 (``--data-dir``, ``$FPT_DATA_DIR``, the cache, the problems the ``aeon`` wheel ships; online, a
 download from the archive's Zenodo record, checked for completeness and parsed: no published
 checksums). ``path=`` is a ``NAME_TRAIN.ts`` (its ``NAME_TEST.ts`` next to it is the test split), a
@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fpt.data import ts
+from fpt.data import ts, ts_archive
 from fpt.base.options import FRACTION, SEEDS, at_least, bounded
 from fpt.data.splits import ArraySplit, Split, TaskSpec
 from fpt.tasks.base import NamedSplitsTask, register_task
@@ -212,8 +212,8 @@ class TimeSeries(NamedSplitsTask):
     def _files(self) -> tuple[dict[str, Path | None], str]:
         o = self.options
         if o.name:
-            return ts.find_problem(o.name, self.data_dir, download=o.download, task=self.name), "archive"
-        return ts.find_user_files(o.path, self.data_dir), "your files"
+            return ts_archive.find_problem(o.name, self.data_dir, download=o.download, task=self.name), "archive"
+        return ts_archive.find_user_files(o.path, self.data_dir), "your files"
 
     def _read(self, path: Path) -> ts.TSData:
         data = ts.fill_missing(ts.read_ts(path), self.options.missing, self.name)
@@ -429,7 +429,7 @@ def load_for_prediction(path: str | Path, layout: dict[str, Any] | TimeSeriesLay
     are returned as ``y`` when the file has them. Returns ``(split, the file's data)``."""
     if isinstance(layout, dict):
         layout = TimeSeriesLayout.from_dict(layout)
-    files = ts.find_user_files(path, data_dir)
+    files = ts_archive.find_user_files(path, data_dir)
     data = ts.fill_missing(ts.read_ts(files["train"]), layout.missing, "predict")
     if data.num_channels != layout.channels:
         raise TimeSeriesDataError(f"predict: {data.path} has {data.num_channels} channels; the run was trained on "

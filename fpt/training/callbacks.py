@@ -1,16 +1,16 @@
-"""Every Lightning callback, logger and plugin fpt adds to a training run, in one place.
+"""The Lightning callbacks, loggers and plugins fpt adds to a training run (some in their own module, named below).
 
 * :class:`Progress` (one line per validation) and :func:`progress_bar` (Lightning's bar, with the
   train loss and accuracy read only when it refreshes);
 * :class:`ResumableCSVLogger`: ``metrics.csv``, keeping a resumed run's earlier rows;
 * :class:`ResumeCheckpoint`, :class:`FlushLogsOnCheckpoint`, :class:`AtomicCheckpointIO`: the
   resume checkpoint, written after each validation, atomically (see :mod:`fpt.runs.checkpoint`);
-* :class:`ChanceWarning`, :class:`GracefulStop`, :class:`PhaseTracker`: training health (see
+* :class:`ChanceWarning`, :class:`PhaseTracker`, :class:`GracefulStop` (stopping.py): training health (see
   :mod:`fpt.runs.health` for the errors they lead to);
-* :class:`BestValidationWeights`: the trained weights of the best validation (``best.safetensors``),
+* :class:`BestValidationWeights` (best.py): the trained weights of the best validation (``best.safetensors``),
   tested again at the end;
 * :class:`StepTimer`: ``fpt bench``'s timing and profiling of the ``fit`` path;
-* :class:`AdaptiveThreads`: CPU threads follow the cores other processes leave free.
+* :class:`AdaptiveThreads` (threads.py): CPU threads follow the cores other processes leave free.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Training with Lightning: the loop, precision, checkpoints, logging and resume.
+"""fit and test_run: one run trained and tested with Lightning (the loop, precision, checkpoints, logging, resume).
 
 ``fit(config)`` trains and tests one run and writes, in ``config.run_dir``:
 
