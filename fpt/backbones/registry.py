@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from fpt.backbones.backbone import OFFLINE_DEFAULT, Backbone, BuildOptions, Init
+from fpt.backbones.cache import load_through_cache  # fpt study: one load per process and identity
 from fpt.backbones.names import check_backbone_name
 
 
@@ -160,4 +161,4 @@ def load_backbone(name: str = OFFLINE_DEFAULT, *, init: Init = "pretrained", lay
     options = BuildOptions(init=init, layers=layers, seed=seed, attn_implementation=attn_implementation,
                            trust_remote_code=trust_remote_code, lstm_width=lstm_width, dropout=dropout,
                            lstm_kind=lstm_kind)
-    return create_backbone(name, options)
+    return load_through_cache(name, options, create_backbone)

@@ -1,4 +1,4 @@
-"""Command-line parts of ``fpt sweep``, ``fpt report`` and ``fpt plot`` (wired into :mod:`fpt.cli`)."""
+"""Command-line parts of ``fpt sweep``, ``fpt study``, ``fpt report`` and ``fpt plot`` (wired into :mod:`fpt.cli`)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 from fpt.results.figures import plot_run
+from fpt.experiments.study import is_study_dir
+from fpt.experiments.study_cli import add_study_parser, study_main
+from fpt.experiments.study_report import write_study_report
 from fpt.results.report import write_report
 from fpt.experiments.slurm import LAUNCHERS, SlurmOptions, launch
 from fpt.experiments.plan import describe_plan, make_plan
@@ -24,6 +27,30 @@ def _assignment(many: bool):
             raise argparse.ArgumentTypeError(str(err)) from None
 
     return parse
+
+
+def _add_launcher_flags(parser) -> None:
+    """--launcher and the --slurm-* flags (fpt sweep, fpt study)."""
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="local",
+                       help="local: a process pool here (--parallel); slurm: every pending trial a SLURM job (an "
+                            "array), through submitit; submitit-local: the same without a scheduler (fpt/experiments/slurm.py)")
+    parser.add_argument("--no-wait", action="store_true", help="slurm: submit and return; follow with --status")
+    slurm = SlurmOptions()
+    parser.add_argument("--slurm-partition", help="sbatch --partition")
+    parser.add_argument("--slurm-time", default=slurm.time, help="time limit per trial: minutes or [D-]HH:MM[:SS]; "
+                                                                 "near it the trial checkpoints and is requeued")
+    parser.add_argument("--slurm-cpus-per-task", type=int, help="CPUs per trial (default: --threads, else the cluster's)")
+    parser.add_argument("--slurm-gpus-per-task", type=int, help="GPUs per trial")
+    parser.add_argument("--slurm-array-parallelism", type=int, default=slurm.array_parallelism,
+                       help="trials running at once")
+    parser.add_argument("--slurm-setup", action="append", default=[], metavar="LINE",
+                       help="a shell line run before each trial, e.g. 'module load cuda' (repeatable)")
+    parser.add_argument("--slurm-signal-delay", type=int, default=slurm.signal_delay,
+                       help="seconds before the time limit at which the trial checkpoints (SIGUSR2) to be requeued")
+    parser.add_argument("--slurm-max-requeue", type=int, default=slurm.max_requeue,
+                       help="requeues after a time limit (preempted trials are always requeued)")
+    parser.add_argument("--slurm-option", action="append", default=[], type=_assignment(False), metavar="KEY=VALUE",
+                       help="any other sbatch option, e.g. --slurm-option account=myproj --slurm-option qos=high")
 
 
 def add_parsers(sub) -> None:
@@ -55,26 +82,7 @@ def add_parsers(sub) -> None:
                                                              "interrupted, from the sweep directory's files; runs nothing")
     sweep.add_argument("--summarize", action="store_true", help="fpt sweep SWEEP_DIR --summarize: rebuild sweep.json "
                                                                 "and sweep.md from the trial directories; runs nothing")
-    sweep.add_argument("--launcher", choices=LAUNCHERS, default="local",
-                       help="local: a process pool here (--parallel); slurm: every pending trial a SLURM job (an "
-                            "array), through submitit; submitit-local: the same without a scheduler (fpt/experiments/slurm.py)")
-    sweep.add_argument("--no-wait", action="store_true", help="slurm: submit and return; follow with --status")
-    slurm = SlurmOptions()
-    sweep.add_argument("--slurm-partition", help="sbatch --partition")
-    sweep.add_argument("--slurm-time", default=slurm.time, help="time limit per trial: minutes or [D-]HH:MM[:SS]; "
-                                                                 "near it the trial checkpoints and is requeued")
-    sweep.add_argument("--slurm-cpus-per-task", type=int, help="CPUs per trial (default: --threads, else the cluster's)")
-    sweep.add_argument("--slurm-gpus-per-task", type=int, help="GPUs per trial")
-    sweep.add_argument("--slurm-array-parallelism", type=int, default=slurm.array_parallelism,
-                       help="trials running at once")
-    sweep.add_argument("--slurm-setup", action="append", default=[], metavar="LINE",
-                       help="a shell line run before each trial, e.g. 'module load cuda' (repeatable)")
-    sweep.add_argument("--slurm-signal-delay", type=int, default=slurm.signal_delay,
-                       help="seconds before the time limit at which the trial checkpoints (SIGUSR2) to be requeued")
-    sweep.add_argument("--slurm-max-requeue", type=int, default=slurm.max_requeue,
-                       help="requeues after a time limit (preempted trials are always requeued)")
-    sweep.add_argument("--slurm-option", action="append", default=[], type=_assignment(False), metavar="KEY=VALUE",
-                       help="any other sbatch option, e.g. --slurm-option account=myproj --slurm-option qos=high")
+    _add_launcher_flags(sweep)
 
     report = sub.add_parser("report", help="markdown/CSV table of runs next to the paper's numbers, plus figures")
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, sweeps or folders of runs")
@@ -84,6 +92,8 @@ def add_parsers(sub) -> None:
     plot = sub.add_parser("plot", help="figures of one run: learning curve, attention maps for Bit XOR")
     plot.add_argument("run_dir", metavar="RUN_DIR")
     plot.add_argument("--out", default=None, help="output directory (default RUN_DIR/figures)")
+
+    add_study_parser(sub, _add_launcher_flags)
 
 
 def _slurm_options(args) -> SlurmOptions:
@@ -140,6 +150,11 @@ def sweep_main(args) -> int:
 
 
 def report_main(args) -> int:
+    if len(args.runs) == 1 and is_study_dir(args.runs[0]):  # a study directory: the study's statistics
+        out = write_study_report(args.runs[0], args.out)
+        print(open(out["markdown"]).read())
+        print(f"report: {out['markdown']}")
+        return 0
     out = write_report(args.runs, args.out, attention=not args.no_attention)
     print(open(out["markdown"]).read())
     for path in out["figures"].values():
@@ -156,4 +171,5 @@ def plot_main(args) -> int:
     return 0
 
 
-HANDLERS = {"sweep": sweep_main, "report": report_main, "plot": plot_main}
+HANDLERS = {"sweep": sweep_main, "report": report_main, "plot": plot_main,
+            "study": lambda args: study_main(args, _slurm_options)}

@@ -1,4 +1,4 @@
-"""The ``fpt`` command line: fit, test, predict, bench, sweep, report, plot, list.
+"""The ``fpt`` command line: fit, test, predict, bench, sweep, study, report, plot, list.
 
 Examples::
 
@@ -46,6 +46,7 @@ from fpt.base.options import base_kind, default_of, parse_text
 from fpt.results.predict import predict
 from fpt.runs.rundir import RunLockedError
 from fpt.experiments.files import list_experiments
+from fpt.experiments.study import list_studies
 from fpt.tasks import list_tasks
 
 
@@ -241,13 +242,15 @@ def _list(args) -> int:
     decoders = [a for a in SUPPORTED_ARCHITECTURES if a not in ENCODER_ARCHITECTURES and a != "lstm"]
     info = {"tasks": list_tasks(), "backbones": list_backbones(), "hub_examples": list(HUB_EXAMPLES),
             "families": {"decoders": decoders, "encoders": list(ENCODER_ARCHITECTURES)},
-            "freeze_presets": PRESET_HELP, "config_presets": list_presets(), "experiments": list_experiments()}
+            "freeze_presets": PRESET_HELP, "config_presets": list_presets(), "experiments": list_experiments(),
+            "studies": list_studies()}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     sections = [("tasks", info["tasks"]), ("backbones", info["backbones"]), ("freeze presets", info["freeze_presets"]),
                 ("config presets (fpt fit --config NAME)", info["config_presets"]),
-                ("experiments (fpt sweep PRESET --experiment NAME)", info["experiments"])]
+                ("experiments (fpt sweep PRESET --experiment NAME)", info["experiments"]),
+                ("studies (fpt study NAME)", info["studies"])]
     for title, entries in sections:
         print(f"{title}:")
         width = max((len(k) for k in entries), default=0)

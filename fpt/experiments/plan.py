@@ -133,7 +133,7 @@ def _plan_sources(exp: Experiment | None, preset: str, base: dict[str, Any], roo
     return sources
 
 
-def make_plan(preset: str, *, experiment: str | None = None, grid: dict[str, list[Any]] | None = None,
+def make_plan(preset: str, *, experiment: str | Experiment | None = None, grid: dict[str, list[Any]] | None = None,
               seeds: int | list[int] | None = None, sets: dict[str, Any] | None = None,
               sweep_dir: str | Path | None = None, threads: int | None = None, parallel: int = 1,
               command: str = "") -> Plan:
@@ -144,7 +144,7 @@ def make_plan(preset: str, *, experiment: str | None = None, grid: dict[str, lis
     base = note_changes_in_label(preset_values, apply_overrides(preset_values, sets or {}))  # --set vs the label
     for key in DOCUMENTATION_KEYS:
         base.pop(key, None)
-    exp = load_experiment(experiment) if experiment else None
+    exp = experiment if isinstance(experiment, Experiment) else load_experiment(experiment) if experiment else None
     full_grid: dict[str, list[Any]] = dict(exp.grid) if exp else {}
     full_grid.update({k.replace("-", "_"): v for k, v in (grid or {}).items()})
     if seeds is None:
