@@ -73,6 +73,12 @@ def tiny_config(arch: str):
     raise KeyError(arch)
 
 
+def save_config_dir(config, path) -> str:
+    """A directory holding only ``config``'s config.json (for init="random")."""
+    config.save_pretrained(str(path))
+    return str(path)
+
+
 def save_pretrained_dir(arch: str, path, seed: int = 0) -> str:
     """A directory with config.json and model.safetensors of a seeded random tiny model."""
     from transformers import AutoModel

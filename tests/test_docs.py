@@ -154,25 +154,29 @@ def test_recipe_add_a_freeze_preset(monkeypatch, make_backbone):
 
 
 def test_recipe_add_a_backbone_family(monkeypatch, tmp_path):
-    from transformers import Qwen3Config
+    from transformers import XLMConfig
 
     from fpt.backbones import freeze, load_backbone
     from fpt.data.splits import TaskSpec
     from fpt.model.network import FPT, ModelConfig
 
-    Qwen3Config(num_hidden_layers=2, hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
-                head_dim=8, vocab_size=64, max_position_embeddings=32).save_pretrained(tmp_path)
+    XLMConfig(n_layers=2, emb_dim=32, n_heads=4, vocab_size=64, n_langs=2, use_lang_emb=True,
+              max_position_embeddings=32).save_pretrained(tmp_path)
     spec = TaskSpec(input_type="continuous", input_dim=3, max_tokens=8, num_classes=2)
     monkeypatch.setattr(freeze, "ARCHITECTURES", dict(freeze.ARCHITECTURES))
-    freeze.ARCHITECTURES.pop("qwen3", None)
-    with pytest.raises(ValueError, match="no freezing rules for architecture 'qwen3'"):
+    freeze.ARCHITECTURES.pop("xlm", None)
+    with pytest.raises(ValueError, match="no freezing rules for architecture 'xlm': fpt could not read them"):
         FPT(load_backbone(str(tmp_path), init="random"), spec)
     exec(recipe("backbone"), {})
-    model = FPT(load_backbone(str(tmp_path), init="random"), spec, ModelConfig(freeze="fpt"))
-    groups = freeze.assign_groups(model, "qwen3")
+    backbone = load_backbone(str(tmp_path), init="random")
+    model = FPT(backbone, spec, ModelConfig(freeze="fpt"))
+    assert model.freeze_source == "map" and model.readout == "mean"
+    groups = freeze.assign_groups(model, "xlm")
     trained = {groups[n] for n, p in model.named_parameters() if p.requires_grad}
     assert trained == {"input", "output", "norm", "positions"}
     assert {"attention", "feedforward"} <= set(groups.values())
+    assert groups["backbone.model.lang_embeddings.weight"] == "token_embedding"
+    assert backbone.model.position_embeddings.weight.requires_grad
 
 
 def test_recipe_add_an_option():

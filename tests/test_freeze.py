@@ -217,10 +217,38 @@ def phi3_backbone(tmp_path):
     return backbone
 
 
-def test_unknown_architecture_needs_rules(phi3_backbone):
+def test_unmapped_architecture_has_its_rules_read_from_the_model(phi3_backbone):
+    """Phi-3 has no map entry: its rules are inferred from the module tree, and group exactly as the rules a
+    user would write for it by hand."""
     task = xor_task()
-    with pytest.raises(ValueError, match=r"no freezing rules for architecture 'phi3'.*freeze_rules"):
-        FPT(phi3_backbone, task.spec, ModelConfig())
+    model = FPT(phi3_backbone, task.spec, ModelConfig())
+    assert model.freeze_source == "inferred" and phi3_backbone.build["freeze_rules_from"] == "inferred"
+    assert model.inferred_rules == {"norm": ["Phi3RMSNorm"], "attention": ["Phi3Attention"], "feedforward": ["Phi3MLP"]}
+    assert model.inferred_rules_yaml.splitlines()[0] == "freeze_rules:"
+    by_hand = {"norm": ["Phi3RMSNorm"], "attention": ["Phi3Attention"], "feedforward": ["Phi3MLP"]}
+    assert assign_groups(model, "phi3") == assign_groups(model, "phi3", by_hand)
+
+
+def test_ambiguous_architecture_needs_rules(tmp_path):
+    """XLM with language embeddings: a 2-row table beside the token table is neither a position table nor (no
+    type_vocab_size) a token-type table: inference names it, and the family needs freeze_rules."""
+    from transformers import XLMConfig
+
+    from fpt.backbones import load_backbone
+
+    XLMConfig(n_layers=1, emb_dim=32, n_heads=4, vocab_size=64, n_langs=2, use_lang_emb=True,
+              max_position_embeddings=32).save_pretrained(str(tmp_path))
+    backbone = load_backbone(str(tmp_path), init="random")
+    task = xor_task()
+    with pytest.raises(ValueError, match=r"no freezing rules for architecture 'xlm': fpt could not read them from the "
+                                         r"model .*lang_embeddings \(Embedding 2x32\).*freeze_rules"):
+        FPT(backbone, task.spec, ModelConfig())
+    rules = {"norm": ["LayerNorm"], "attention": ["MultiHeadAttention"], "feedforward": ["TransformerFFN"],
+             "positions": ["position_embeddings"], "token_embedding": ["lang_embeddings"]}
+    model = FPT(backbone, task.spec, ModelConfig(freeze_rules=rules))
+    assert model.freeze_source == "freeze_rules"
+    assert not backbone.model.lang_embeddings.weight.requires_grad
+    assert backbone.model.position_embeddings.weight.requires_grad
 
 
 def test_unknown_architecture_with_rules(phi3_backbone):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 from typing import Literal
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ class BuildOptions:
     seed: int = 0  # seed of the random weights under init="random"
     attn_implementation: str = "sdpa"  # "sdpa" (fast) or "eager" (needed to read attention weights)
     trust_remote_code: bool = False  # run Python code shipped with a hub model (never by default)
+    revision: str | None = None  # a hub model's pinned revision (a commit hash, branch or tag); None: main
     lstm_width: int = 768  # hidden size of the LSTM baseline
     lstm_kind: str = "torch"  # the LSTM baseline: "torch" (nn.LSTM) or "layernorm" (the 2021 code's, lnlstm.py)
     # the backbone's dropout probability, or "keep" its own config's (fpt.backbones._set_dropout; default off)
@@ -45,6 +47,8 @@ class BuildOptions:
             raise ValueError(f"layers must be a positive integer (--layers >= 1), got {self.layers!r}")
         if isinstance(self.lstm_width, bool) or not isinstance(self.lstm_width, int) or self.lstm_width < 1:
             raise ValueError(f"lstm_width must be a positive integer (--lstm-width >= 1), got {self.lstm_width!r}")
+        if self.revision is not None and (not isinstance(self.revision, str) or not self.revision.strip()):
+            raise ValueError(f"revision must be a commit hash, branch or tag (--backbone-revision), got {self.revision!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be an integer in 0..{2**32 - 1} (--seed), got {self.seed!r}")
 
@@ -61,7 +65,8 @@ class Backbone(nn.Module):
     def __init__(self, model: nn.Module, *, name: str, arch: str, init: str, hidden_size: int,
                  num_layers: int, max_positions: int | None, learned_positions: bool, embedding_std: float,
                  causal: bool | None = True, input_size: int | None = None, default_readout: str | None = None,
-                 summary_init: torch.Tensor | None = None):
+                 summary_init: torch.Tensor | None = None, build: dict | None = None,
+                 inferred_rules=None, inference_error: str | None = None):
         super().__init__()
         # Loaders may hand back eval-mode models; dropout follows the run's backbone_dropout (see
         # _set_dropout), and a uniform train() state keeps Lightning's mode bookkeeping predictable.
@@ -78,6 +83,14 @@ class Backbone(nn.Module):
         self.input_size = input_size or hidden_size  # width of inputs_embeds (ELECTRA-small: 128, blocks 256)
         self.default_readout = default_readout  # the family's read-out in place of a task's "last" (encoders)
         self.summary_init = summary_init  # start value of the 'first' read-out's summary token (ViT: its CLS token)
+        # How it was built (results.json: backbone_build): attention implementation, the class, where the freezing
+        # rules came from ("map" / "inferred"), positions, read-out (fpt.backbones.families)
+        self.build = dict(build or {})
+        self.inferred_rules = inferred_rules  # fpt.backbones.infer.InferredRules, for families without a map entry
+        self.inference_error = inference_error  # why the rules could not be inferred (said when FPT is built)
+        # the exact number of tokens it takes (Swin: its patch grid), else None (any length up to max_positions)
+        self.sequence_length = getattr(model, "sequence_length", None)
+        self._use_cache = arch != "lstm" and "use_cache" in inspect.signature(model.forward).parameters
         # Taken now, before any training changes norms or positions: identifies the weights as built.
         self.weights_fingerprint = self._fingerprint()
         self.source: dict[str, str] | None = None  # set for "run:PATH" backbones (fpt/backbones/runs.py)
@@ -85,8 +98,14 @@ class Backbone(nn.Module):
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.arch == "lstm":
             return self.model(inputs_embeds)
-        out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False)
+        extra = {"use_cache": False} if self._use_cache else {}
+        out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **extra)
         return out.last_hidden_state
+
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        """The family's norm on what the head reads (BEiT's mean-pooling LayerNorm), else the features as they are."""
+        norm = getattr(self.model, "pooled_norm", None)
+        return features if norm is None else norm(features)
 
     def token_embedding(self) -> nn.Module | None:
         """The backbone's token table; FPT never uses or trains it (inputs come from our own layer)."""
@@ -105,6 +124,8 @@ class Backbone(nn.Module):
         """A hash of every weight byte as loaded (blake2b: ~0.3 s for SmolLM2's 135M parameters), so a
         checkpoint is never loaded onto a backbone whose weights differ anywhere."""
         digest = hashlib.blake2b(digest_size=16)
+        if any(t.is_meta for t in self.model.state_dict().values()):
+            return "meta"  # built on the meta device to count parameters (no weights: nothing to identify)
         for name, tensor in sorted(self.model.state_dict().items()):
             digest.update(name.encode())
             digest.update(str(tuple(tensor.shape)).encode())

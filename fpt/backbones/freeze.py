@@ -12,9 +12,11 @@ Groups (``GROUPS``):
   table), which FPT never trains.
 
 A parameter's group is the first rule, in order, that matches the module owning it or any module
-above it. Every parameter must be matched: a parameter no rule claims is a hard error, and so is
-an architecture with no rules (unless the user supplies them), because guessing would silently
-train or freeze the wrong weights.
+above it. Every parameter must be matched: a parameter no rule claims is a hard error, because
+guessing would silently train or freeze the wrong weights. The rules of a family come from the
+user's ``freeze_rules``, else its entry in ``ARCHITECTURES`` (the map), else the module tree
+(``infer.py``, applied as the ``freeze_rules`` it prints); where inference finds the tree
+ambiguous, the family is a hard error naming the part, until a map entry or ``freeze_rules`` say.
 
 What ``--freeze fpt`` trains, per family (``ARCHITECTURES``):
 
@@ -26,6 +28,9 @@ What ``--freeze fpt`` trains, per family (``ARCHITECTURES``):
   its row 0 to every token, frozen (``token_embedding``); the pooler is not built. ELECTRA's
   ``embeddings_project`` (embedding_size -> hidden_size, when they differ) is a pretrained dense
   map, grouped with ``feedforward`` (frozen under ``fpt``, trained by ``+ff`` and ``full``).
+* DeBERTa-v2/v3: as BERT; its encoder's relative-position table (``rel_embeddings``) is part of
+  attention (nothing to train, as rotary), and fpt adds its own position table when the model has
+  no absolute one (v3).
 * ViT, DeiT: every LayerNorm and ViT's position table (trainable as positions); the patch
   embedding (a convolution over pixels) is replaced by FPT's input layer and not kept, nor are the
   pooler and DeiT's distillation token; the CLS token is the initial value of the ``first``
@@ -165,6 +170,22 @@ def _vit_like(model_type: str, prefix: str) -> ArchitectureRules:
     )
 
 
+def _deberta_v2_parts(model: nn.Module) -> dict[str, tuple[nn.Module, ...]]:
+    """DeBERTa-v2/v3: the encoder's ``rel_embeddings`` is a relative-position table that every block's
+    disentangled attention projects through its own query/key maps: part of attention (nothing to train
+    under fpt, as rotary and ALiBi); it has as many rows as the learned absolute table BERT would have,
+    so inference could not tell them apart. Token types (only with type_vocab_size > 0) stay frozen;
+    ``embed_proj`` (embedding_size != hidden_size) is a pretrained dense map, grouped with feed-forward."""
+    embeddings, out = model.embeddings, {}
+    if getattr(embeddings, "token_type_embeddings", None) is not None:
+        out["token_embedding"] = (embeddings.token_type_embeddings,)
+    if getattr(model.encoder, "rel_embeddings", None) is not None:
+        out["attention"] = (model.encoder.rel_embeddings,)
+    if getattr(embeddings, "embed_proj", None) is not None:
+        out["feedforward"] = (embeddings.embed_proj,)
+    return out
+
+
 ARCHITECTURES: dict[str, ArchitectureRules] = {
     "gpt2": ArchitectureRules(
         norm=lambda: (nn.LayerNorm,),
@@ -193,6 +214,16 @@ ARCHITECTURES: dict[str, ArchitectureRules] = {
         causal=False,
         readout="mean",
     ),
+    "deberta-v2": ArchitectureRules(
+        norm=lambda: (nn.LayerNorm,),
+        attention=lambda: _types("transformers.models.deberta_v2.modeling_deberta_v2", "DebertaV2Attention"),
+        feedforward=lambda: _types("transformers.models.deberta_v2.modeling_deberta_v2", "DebertaV2Intermediate",
+                                   "DebertaV2Output"),
+        positions=lambda: (nn.Embedding,),  # the absolute table, only with position_biased_input (v2; not v3)
+        parts=_deberta_v2_parts,
+        causal=False,
+        readout="mean",
+    ),
     "vit": _vit_like("vit", "ViT"),
     "deit": _vit_like("deit", "DeiT"),
 }
@@ -200,8 +231,18 @@ SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
 ENCODER_ARCHITECTURES = tuple(arch for arch, rules in ARCHITECTURES.items() if not rules.causal)
 
 
-def has_learned_positions(arch: str) -> bool:
-    return arch in ARCHITECTURES and bool(ARCHITECTURES[arch].positions())
+def has_learned_positions(arch: str, model: nn.Module | None = None) -> bool:
+    """Whether a mapped family adds a learned position table of its own; with ``model``, whether this
+    model has one (DeBERTa-v3 has none: its positions are relative)."""
+    if arch not in ARCHITECTURES or not ARCHITECTURES[arch].positions():
+        return False
+    if model is None:
+        return True
+    rules = ARCHITECTURES[arch]
+    types = rules.positions()
+    table = model.get_input_embeddings()
+    parts = {id(m) for modules in rules.parts(model).values() for m in modules}
+    return any(isinstance(m, types) and m is not table and id(m) not in parts for m in model.modules())
 
 
 def _user_rules(user_rules: dict[str, Iterable[str]], model: nn.Module) -> list[tuple[str, Callable[[nn.Module], bool]]]:
@@ -252,8 +293,22 @@ def suggested_rules(model: nn.Module, unclaimed: list[tuple[str, nn.Module]]) ->
     return ", ".join(f"{g}: [{', '.join(v)}]" for g, v in by_group.items())
 
 
-def group_rules(model: nn.Module, arch: str, user_rules: dict[str, Iterable[str]] | None = None):
-    """The ordered rules for an FPT model (``model.input_layer``, ``.positions``, ``.head``, ``.backbone``)."""
+def rules_source(model: nn.Module, arch: str, user_rules=None, use_map: bool = True) -> str:
+    """Where the freezing rules of an FPT model come from: ``freeze_rules`` (the config's), ``map``
+    (``ARCHITECTURES``), ``inferred`` (read from the module tree, ``infer.py``) or ``lstm``."""
+    if user_rules:
+        return "freeze_rules"
+    if arch == "lstm":
+        return "lstm"
+    return "map" if use_map and arch in ARCHITECTURES else "inferred"
+
+
+def group_rules(model: nn.Module, arch: str, user_rules: dict[str, Iterable[str]] | None = None,
+                use_map: bool = True):
+    """The ordered rules for an FPT model (``model.input_layer``, ``.positions``, ``.head``, ``.backbone``).
+
+    Without ``user_rules``: the map's entry for ``arch``, else the rules inferred from the backbone's
+    module tree (``model.backbone.inferred_rules``; ``use_map=False`` uses them for a mapped family too)."""
     token_table = model.backbone.token_embedding()
     summary = getattr(model, "summary_token", None)  # the 'first' read-out's trained vector: an input
     rules: list[tuple[str, Callable[[nn.Module], bool]]] = [
@@ -262,7 +317,7 @@ def group_rules(model: nn.Module, arch: str, user_rules: dict[str, Iterable[str]
         ("positions", lambda m: m is model.position_table),
         ("token_embedding", lambda m: token_table is not None and m is token_table),
     ]
-    known = ARCHITECTURES.get(arch)
+    known = ARCHITECTURES.get(arch) if use_map else None
     if known is not None and arch != "lstm":
         for group, modules in known.parts(model.backbone.model).items():
             ids = {id(m) for m in modules}
@@ -279,9 +334,14 @@ def group_rules(model: nn.Module, arch: str, user_rules: dict[str, Iterable[str]
         for group, types in known.rules():
             if types:
                 rules.append((group, lambda m, types=types: isinstance(m, types)))
+    elif getattr(model.backbone, "inferred_rules", None) is not None:
+        rules += _user_rules(model.backbone.inferred_rules.rules, model)
     else:
+        why = getattr(model.backbone, "inference_error", None)
         raise ValueError(
-            f"no freezing rules for architecture {arch!r}. Known: {', '.join(SUPPORTED_ARCHITECTURES)}. "
+            f"no freezing rules for architecture {arch!r}"
+            + (f": fpt could not read them from the model ({why})" if why else "")
+            + f". Families with explicit rules: {', '.join(SUPPORTED_ARCHITECTURES)}. "
             "Give them in the config as freeze_rules: {norm: [ClassName], attention: [ClassName], "
             "feedforward: [ClassName]} (module class names of that architecture; this model's: "
             + ", ".join(sorted({type(m).__name__ for m in model.backbone.model.modules()
@@ -291,15 +351,20 @@ def group_rules(model: nn.Module, arch: str, user_rules: dict[str, Iterable[str]
     return rules
 
 
-def assign_groups(model: nn.Module, arch: str, user_rules=None) -> dict[str, str]:
-    """``{parameter name: group}`` for every parameter of ``model``; unclaimed ones are an error."""
-    rules = group_rules(model, arch, user_rules)
+def assign_groups(model: nn.Module, arch: str, user_rules=None, use_map: bool = True) -> dict[str, str]:
+    """``{parameter name: group}`` for every parameter of ``model``; unclaimed ones are an error. A
+    parameter shared by two modules (T5's token table, tied) is grouped once, where it is first reached."""
+    rules = group_rules(model, arch, user_rules, use_map=use_map)
     groups: dict[str, str] = {}
     unclaimed = []
+    seen: set[int] = set()
 
     def visit(module: nn.Module, prefix: str, ancestors: tuple[nn.Module, ...]):
         chain = ancestors + (module,)
-        for pname, _ in module.named_parameters(recurse=False):
+        for pname, param in module.named_parameters(recurse=False):
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
             full = prefix + pname
             for group, match in rules:
                 if any(match(m) for m in chain):

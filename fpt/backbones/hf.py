@@ -67,21 +67,32 @@ def prepare_config(config, name: str, options: BuildOptions):
     """The one place a transformers config is made ready before a model is built from it: keep the
     first ``options.layers`` blocks, the dropout policy (``_set_dropout``: off unless ``options.dropout``
     says otherwise), the attention implementation."""
+    from fpt.backbones.families import HIERARCHICAL
+
+    if options.layers is not None and config.model_type in HIERARCHICAL:
+        raise ValueError(f"--layers: {config.model_type} stacks stages of different widths (depths "
+                         f"{list(config.depths)}); keeping its first K blocks is not defined: leave --layers out")
     depth_attr = _config_depth_attr(config)
-    setattr(config, depth_attr, _check_layers(options.layers, getattr(config, depth_attr), name))
+    depth = _check_layers(options.layers, getattr(config, depth_attr), name)
+    if options.layers is not None:
+        try:
+            setattr(config, depth_attr, depth)
+        except NotImplementedError as err:  # Funnel: depth is per block (block_sizes)
+            raise ValueError(f"--layers: {config.model_type} cannot keep its first K blocks ({err}); leave --layers "
+                             "out") from None
     _set_dropout(config, options.dropout)
     config._attn_implementation = options.attn_implementation
     return config
 
 
-def hf_config(name: str, trust_remote_code: bool = False):
+def hf_config(name: str, trust_remote_code: bool = False, revision: str | None = None):
     """The transformers config of a hub id or a local directory, with messages that say what to do.
     The GPT-2 family's comes from fpt's shipped copies when the hub is unreachable (fpt/backbones/shipped.py)."""
 
     from fpt.backbones import shipped
 
     try:
-        return shipped.load_config(name, trust_remote_code=trust_remote_code)
+        return shipped.load_config(name, trust_remote_code=trust_remote_code, revision=revision)
     except (OSError, ValueError) as err:
         local = Path(name).exists()
         if "trust_remote_code" in str(err) and not trust_remote_code:
@@ -91,7 +102,11 @@ def hf_config(name: str, trust_remote_code: bool = False):
             ) from None
         reason = str(err)
         if not local and shipped.offline():  # transformers' own text is about its retries and settings
-            reason = ("it is not in the Hugging Face cache, and the hub cannot be reached from here (offline: "
+            cached = shipped.cached_revisions(name)
+            what = f"revision {revision!r} of it" if revision else "it"
+            reason = (f"{what} is not in the Hugging Face cache ({shipped.hub_cache()}"
+                      + (f"; cached: {', '.join(cached)}" if cached else "; nothing of it is cached") + "), and the hub "
+                      "cannot be reached from here (offline: "
                       + ("FPT_OFFLINE / HF_HUB_OFFLINE is set" if shipped._offline_env() else "no connection") + ")")
         raise (OSError if local else shipped.BackboneUnavailable)(
             f"cannot load backbone {name!r}: {reason}\n"
@@ -108,30 +123,48 @@ def build_hf(config, name: str, options: BuildOptions, weights: str | None = Non
     """A transformers base model from a prepared config: seeded random weights (``options.init ==
     "random"``) or the safetensors weights in ``weights`` (a hub id or a directory); wrapped as a Backbone.
 
-    ``name`` is what the user asked for (recorded in checkpoints); ``weights`` where the files are.
+    ``name`` is what the user asked for (recorded in checkpoints); ``weights`` where the files are. The
+    class, the attention implementation and the build arguments are the family's (``families.py``):
+    the fast attention where the class has it, else eager (said once); T5's encoder half alone.
     """
     from transformers import AutoModel
 
+    from fpt.backbones import families
+
     family = ARCHITECTURES.get(config.model_type)
-    extra = dict(family.build_kwargs) if family is not None else {}  # e.g. no pooler on encoders
     trust = options.trust_remote_code
-    attn = options.attn_implementation
+    if trust and getattr(config, "auto_map", None):  # the model's own code: transformers' auto class finds it
+        cls, extra = AutoModel, {}
+        attn = options.attn_implementation
+    else:
+        cls = families.model_class(config)
+        extra = dict(family.build_kwargs) if family is not None else families.build_kwargs(cls, config)
+        attn = families.attention_implementation(cls, options.attn_implementation, config.model_type)
+    config._attn_implementation = attn
+    build = {"class": cls.__name__, "attn_implementation": attn}
+    if options.revision:
+        build["revision"] = options.revision
     if options.init == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(options.seed)
-            model = AutoModel.from_config(config, trust_remote_code=trust, attn_implementation=attn, **extra)
-        return wrap_hf(model.float(), name, options.init)
+            if cls is AutoModel:
+                model = AutoModel.from_config(config, trust_remote_code=trust, attn_implementation=attn, **extra)
+            else:
+                model = cls._from_config(config, attn_implementation=attn, **extra)
+        return wrap_hf(model.float(), name, options.init, build=build)
     weights = weights or name
+    hub_kwargs = {"trust_remote_code": trust} if cls is AutoModel else {}
+    if options.revision and not Path(weights).is_dir():
+        hub_kwargs["revision"] = options.revision
     try:
         # use_safetensors: weights are never unpickled (a .bin file is a pickle that can run code)
         with _quiet_transformers():  # its load report lists the dropped blocks' weights as "unexpected"
             from fpt.backbones import shipped
 
-            model, info = AutoModel.from_pretrained(weights, config=config, trust_remote_code=trust,
-                                                    attn_implementation=attn, dtype=torch.float32,
-                                                    use_safetensors=True, output_loading_info=True,
-                                                    local_files_only=not Path(weights).is_dir() and shipped.offline(),
-                                                    **extra)
+            model, info = cls.from_pretrained(weights, config=config, attn_implementation=attn, dtype=torch.float32,
+                                              use_safetensors=True, output_loading_info=True,
+                                              local_files_only=not Path(weights).is_dir() and shipped.offline(),
+                                              **hub_kwargs, **extra)
     except OSError as err:
         local = Path(weights).is_dir()
         pickled = local and any(Path(weights).glob("*.bin")) and not any(Path(weights).glob("*.safetensors"))
@@ -142,23 +175,39 @@ def build_hf(config, name: str, options: BuildOptions, weights: str | None = Non
                if pickled else
                f"Offline, use --backbone {OFFLINE_DEFAULT} or minilm-l6, or --init random (which needs only the config).")
         ) from err
-    except Exception as err:  # safetensors' own errors: truncated or corrupted weight files
+    except Exception as err:
+        from safetensors import SafetensorError
+
+        if not isinstance(err, SafetensorError):
+            raise  # its own message names the cause (a weight of the wrong shape, an option the class lacks...)
         raise ValueError(
             f"cannot read the weights of backbone {name!r} ({type(err).__name__}: {err}); a weight file is "
             "truncated or corrupted: download or save it again."
         ) from None
-    if info.get("missing_keys"):
+    missing = sorted(k for k in info.get("missing_keys") or () if not _tied_to_token_table(model, k))
+    if missing:
         import warnings
 
-        missing = sorted(info["missing_keys"])
         warnings.warn(f"backbone {name!r}: {len(missing)} weights are not in its checkpoint and start random "
                       f"(e.g. {', '.join(missing[:5])}); the backbone is not fully pretrained.", stacklevel=3)
-    return wrap_hf(model.float(), name, options.init)
+    return wrap_hf(model.float(), name, options.init, build=build)
 
 
-def wrap_hf(model: nn.Module, name: str, init: str) -> Backbone:
-    """A transformers base model as a Backbone, with what its family entry (``freeze.ARCHITECTURES``) says:
-    causal or not, its default read-out, an adapter for models that take no ``inputs_embeds`` (ViT)."""
+def _tied_to_token_table(model: nn.Module, key: str) -> bool:
+    """A checkpoint key that is the token table under another name (T5's encoder.embed_tokens), never missing."""
+    table = model.get_input_embeddings()
+    params = dict(model.named_parameters(remove_duplicate=False))
+    return table is not None and params.get(key) is table.weight
+
+
+def wrap_hf(model: nn.Module, name: str, init: str, build: dict | None = None) -> Backbone:
+    """A transformers base model as a Backbone. A family with a map entry (``freeze.ARCHITECTURES``) takes
+    what it says (causal or not, its read-out, its adapter); any other has its freezing rules inferred
+    from its module tree (``infer.py``), its causality measured, its input and read-out from
+    ``families.py``."""
+    from fpt.backbones import families
+    from fpt.backbones.infer import InferenceError, infer_freeze_rules
+
     config = model.config
     family = ARCHITECTURES.get(config.model_type)
     if family is not None and family.adapter:
@@ -166,22 +215,49 @@ def wrap_hf(model: nn.Module, name: str, init: str) -> Backbone:
 
         module, cls = family.adapter.split(":")
         model = getattr(importlib.import_module(module), cls)(model)
+    elif family is None:
+        model = families.adapter(model)
     table = model.get_input_embeddings()
-    if family is not None and family.max_positions is not None:
-        max_positions = family.max_positions(model)
+    on_meta = any(p.is_meta for p in model.parameters())
+    if table is not None:
+        # The scale inputs should start at: the token table's, or what the adapter measured (ViT's patches).
+        embedding_std = (float(getattr(config, "initializer_range", 0.02)) if on_meta
+                         else float(table.weight.detach().float().std()))
+        input_size = table.embedding_dim
     else:
-        max_positions = _max_positions(config)
+        embedding_std, input_size = float(model.embedding_std), int(getattr(model, "input_size", config.hidden_size))
+    build = {**(build or {}), "freeze_rules_from": "map" if family is not None else "inferred"}
+    inferred = inference_error = None
+    if family is not None:
+        learned_positions = has_learned_positions(config.model_type, model)
+        max_positions = family.max_positions(model) if family.max_positions is not None else _max_positions(config)
+        causal, readout = family.causal, family.readout
+    else:
+        try:
+            inferred = infer_freeze_rules(model, config)
+        except InferenceError as err:
+            inference_error = str(err)
+        positions = inferred.positions if inferred is not None else []
+        learned_positions = bool(positions)
+        limit = getattr(model, "max_positions", None) or _max_positions(config)
+        max_positions = families.position_count(model, config, positions, limit)
+        adapted = hasattr(model, "default_readout")  # vision adapters: bidirectional, their family's read-out
+        use_cache = families.takes_use_cache(model)
+        causal = False if adapted else families.is_causal(model, input_size, embedding_std, use_cache)
+        readout = model.default_readout if adapted else (None if causal in (True, None) else "mean")
+    build.update({"positions": "learned (trains as positions)" if learned_positions else "none of its own",
+                  "causal": causal, "readout": readout})
     return Backbone(
         model, name=name, arch=config.model_type, init=init,
         hidden_size=config.hidden_size, num_layers=getattr(config, _config_depth_attr(config)),
         max_positions=max_positions,
-        learned_positions=has_learned_positions(config.model_type),
-        # The scale inputs should start at: the token table's, or what the adapter measured (ViT's patches).
-        embedding_std=float(table.weight.detach().float().std()) if table is not None else float(model.embedding_std),
-        causal=family.causal if family is not None else None,
-        input_size=table.embedding_dim if table is not None else config.hidden_size,
-        default_readout=family.readout if family is not None else None,
+        learned_positions=learned_positions,
+        embedding_std=embedding_std,
+        causal=causal,
+        input_size=input_size,
+        default_readout=readout,
         summary_init=getattr(model, "cls_token_init", None),
+        build=build, inferred_rules=inferred, inference_error=inference_error,
     )
 
 
@@ -209,5 +285,10 @@ def load_hf_source(name: str, options: BuildOptions) -> Backbone:
         from fpt.backbones import shipped
 
         shipped.require_weights(name)  # GPT-2 offline and not cached: say so now, not after ~30 s of retries
-    config = prepare_config(hf_config(name, options.trust_remote_code), name, options)
+    config = hf_config(name, options.trust_remote_code, options.revision)
+    if not (options.trust_remote_code and getattr(config, "auto_map", None)):
+        from fpt.backbones.families import model_class
+
+        model_class(config)  # a family fpt cannot feed is refused now, with the reason, before anything is built
+    config = prepare_config(config, name, options)
     return build_hf(config, name, options)

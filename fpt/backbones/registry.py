@@ -20,12 +20,13 @@ Two kinds of extension, each one entry:
   ``fpt.backbones.prepare_config`` so that ``--layers`` and the dropout policy apply), and add a
   ``BackboneSource`` to ``SOURCES`` below (or call :func:`register_backbone` from your own code).
   ``fpt/backbones/minilm.py`` is a complete example.
-* **A new architecture family** (``config.model_type``; e.g. ``albert``): nothing here. Add one
-  ``ArchitectureRules`` entry to ``ARCHITECTURES`` in ``fpt/backbones/freeze.py`` (its module types
-  for norms, attention and feed-forward blocks, any generic-typed part by attribute, and whether it
-  is bidirectional), then one tiny config to ``FAMILY_CONFIGS`` in ``tests/conftest.py``: the
-  freezing, read-out and training sweeps of ``tests/test_freeze.py``, ``tests/test_model.py`` and
-  ``tests/test_backbones.py`` then cover it with every freeze preset.
+* **A new architecture family** (``config.model_type``; e.g. ``albert``): nothing here, and usually
+  nothing at all: its freezing rules are read from its module tree (``fpt/backbones/infer.py``). Add
+  its tiny config to ``FAMILIES`` in ``tests/test_families.py`` (the sweep then trains it under every
+  preset, and ``python tests/test_families.py`` adds its row to docs/backbones.md). Where inference
+  says the tree is ambiguous, add one ``ArchitectureRules`` entry to ``ARCHITECTURES`` in
+  ``fpt/backbones/freeze.py`` (its module types for norms, attention and feed-forward blocks, any
+  generic-typed part by attribute, and whether it is bidirectional).
 """
 
 from __future__ import annotations
@@ -149,7 +150,8 @@ def create_backbone(name: str, options: BuildOptions) -> Any:
 
 def load_backbone(name: str = OFFLINE_DEFAULT, *, init: Init = "pretrained", layers: int | None = None,
                   seed: int = 0, attn_implementation: str = "sdpa", trust_remote_code: bool = False,
-                  lstm_width: int = 768, dropout: float | str = 0.0, lstm_kind: str = "torch") -> Backbone:
+                  lstm_width: int = 768, dropout: float | str = 0.0, lstm_kind: str = "torch",
+                  revision: str | None = None) -> Backbone:
     """Load (``init="pretrained"``) or build (``init="random"``, seeded) a backbone by name.
 
     The one factory: the registry (``fpt/backbones/registry.py``, ``fpt list``) picks the loader.
@@ -157,8 +159,9 @@ def load_backbone(name: str = OFFLINE_DEFAULT, *, init: Init = "pretrained", lay
     ``trust_remote_code`` stays off unless the user asks: it runs Python shipped with the model.
     ``dropout``: the backbone's dropout probability, or ``"keep"`` its own (see :func:`_set_dropout`).
     ``lstm_kind``: for ``lstm``, ``torch`` (``nn.LSTM``) or ``layernorm`` (the 2021 code's, fpt/backbones/lnlstm.py).
+    ``revision``: a hub model's pinned revision (commit hash, branch or tag), read from the hub cache offline.
     """
     options = BuildOptions(init=init, layers=layers, seed=seed, attn_implementation=attn_implementation,
                            trust_remote_code=trust_remote_code, lstm_width=lstm_width, dropout=dropout,
-                           lstm_kind=lstm_kind)
+                           lstm_kind=lstm_kind, revision=revision)
     return load_through_cache(name, options, create_backbone)

@@ -73,6 +73,7 @@ def load_run_source(name: str, options: BuildOptions, create: Callable[[str, Bui
             init=source.init, layers=depth, seed=source.seed,
             attn_implementation=attn_implementation, trust_remote_code=trust_remote_code or source.trust_remote_code,
             lstm_width=source.lstm_width, lstm_kind=source.lstm_kind, dropout=dropout,
+            revision=source.backbone_revision,
         ))
 
     backbone = build(source.layers)

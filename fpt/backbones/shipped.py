@@ -75,6 +75,26 @@ def offline() -> bool:
     return not hub_reachable()
 
 
+def hub_cache() -> str:
+    """The Hugging Face hub cache directory in use ($HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)."""
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def cached_revisions(repo: str) -> list[str]:
+    """What the hub cache holds of a model: ``main -> 1a2b3c4``-style refs, then snapshots no ref names."""
+    from pathlib import Path
+
+    root = Path(hub_cache()) / ("models--" + repo.replace("/", "--"))
+    refs = {}
+    if (root / "refs").is_dir():
+        refs = {p.name: p.read_text().strip() for p in sorted((root / "refs").iterdir()) if p.is_file()}
+    snapshots = sorted(p.name for p in (root / "snapshots").iterdir()) if (root / "snapshots").is_dir() else []
+    named = set(refs.values())
+    return [f"{ref} -> {commit[:12]}" for ref, commit in refs.items()] + [s[:12] for s in snapshots if s not in named]
+
+
 def _cached(repo: str, filename: str) -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -90,7 +110,7 @@ def _cached(repo: str, filename: str) -> bool:
     return False
 
 
-def load_config(name: str, trust_remote_code: bool = False):
+def load_config(name: str, trust_remote_code: bool = False, revision: str | None = None):
     """The ``transformers`` config of ``name``; for the GPT-2 family, the shipped file when the hub's is
     neither cached nor reachable. Other names go to ``AutoConfig.from_pretrained`` unchanged."""
     from transformers import AutoConfig
@@ -98,8 +118,9 @@ def load_config(name: str, trust_remote_code: bool = False):
     short = shipped_name(name)
     if short is None or _cached(name, "config.json") or hub_reachable():
         local = os.path.isdir(name)
+        pinned = {"revision": revision} if revision and not local else {}
         return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code,
-                                          local_files_only=not local and offline())
+                                          local_files_only=not local and offline(), **pinned)
     print(f"fpt: {name}: the hub is unreachable and its config.json is not cached; using fpt's shipped copy "
           f"({short}, the hub's architecture values)", file=sys.stderr, flush=True)
     return AutoConfig.from_pretrained(str(shipped_config_dir(short)))

@@ -257,8 +257,9 @@ def _list(args) -> int:
         for key, text in entries.items():
             print(f"  {key:<{width}}  {text}")
     print("hub backbones (online, or cached): " + ", ".join(HUB_EXAMPLES) + ", or any local directory")
-    print(f"families with freezing rules (config.model_type): decoders {', '.join(decoders)}; "
-          f"encoders {', '.join(ENCODER_ARCHITECTURES)}; others need freeze_rules in the config")
+    print(f"families with a module map (config.model_type): decoders {', '.join(decoders)}; "
+          f"encoders {', '.join(ENCODER_ARCHITECTURES)}; any other: freezing rules read from its modules where they "
+          "are unambiguous (docs/backbones.md lists the families tested), else freeze_rules in the config")
     return 0
 
 

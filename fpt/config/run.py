@@ -46,6 +46,9 @@ class RunConfig:
                                          "backbone's own; GPT-2: 0.1, as the 2021 code)", convert=probability_or_keep,
                                          expected="a probability in [0, 1) or keep")
     trust_remote_code: bool = what(False, "run Python code shipped with a hub model (never by default)")
+    backbone_revision: str | None = what(None, "a Hugging Face backbone's pinned revision: a commit hash (or branch, "
+                                         "tag), read from the hub cache's snapshots/<hash> offline (default: main)",
+                                         max_length=200)
     # -- the FPT module (fpt.model.ModelConfig) ---------------------------------------------------
     freeze: str | list[str] = what("fpt", "what trains: a preset (fpt, output-only, +ln, +input, +pos, +ff, +attn, full) "
                                    "or, in YAML, a list of groups", expected="a preset name or a list of groups")

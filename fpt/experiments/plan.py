@@ -29,7 +29,8 @@ from fpt.experiments.files import Experiment, load_experiment
 # MACHINERY (fpt.config): options that only say *how* a trial runs (declared with role "how"): they may
 # differ between the command that started a trial and the one that resumes or re-checks it.
 # What a source run takes over from the swept config, so that its backbone fits the trials.
-INHERITED_BY_SOURCES = ("backbone", "layers", "lstm_width", "attn_implementation", "trust_remote_code", "device",
+INHERITED_BY_SOURCES = ("backbone", "layers", "lstm_width", "attn_implementation", "trust_remote_code",
+                        "backbone_revision", "device",
                         "precision", "num_threads", "protocol", "lstm_kind")
 
 

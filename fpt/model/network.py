@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from fpt.backbones import Backbone
-from fpt.backbones.freeze import apply_freeze, resolve_preset
+from fpt.backbones.freeze import apply_freeze, resolve_preset, rules_source
 from fpt.data.splits import TaskSpec
 
 READOUTS = ("last", "mean", "first", "tokens")
@@ -60,6 +60,8 @@ class FPT(nn.Module):
         self.readout_tokens = spec.readout_tokens if readout == "tokens" else 1
         # The 'first' read-out prepends one token (the summary) to every sequence.
         tokens = spec.max_tokens + (1 if readout == "first" else 0)
+        if backbone.sequence_length is not None:
+            self._check_fixed_grid(backbone, spec, readout, tokens)
         if backbone.max_positions is not None and tokens > backbone.max_positions:
             raise ValueError(
                 f"the task's sequences have up to {spec.max_tokens} tokens"
@@ -124,11 +126,35 @@ class FPT(nn.Module):
                     nn.init.normal_(self.summary_token.weight, std=scale)
 
         self.group_counts = apply_freeze(self, backbone.arch, config.freeze, config.freeze_rules)
+        # where the freezing rules came from (map / inferred / freeze_rules) and, inferred, the rules as YAML
+        self.freeze_source = rules_source(self, backbone.arch, config.freeze_rules)
+        inferred = backbone.inferred_rules if self.freeze_source == "inferred" else None
+        self.inferred_rules = inferred.rules if inferred is not None else None
+        self.inferred_rules_yaml = inferred.yaml() if inferred is not None else None
         missing = [g for g in resolve_preset(config.freeze) if g not in self.group_counts]
         if missing and config.freeze != "full":  # "full" means everything there is
             # e.g. "+ln" on the LSTM (no norms) trains exactly what "output-only" trains: say so.
             warnings.warn(f"freeze {config.freeze!r} trains {', '.join(missing)}, but this model ({backbone.arch}) "
                           "has no such parameters; the preset trains the same as one without them", stacklevel=2)
+
+    @staticmethod
+    def _check_fixed_grid(backbone: Backbone, spec: TaskSpec, readout: str, tokens: int) -> None:
+        """A backbone that takes exactly one sequence length (Swin: its patch grid) and is read pooled."""
+        n = backbone.sequence_length
+        problems = []
+        if tokens != n:
+            problems.append(f"the task gives {spec.max_tokens} tokens" + (" (+1 summary token)" if tokens != spec.max_tokens
+                                                                          else ""))
+        if spec.padded:
+            problems.append("the task's sequences vary in length (padded), and its windows take no padding mask")
+        if readout != "mean":
+            problems.append(f"readout {readout!r} reads token positions, which its patch merging does not keep")
+        if problems:
+            raise ValueError(
+                f"backbone {backbone.name!r} ({backbone.arch}) takes exactly its patch grid of {n} tokens of width "
+                f"{backbone.input_size} and its head reads the pooled output (readout mean); " + "; ".join(problems)
+                + ". Use a task (or patch size) that gives exactly that many tokens, per-sequence labels and the mean "
+                "read-out, or a ViT-style backbone (vit, deit, dinov2), which takes any length")
 
     @staticmethod
     def _choose_readout(asked: str | None, spec: TaskSpec, backbone: Backbone) -> str:
@@ -186,6 +212,11 @@ class FPT(nn.Module):
         return self.read_out(hidden, mask)
 
     def read_out(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if self.readout == "tokens":
+            return self._read_tokens(hidden, mask)
+        return self.backbone.pool(self._read_pooled(hidden, mask))  # BEiT: its mean-pooling norm
+
+    def _read_pooled(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if self.readout == "first":
             return hidden[:, :1]
         if self.readout == "mean":
@@ -193,6 +224,9 @@ class FPT(nn.Module):
                 return hidden.mean(1, keepdim=True)
             m = mask.unsqueeze(-1).to(hidden.dtype)
             return (hidden * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1)
+        return self._read_tokens(hidden, mask)  # "last": the last real token
+
+    def _read_tokens(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if mask is None:
             return hidden[:, -self.readout_tokens:]
         # Right padding: the last real token of row b is at lengths[b] - 1, never a pad.

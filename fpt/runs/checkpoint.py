@@ -114,6 +114,7 @@ def build_model(config: RunConfig, task=None) -> FPT:
     backbone = load_backbone(
         config.backbone, init=config.init, layers=config.layers, seed=config.seed,
         attn_implementation=config.attn_implementation, trust_remote_code=config.trust_remote_code,
+        revision=config.backbone_revision,
         lstm_width=config.lstm_width, dropout=config.backbone_dropout, lstm_kind=config.lstm_kind,
     )
     with torch.random.fork_rng(devices=[]):

@@ -95,6 +95,10 @@ def fit(config: RunConfig, resume: bool = False, enable_progress_bar: bool | Non
         print(f"fpt: {config.task} on {config.backbone} ({config.init}, {module.model.backbone.num_layers} layers), "
               f"freeze={config.freeze}: {counts['trainable']:,} trainable of {counts['total']:,} parameters "
               f"({100 * counts['trainable'] / counts['total']:.3f}%)", flush=True)
+        if module.model.inferred_rules_yaml:  # said once per run: what froze, as the rules a user could write
+            rules = "\n".join("  " + line for line in module.model.inferred_rules_yaml.splitlines())
+            print(f"fpt: {module.model.backbone.arch} has no entry in fpt's module map; freezing rules read from its "
+                  f"modules (put them in the config to change them):\n{rules}", flush=True)
         if config.steps % config.eval_every:  # the last step is always validated (fpt.training.callbacks.ResumeCheckpoint)
             when_ = (f"every {config.eval_every} steps and at the last step ({config.steps})"
                      if config.steps > config.eval_every else f"at the last step ({config.steps}) only: --steps "

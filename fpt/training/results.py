@@ -30,6 +30,11 @@ def _results(config, module, trainer, test_metrics, train_seconds, seconds) -> d
         "device": device, "precision": precision, "label": config.label,
         "world_size": int(trainer.world_size),  # processes that shared each global batch (DDP)
         "backbone_identity": module.model.backbone.identity(),  # incl. source_* for run:PATH backbones
+        # how the backbone was built (class, attention implementation, positions, read-out) and what froze:
+        # where the freezing rules came from (map / inferred / freeze_rules), the rules, parameters per group
+        "backbone_build": {**module.model.backbone.build, "freeze_rules_from": module.model.freeze_source,
+                           "freeze_rules": module.model.inferred_rules or config.freeze_rules,
+                           "parameter_groups": module.model.group_counts},
         "skipped_steps": module.bad_steps_total,
         # all threads of the process, every invocation
         "cpu_seconds": round(sum(i["cpu_seconds"] or 0 for i in invocations), 2),
