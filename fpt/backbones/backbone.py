@@ -17,6 +17,10 @@ Init = Literal["pretrained", "random"]
 OFFLINE_DEFAULT = "smollm2-135m"
 
 
+class FamilyRefused(ValueError):
+    """A model family fpt cannot feed with its own input sequence; the message says why and what to do."""
+
+
 @dataclass(frozen=True)
 class BuildOptions:
     """How to build a backbone: every loader receives these (one new option = one new field here)."""

@@ -65,7 +65,7 @@ class VisionOnEmbeddings(nn.Module):
                              "elsewhere; vision backbones need transformers >= 5 (pip install -U transformers)")
         if getattr(config, "use_relative_position_bias", False) or getattr(config, "use_shared_relative_position_bias",
                                                                             False):
-            from fpt.backbones.families import FamilyRefused
+            from fpt.backbones.backbone import FamilyRefused
 
             raise FamilyRefused(
                 f"this {config.model_type} uses a relative position bias indexed by pairs of cells of its "

@@ -28,13 +28,11 @@ import sys
 import torch
 from torch import nn
 
+from fpt.backbones.backbone import FamilyRefused  # noqa: F401  (raised here; defined below every loader)
+
 VIT_LIKE = ("dinov2", "beit")  # beside the map's vit and deit: blocks fed any sequence (encoders.VisionOnEmbeddings)
 HIERARCHICAL = ("swin",)  # patch grid in, pooled last stage out (encoders.SwinOnEmbeddings)
 _SAID: set[tuple[str, str]] = set()  # (family, what) said once per process
-
-
-class FamilyRefused(ValueError):
-    """A family fpt cannot feed with its own input sequence; the message says why and what to do."""
 
 
 def say_once(family: str, text: str) -> None:
