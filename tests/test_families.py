@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from conftest import save_config_dir  # noqa: E402
 from fpt.backbones.freeze import PRESETS, assign_groups  # noqa: E402
 from fpt.model import FPT, ModelConfig  # noqa: E402
-from fpt.tasks import TaskSpec  # noqa: E402
+from fpt.data.splits import TaskSpec  # noqa: E402
 
 H = 32  # width of every tiny model
 _TEXT = dict(num_hidden_layers=2, hidden_size=H, intermediate_size=64, num_attention_heads=4, vocab_size=128,
@@ -551,7 +551,7 @@ def test_fit_records_the_revision_the_rules_and_the_attention(hub_cache, tmp_pat
     freezing rules once, and results.json says how the backbone was built and what froze."""
     import json
 
-    from fpt.cli import main
+    from fpt.cli.main import main
 
     run_dir = tmp_path / "run"
     assert main(["fit", "--task", "bit-xor", "-o", "n_bits=3", "-o", "val_samples=16", "-o", "test_samples=16",

@@ -44,7 +44,7 @@ def count(name: str, freeze: str = "fpt") -> dict:
 
     from fpt.backbones import load_backbone
     from fpt.model import FPT, ModelConfig
-    from fpt.tasks import TaskSpec
+    from fpt.data.splits import TaskSpec
 
     cls, values, _ = REAL_CONFIGS[name]
     directory = tempfile.mkdtemp(prefix="fpt-sizes-")
