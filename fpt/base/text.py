@@ -1,4 +1,5 @@
-"""Small text helpers shared by every layer: spelling suggestions and the descriptions of shipped files.
+"""Small text helpers shared by every layer: spelling suggestions, the descriptions of shipped files, and how
+a metric is written in a table (:func:`format_metric`, the one formatter of sweeps, status lines and reports).
 
 It imports nothing from fpt, so any module may use it.
 """
@@ -6,7 +7,8 @@ It imports nothing from fpt, so any module may use it.
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+import math
+from typing import Any, Iterable
 
 
 def close_matches(name: str, choices: Iterable[str], n: int = 3, cutoff: float = 0.5) -> list[str]:
@@ -41,3 +43,22 @@ def description(yaml_text: str) -> str:
             break
         lines.append(text)
     return " ".join(lines)
+
+
+PERCENT_METRICS = ("accuracy", "exact_accuracy")  # written in percent; other metrics (rmse, mae) as they are
+
+
+def as_percent(fraction: Any) -> float | None:
+    """An accuracy (a fraction) in percent, None kept."""
+    return None if fraction is None else 100 * float(fraction)
+
+
+def format_metric(value: Any, metric: str, std: float | None = None, n: int = 1) -> str:
+    """A metric in a table: accuracies in percent with one decimal, other metrics to 4 significant digits;
+    ``"-"`` when missing (None or NaN); with ``std`` and more than one value (``n``), `` ± std`` after it."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    spread = std is not None and n > 1
+    if metric in PERCENT_METRICS:
+        return f"{100 * float(value):.1f}" + (f" ± {100 * std:.1f}" if spread else "")
+    return f"{float(value):.4g}" + (f" ± {std:.2g}" if spread else "")

@@ -13,8 +13,9 @@ from fpt.config.files import build_config
 from fpt.model.objectives import headline, test_score, val_score
 from fpt.runs.rundir import LOCK_NAME, RunLock, move_aside
 from fpt.experiments.plan import Plan, save_plan, trial_state
-from fpt.experiments.status import _mark, _value
+from fpt.experiments.status import _mark
 from fpt.experiments.summary import write_summary
+from fpt.base.text import format_metric
 
 
 def execute_trial(values: dict[str, Any], log_path: str | None = None) -> dict[str, Any]:
@@ -66,9 +67,9 @@ def describe_outcome(name: str, outcome: dict[str, Any], where: str = "") -> str
         return f"{where}{name}: {outcome['state'].upper()} ({outcome['error']})"
     r = outcome["results"]
     metric = headline(r)[0]
-    return (f"{where}{name}: {outcome['state']}  val {_value(val_score(r), metric)}  "
-            f"test {_value(test_score(r), metric)} at the best validation "
-            f"({_value(test_score(r, at='final'), metric)} final)  ({r.get('steps')} steps, {r.get('seconds', 0):.0f} s)")
+    return (f"{where}{name}: {outcome['state']}  val {format_metric(val_score(r), metric)}  "
+            f"test {format_metric(test_score(r), metric)} at the best validation "
+            f"({format_metric(test_score(r, at='final'), metric)} final)  ({r.get('steps')} steps, {r.get('seconds', 0):.0f} s)")
 
 
 def _init_worker(threads: int | None) -> None:

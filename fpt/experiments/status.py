@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-import math
 import time
 from typing import Any
 
@@ -13,6 +12,7 @@ from fpt.runs.checkpoint import checkpoint_step, results_or_none
 from fpt.model.objectives import headline, test_score, val_score
 from fpt.runs.rundir import LOCK_NAME, _pid_alive
 from fpt.experiments.plan import Trial, load_plan
+from fpt.base.text import format_metric
 
 FAILED_MARK = "failed: "  # after "== <time> " in a trial's log: the trial ended with this error
 
@@ -29,17 +29,6 @@ def _mark(log, what: str, text: str) -> None:
 
 
 # -- the summary --------------------------------------------------------------------------------
-def _pct(x: Any) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * float(x):.1f}"
-
-
-def _value(x: Any, metric: str) -> str:
-    """Accuracies in %, other metrics (rmse) as they are."""
-    if metric in ("accuracy", "exact_accuracy"):
-        return _pct(x)
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{float(x):.4g}"
-
-
 def _tail(path: Path, size: int = 8192) -> list[str]:
     """The last lines of a (possibly large) log file."""
     try:
@@ -94,8 +83,8 @@ def trial_status(trial: Trial) -> dict[str, Any]:
     results = results_or_none(run_dir)
     if results is not None:
         metric = headline(results)[0]
-        return {"status": "finished", "detail": f"val {_value(val_score(results), metric)}  test "
-                                                f"{_value(test_score(results), metric)} ({results.get('steps')} steps)"}
+        return {"status": "finished", "detail": f"val {format_metric(val_score(results), metric)}  test "
+                                                f"{format_metric(test_score(results), metric)} ({results.get('steps')} steps)"}
     owner = _lock_owner(run_dir)
     if owner is not None:
         step = checkpoint_note(run_dir)

@@ -13,6 +13,7 @@ from fpt.base.io import atomic_write_json, atomic_write_text
 from fpt.model.objectives import better, headline, test_score, val_score
 from fpt.experiments.plan import Plan, Trial, load_plan
 from fpt.experiments.status import logged_outcome
+from fpt.base.text import format_metric
 
 
 def _stats(values: list[float]) -> dict[str, Any]:
@@ -109,13 +110,9 @@ def summarize(plan: Plan, outcomes: dict[str, dict[str, Any]] | None = None) -> 
     }
 
 
-def _mean_std(stats: dict[str, Any], metric: str = "accuracy") -> str:
-    if stats["mean"] is None:
-        return "-"
-    if metric not in ("accuracy", "exact_accuracy"):  # rmse: as it is
-        return f"{stats['mean']:.4g}" + (f" ± {stats['std']:.2g}" if stats["n"] > 1 else "")
-    text = f"{100 * stats['mean']:.1f}"
-    return text + (f" ± {100 * stats['std']:.1f}" if stats["n"] > 1 else "")
+def _of(stats: dict[str, Any], metric: str) -> str:
+    """A setting's mean ± std over seeds (``_stats``), written by the one metric formatter."""
+    return format_metric(stats["mean"], metric, stats["std"], stats["n"])
 
 
 def render_markdown(summary: dict[str, Any]) -> str:
@@ -140,17 +137,17 @@ def render_markdown(summary: dict[str, Any]) -> str:
         steps = s["steps_to_target"]
         reached = f"{steps['mean']:.0f} ({steps['n']}/{s['done']})" if steps["mean"] is not None else "-"
         metric = s.get("metric", "accuracy")
-        lines.append(f"| {s['variant'] or '-'} | {name} | {s['done']}/{len(s['seeds'])} | {_mean_std(s['val'], metric)} | "
-                     f"{_mean_std(s['test'], metric)} | {_mean_std(s['test_final'], metric)} | {reached} | {paper} | "
+        lines.append(f"| {s['variant'] or '-'} | {name} | {s['done']}/{len(s['seeds'])} | {_of(s['val'], metric)} | "
+                     f"{_of(s['test'], metric)} | {_of(s['test_final'], metric)} | {reached} | {paper} | "
                      f"{differs or '-'} | {s['seconds']:.0f} |")
     lines += ["", "Chosen on validation:", ""]
     by_name = {s["setting"]: s for s in summary["settings"]}
     for variant, setting in summary["chosen"].items():
         s = by_name[setting]
         metric = s.get("metric", "accuracy")
-        lines.append(f"- {variant}: `{setting}`: test {metric} at the best validation {_mean_std(s['test'], metric)} "
-                     f"({s['test']['n']} seeds; final weights {_mean_std(s['test_final'], metric)}), "
-                     f"val {_mean_std(s['val'], metric)}")
+        lines.append(f"- {variant}: `{setting}`: test {metric} at the best validation {_of(s['test'], metric)} "
+                     f"({s['test']['n']} seeds; final weights {_of(s['test_final'], metric)}), "
+                     f"val {_of(s['val'], metric)}")
     failed = [t for t in summary["trials"] if t["status"] == "failed"]
     if failed:
         lines += ["", "Failed trials:", ""] + [f"- {t['run_dir']}: {t.get('error', '')}" for t in failed]

@@ -12,6 +12,7 @@ import yaml
 
 from fpt.results import reference
 from fpt.runs.checkpoint import read_results
+from fpt.base.text import as_percent
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
@@ -97,10 +98,6 @@ def _freeze_text(freeze: Any) -> str:
     return freeze if isinstance(freeze, str) else "+".join(freeze)
 
 
-def _pct(x: Any) -> float | None:
-    return None if x is None else 100 * float(x)
-
-
 def run_row(run_dir: Path, results: dict[str, Any] | None = None) -> dict[str, Any]:
     """One report row: our numbers and the published one for the same setting and task variant."""
     r = results or read_results(run_dir)
@@ -127,16 +124,16 @@ def run_row(run_dir: Path, results: dict[str, Any] | None = None) -> dict[str, A
         "setting": setting or "",
         "protocol": reference.protocol_of(r),
         "variant": comparison.variant,
-        "test_accuracy": _pct(test.get("accuracy")),
-        "test_accuracy_at_best_val": _pct(at_best.get("accuracy")),
+        "test_accuracy": as_percent(test.get("accuracy")),
+        "test_accuracy_at_best_val": as_percent(at_best.get("accuracy")),
         # the paper's own form where it scaled its numbers (remote homology: x 0.9739), else None
-        "test_accuracy_as_published": _pct(test.get("accuracy_as_published")),
+        "test_accuracy_as_published": as_percent(test.get("accuracy_as_published")),
         "paper_accuracy": ref.accuracy if ref else None,
         "paper_source": ref.label() if ref else "",
         "differences": "; ".join(comparison.differences) if ref else "",
         "paper_note": paper_note,
-        "val_best_accuracy": None if val.get("best_accuracy") is None else 100 * val["best_accuracy"],
-        "target_accuracy": None if val.get("target_accuracy") is None else 100 * val["target_accuracy"],
+        "val_best_accuracy": as_percent(val.get("best_accuracy")),
+        "target_accuracy": as_percent(val.get("target_accuracy")),
         "steps_to_target": val.get("first_step_at_target"),
         "paper_steps_to_converge": reference.paper_steps(task, setting),
         "batch_size": r.get("batch_size"),

@@ -12,6 +12,7 @@ import numpy as np
 from fpt.results import reference, ts_reference
 from fpt.results.figures import _accuracy_axis, _figure, _save
 from fpt.results.rows import _freeze_text, _num, _short_backbone, read_curve
+from fpt.base.text import format_metric
 
 
 # -- time series (the timeseries task): our runs next to the field's published baselines -------------
@@ -24,14 +25,6 @@ TS_SETTING_NAMES = {"fpt": "FPT (pretrained, frozen)", "frozen-random": "frozen 
 
 
 TS_METHODS = ("HIVE-COTE 2", "MultiRocket", "ROCKET", "1-NN DTW", "GPT4TS")
-
-
-def _ts_fmt(value: float | None, metric: str, std: float | None = None, n: int = 1) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if metric in ("accuracy", "exact_accuracy"):
-        return f"{100 * value:.1f}" + (f" ± {100 * std:.1f}" if std is not None and n > 1 else "")
-    return f"{value:.4g}" + (f" ± {std:.2g}" if std is not None and n > 1 else "")
 
 
 def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
@@ -105,7 +98,7 @@ def _verdict(problem: str, chosen: dict[str, dict[str, Any]], published: list) -
         diff = (fpt["test_mean"] - other["test_mean"]) * (1 if higher else -1)
         spread = max(fpt["test_std"] or 0, other["test_std"] or 0)
         word = "ties with" if abs(diff) <= spread or diff == 0 else ("beats" if diff > 0 else "loses to")
-        parts.append(f"{word} {name} ({_ts_fmt(fpt['test_mean'], metric)} vs {_ts_fmt(other['test_mean'], metric)}"
+        parts.append(f"{word} {name} ({format_metric(fpt['test_mean'], metric)} vs {format_metric(other['test_mean'], metric)}"
                      f"{', within one std' if word == 'ties with' and diff else ''})")
     if published:
         best = (max if higher else min)(published, key=lambda p: p.value)
@@ -146,12 +139,12 @@ def timeseries_section(run_dirs: list[Path], results: dict[Path, dict[str, Any]]
         cells = []
         for s in settings:
             g = chosen.get(s)
-            cells.append("-" if g is None else f"{_ts_fmt(g['test_mean'], metric, g['test_std'], len(g['seeds']))} "
+            cells.append("-" if g is None else f"{format_metric(g['test_mean'], metric, g['test_std'], len(g['seeds']))} "
                                               f"(lr {g['lr']:g}, {len(g['seeds'])} seed{'s' * (len(g['seeds']) != 1)})")
         pub = {p.method: f"{p.value:g}" for p in published}
         trivial = (rows[0]["data"].get("trivial_baseline") or {}).get(metric)
         lines.append(f"| {problem} | {metric} | " + " | ".join(cells) + " | "
-                     + " | ".join(pub.get(m, "-") for m in TS_METHODS) + f" | {_ts_fmt(trivial, metric)} |")
+                     + " | ".join(pub.get(m, "-") for m in TS_METHODS) + f" | {format_metric(trivial, metric)} |")
         verdicts.append(_verdict(problem, chosen, published))
         figures[f"learning curves, timeseries {problem}"] = _save(
             timeseries_curve_figure(problem, [g for g in rows if g["chosen"]], results),
@@ -168,8 +161,9 @@ def timeseries_section(run_dirs: list[Path], results: dict[Path, dict[str, Any]]
     for g in table:
         name = TS_SETTING_NAMES.get(g["setting"], g["setting"])
         lines.append(f"| {g['problem']} | {'**' + name + '**' if g['chosen'] else name} | {g['backbone']} | {g['layers']} | "
-                     f"{g['lr']:g} | {len(g['seeds'])} | {_ts_fmt(g['val_mean'], g['metric'], g['val_std'], len(g['seeds']))} | "
-                     f"{_ts_fmt(g['test_mean'], g['metric'], g['test_std'], len(g['seeds']))} | {g['steps']} | "
+                     f"{g['lr']:g} | {len(g['seeds'])} | "
+                     f"{format_metric(g['val_mean'], g['metric'], g['val_std'], len(g['seeds']))} | "
+                     f"{format_metric(g['test_mean'], g['metric'], g['test_std'], len(g['seeds']))} | {g['steps']} | "
                      f"{_num(g['seconds'], 0)} | {_num(g['cpu_seconds'], 0)} |")
     lines += ["", "Sources of the published numbers:", ""] + [f"- `{k}`: {v}" for k, v in ts_reference.TS_CITATIONS.items()]
     if figures:
