@@ -24,15 +24,10 @@ from fpt.bench import add_bench_parser
 from fpt.bench import main as bench_main
 from fpt.config.run import FIELDS, RESUMABLE, RunConfig
 from fpt.config.files import (
-    build_config,
     changed_options,
     is_shipped_preset,
     list_presets,
     load_config,
-    merge,
-    note_changes_in_label,
-    preset_keys,
-    read_yaml,
 )
 from fpt.runs.checkpoint import NonFiniteWeightsError
 from fpt.data.cifar import UnsafePickleError
@@ -48,6 +43,7 @@ from fpt.runs.rundir import RunLockedError
 from fpt.experiments.files import list_experiments
 from fpt.experiments.study import list_studies
 from fpt.tasks import list_tasks
+from fpt.config.files import assemble, assemble_config
 
 
 def _parse_task_option(text: str) -> tuple[str, Any]:
@@ -148,23 +144,6 @@ def _flags(args) -> dict[str, Any]:
     return flags
 
 
-def given_options(args) -> dict[str, Any]:
-    """The options given on the command line: ``--config`` (a file or preset), then flags and ``-o`` on top."""
-    flags = _flags(args)
-    if not args.config:
-        return flags
-    written = read_yaml(args.config)
-    return note_changes_in_label(written, merge(written, flags))  # a preset's label says what the flags changed
-
-
-def protocol_may_override(args) -> set[str]:
-    """The keys that ``--protocol`` may override: a shipped preset's, unless a flag set them too (your
-    own YAML file's keys and flags always win over the protocol; fpt/config/protocols.py)."""
-    if not args.config or not is_shipped_preset(args.config):
-        return set()
-    return preset_keys(read_yaml(args.config)) - preset_keys(_flags(args))
-
-
 def resume_config(run_dir: Path, given: dict[str, Any]) -> RunConfig:
     """The run's own config with ``given`` on top. Options equal to the run's are accepted (re-running the
     original command with --resume appended works); of the others, only how and when it runs may change."""
@@ -181,20 +160,20 @@ def resume_config(run_dir: Path, given: dict[str, Any]) -> RunConfig:
         raise ValueError(f"--resume continues a run with its own config; these options differ from the run's: {listed}. "
                          f"Only {', '.join(sorted(RESUMABLE - {'run_dir'}))} may change (start a new run with another "
                          f"--run-dir for the others)")
-    return build_config(merge(config.to_dict(), given))
+    return assemble_config((config.to_dict(), set()), per_run=given)
 
 
 def _fit(args) -> int:
     from fpt.training.fitting import fit
 
-    given = given_options(args)
     if args.resume:
         if args.overwrite:
             raise ValueError("--resume continues the run in place; --overwrite starts a new one: use one of them")
+        given, _ = assemble(args.config, _flags(args))  # the preset (if any) and flags, compared with the run's
         config = resume_config(Path(args.resume), given)
         results = fit(config, resume=True, enable_progress_bar=not args.no_progress_bar and None)
     else:
-        config = build_config(given, protocol_may_override(args))
+        config = assemble_config(args.config, _flags(args))
         try:
             results = fit(config, enable_progress_bar=not args.no_progress_bar and None, overwrite=args.overwrite)
         except OSError as err:

@@ -99,14 +99,17 @@ def read_yaml(path_or_preset: str) -> dict[str, Any]:
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """``overrides`` on top of ``base`` (flat option dicts); ``task_options`` are merged key by key."""
+    """``overrides`` on top of ``base`` (flat option dicts; ``-`` in a key read as ``_``): a ``task_options``
+    mapping, or a ``task_options.NAME`` key, updates the task options key by key instead of replacing them."""
     out = dict(base)
     for key, value in overrides.items():
-        if key == "task_options" and isinstance(value, dict):
-            base_options = out.get(key) or {}  # an empty `task_options:` in YAML is None
+        key = key.replace("-", "_")
+        if key.startswith("task_options.") or (key == "task_options" and isinstance(value, dict)):
+            base_options = out.get("task_options") or {}  # an empty `task_options:` in YAML is None
             if not isinstance(base_options, dict):  # not a TypeError traceback
                 raise ValueError(f"option 'task_options' must be a mapping, got {base_options!r}")
-            out[key] = {**base_options, **value}
+            update = {key.split(".", 1)[1]: value} if key.startswith("task_options.") else value
+            out["task_options"] = {**base_options, **update}
         else:
             out[key] = value
     return out
@@ -215,3 +218,37 @@ def preset_keys(data: dict[str, Any]) -> set[str]:
     keys = {k.replace("-", "_") for k in data}
     keys |= {f"task_options.{k}" for k in (data.get("task_options") or {})}
     return keys
+
+
+# -- putting a run's config together: one path for fit, resume, sweeps (and studies) -------------------
+def preset_values(preset: str | None) -> tuple[dict[str, Any], set[str]]:
+    """What a preset name or YAML file sets (``{}`` for None), and the keys of it that ``--protocol`` may
+    override: a shipped preset's (precedence: preset < protocol < your own YAML < flags; fpt/config/protocols.py)."""
+    if not preset:
+        return {}, set()
+    written = read_yaml(preset)
+    return written, (preset_keys(written) if is_shipped_preset(preset) else set())
+
+
+def assemble(preset: str | tuple[dict[str, Any], set[str]] | None = None, given: dict[str, Any] | None = None,
+             per_run: dict[str, Any] | None = None) -> tuple[dict[str, Any], set[str]]:
+    """The flat options of one run, and the keys the protocol may still override (what ``build_config`` and
+    ``fpt.config.protocols.resolve`` take).
+
+    ``preset``: a preset name or YAML file (or what :func:`preset_values` read from one); ``given``: what
+    the user set for this run on top (flags and ``-o``, a sweep's ``--set``), which the preset's label then
+    names (:func:`note_changes_in_label`); ``per_run``: what the caller sets for each run and the label does
+    not name (a sweep's variant, grid values, seed, threads and run directory; the options a resume
+    changes). Documentation keys (``description``...) are dropped."""
+    written, from_preset = preset if isinstance(preset, tuple) else preset_values(preset)
+    given, per_run = given or {}, per_run or {}
+    values = note_changes_in_label(written, merge(written, given))
+    values = merge({k: v for k, v in values.items() if k not in DOCUMENTATION_KEYS}, per_run)
+    return values, from_preset - preset_keys({**given, **per_run})
+
+
+def assemble_config(preset: str | tuple[dict[str, Any], set[str]] | None = None, given: dict[str, Any] | None = None,
+                    per_run: dict[str, Any] | None = None) -> RunConfig:
+    """The validated ``RunConfig`` of one run: :func:`assemble`, the protocol, then every option checked."""
+    values, may_override = assemble(preset, given, per_run)
+    return build_config(values, may_override)

@@ -12,12 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from fpt.config.files import (
-    DOCUMENTATION_KEYS,
     build_config,
-    is_shipped_preset,
-    note_changes_in_label,
     preset_dir,
-    preset_keys,
     read_yaml,
 )
 from fpt.model.fastpath import physical_cores
@@ -25,6 +21,7 @@ from fpt.base.io import atomic_write_json
 from fpt.config.protocols import resolve
 from fpt.config.run import MACHINERY
 from fpt.experiments.files import Experiment, load_experiment
+from fpt.config.files import assemble, merge, preset_values
 
 # MACHINERY (fpt.config): options that only say *how* a trial runs (declared with role "how"): they may
 # differ between the command that started a trial and the one that resumes or re-checks it.
@@ -32,21 +29,6 @@ from fpt.experiments.files import Experiment, load_experiment
 INHERITED_BY_SOURCES = ("backbone", "layers", "lstm_width", "attn_implementation", "trust_remote_code",
                         "backbone_revision", "device",
                         "precision", "num_threads", "protocol", "lstm_kind")
-
-
-def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``overrides`` into a flat config dict; ``task_options.KEY`` and a ``task_options``
-    mapping update the task options instead of replacing them."""
-    out = dict(values)
-    for key, value in overrides.items():
-        key = key.replace("-", "_")
-        if key.startswith("task_options."):
-            out["task_options"] = {**out.get("task_options", {}), key.split(".", 1)[1]: value}
-        elif key == "task_options" and isinstance(value, dict):
-            out["task_options"] = {**out.get("task_options", {}), **value}
-        else:
-            out[key] = value
-    return out
 
 
 def _fmt(value: Any) -> str:
@@ -117,17 +99,14 @@ def _plan_sources(exp: Experiment | None, preset: str, base: dict[str, Any], roo
         if "preset" not in spec:
             raise ValueError(f"experiment {exp.name!r}: source {source_name!r} needs a 'preset'")
         source_preset = _source_preset(str(spec.pop("preset")), _is_small(preset, base))
-        values = read_yaml(source_preset)
-        for key in DOCUMENTATION_KEYS:
-            values.pop(key, None)
-        values = apply_overrides(values, {k: base[k] for k in INHERITED_BY_SOURCES if k in base})
+        written, source_keys = preset_values(source_preset)
+        written = merge(written, {k: base[k] for k in INHERITED_BY_SOURCES if k in base})
         for key in INHERITED_BY_SOURCES:
             if key not in base:
-                values.pop(key, None)  # the swept config uses the default: so does its source
-        values = apply_overrides(values, {**spec, "seed": 0, **machinery})
-        values["run_dir"] = str(root / "sources" / source_name)
-        source_keys = preset_keys(read_yaml(source_preset)) if is_shipped_preset(source_preset) else set()
-        values = resolve(values, source_keys - preset_keys(spec))  # the protocol's settings (fpt.config.protocols)
+                written.pop(key, None)  # the swept config uses the default: so does its source
+        values, may_override = assemble((written, source_keys),
+                                        per_run={**spec, "seed": 0, **machinery, "run_dir": str(root / "sources" / source_name)})
+        values = resolve(values, may_override)  # the protocol's settings (fpt.config.protocols)
         values["label"] = (str(values.get("label", "")) + f" [source {source_name} of {name}]").strip()
         build_config(values)
         sources[source_name] = (values, root / "sources" / source_name)
@@ -139,12 +118,9 @@ def make_plan(preset: str, *, experiment: str | Experiment | None = None, grid: 
               sweep_dir: str | Path | None = None, threads: int | None = None, parallel: int = 1,
               command: str = "") -> Plan:
     """Every trial of a sweep, each config validated (a typo fails here, before anything runs)."""
-    preset_values = read_yaml(preset)
-    # keys a shipped preset set, which --set protocol=paper may override (fpt.config.protocols: preset < protocol < yours)
-    from_preset = preset_keys(preset_values) if is_shipped_preset(preset) else set()
-    base = note_changes_in_label(preset_values, apply_overrides(preset_values, sets or {}))  # --set vs the label
-    for key in DOCUMENTATION_KEYS:
-        base.pop(key, None)
+    # read once; its keys that --set protocol=paper may override (fpt.config.protocols: preset < protocol < yours)
+    written = preset_values(preset)
+    base, _ = assemble(written, sets)  # the label names what --set changed
     exp = experiment if isinstance(experiment, Experiment) else load_experiment(experiment) if experiment else None
     full_grid: dict[str, list[Any]] = dict(exp.grid) if exp else {}
     full_grid.update({k.replace("-", "_"): v for k, v in (grid or {}).items()})
@@ -173,12 +149,10 @@ def make_plan(preset: str, *, experiment: str | Experiment | None = None, grid: 
             parts = ([variant] if variant else []) + [f"{k}={_fmt(v)}" for k, v in params.items()]
             setting = _slug("_".join(parts)) if parts else "base"
             for seed in seed_list:
-                values = apply_overrides(apply_overrides(base, overrides), params)
-                values = apply_overrides(values, {"seed": seed, **machinery})
                 run_dir = root / setting / f"s{seed}"
-                values["run_dir"] = str(run_dir)
-                explicit = preset_keys({**(sets or {}), **overrides, **params})
-                values = resolve(values, from_preset - explicit)  # the protocol's settings, stored with the trial
+                values, may_override = assemble(written, sets, {**overrides, **params, "seed": seed, **machinery,
+                                                                "run_dir": str(run_dir)})
+                values = resolve(values, may_override)  # the protocol's settings, stored with the trial
                 build_config(values)
                 trials.append(Trial(variant, params, seed, values, setting, run_dir))
     if len({t.run_dir for t in trials}) != len(trials):
