@@ -5,10 +5,14 @@ from __future__ import annotations
 import hashlib
 import inspect
 from typing import Literal
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
+
+from fpt.config.run import FIELDS
+
+LSTM_KINDS = FIELDS["lstm_kind"].metadata["choices"]  # declared once, with the option (fpt/config/run.py)
 
 Init = Literal["pretrained", "random"]
 
@@ -21,28 +25,40 @@ class FamilyRefused(ValueError):
     """A model family fpt cannot feed with its own input sequence; the message says why and what to do."""
 
 
+def _default(name: str):
+    return FIELDS[name].default  # RunConfig's declaration is the one place of each option's default
+
+
 @dataclass(frozen=True)
 class BuildOptions:
-    """How to build a backbone: every loader receives these (one new option = one new field here)."""
+    """How to build a backbone: every loader receives these (one new option = one new field here, named as
+    its RunConfig field, which gives its default and its help; :meth:`from_config` fills them from a config)."""
 
-    init: str = "pretrained"  # "pretrained" (load the weights) or "random" (same architecture, seeded weights)
-    layers: int | None = None  # keep only the first K blocks (None: all)
-    seed: int = 0  # seed of the random weights under init="random"
-    attn_implementation: str = "sdpa"  # "sdpa" (fast) or "eager" (needed to read attention weights)
-    trust_remote_code: bool = False  # run Python code shipped with a hub model (never by default)
-    revision: str | None = None  # a hub model's pinned revision (a commit hash, branch or tag); None: main
-    lstm_width: int = 768  # hidden size of the LSTM baseline
-    lstm_kind: str = "torch"  # the LSTM baseline: "torch" (nn.LSTM) or "layernorm" (the 2021 code's, lnlstm.py)
-    # the backbone's dropout probability, or "keep" its own config's (fpt.backbones._set_dropout; default off)
-    dropout: float | str = 0.0
+    init: str = _default("init")  # "pretrained" (load the weights) or "random" (same architecture, seeded weights)
+    layers: int | None = _default("layers")  # keep only the first K blocks (None: all)
+    seed: int = _default("seed")  # seed of the random weights under init="random"
+    attn_implementation: str = _default("attn_implementation")  # "sdpa" (fast) or "eager" (reads attention weights)
+    trust_remote_code: bool = _default("trust_remote_code")  # run Python code shipped with a hub model (never by default)
+    revision: str | None = _default("backbone_revision")  # a hub model's pinned revision (commit, branch, tag); None: main
+    lstm_width: int = _default("lstm_width")  # hidden size of the LSTM baseline
+    lstm_kind: str = _default("lstm_kind")  # the LSTM baseline: RunConfig.lstm_kind's choices (lstm.py, lnlstm.py)
+    # the backbone's dropout probability, or "keep" its own config's (hf._set_dropout); RunConfig.backbone_dropout
+    dropout: float | str = _default("backbone_dropout")
+
+    @classmethod
+    def from_config(cls, config) -> "BuildOptions":
+        """The options of a RunConfig's backbone: each field from the config field of the same name
+        (``dropout`` and ``revision`` are ``backbone_dropout`` and ``backbone_revision`` there)."""
+        renamed = {"dropout": "backbone_dropout", "revision": "backbone_revision"}
+        return cls(**{f.name: getattr(config, renamed.get(f.name, f.name)) for f in fields(cls)})
 
     def __post_init__(self):
         if self.init not in ("pretrained", "random"):
             raise ValueError(f"init must be 'pretrained' or 'random', got {self.init!r}")
         if self.attn_implementation not in ("sdpa", "eager"):
             raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', got {self.attn_implementation!r}")
-        if self.lstm_kind not in ("torch", "layernorm"):
-            raise ValueError(f"lstm_kind must be torch or layernorm, got {self.lstm_kind!r}")
+        if self.lstm_kind not in LSTM_KINDS:
+            raise ValueError(f"lstm_kind must be {' or '.join(LSTM_KINDS)}, got {self.lstm_kind!r}")
         if self.dropout != "keep" and not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
             raise ValueError(f"backbone dropout must be a probability in [0, 1) or 'keep', got {self.dropout!r}")
         # checked here, before any file is read: a bad number is never blamed on a model file

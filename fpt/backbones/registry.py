@@ -35,7 +35,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from fpt.backbones.backbone import OFFLINE_DEFAULT, Backbone, BuildOptions, Init
+from fpt.backbones.backbone import OFFLINE_DEFAULT, Backbone, BuildOptions
 from fpt.backbones.cache import load_through_cache  # fpt study: one load per process and identity
 from fpt.backbones.names import check_backbone_name
 
@@ -148,20 +148,16 @@ def create_backbone(name: str, options: BuildOptions) -> Any:
     return source.load(name, options)
 
 
-def load_backbone(name: str = OFFLINE_DEFAULT, *, init: Init = "pretrained", layers: int | None = None,
-                  seed: int = 0, attn_implementation: str = "sdpa", trust_remote_code: bool = False,
-                  lstm_width: int = 768, dropout: float | str = 0.0, lstm_kind: str = "torch",
-                  revision: str | None = None) -> Backbone:
+def load_backbone(name: str = OFFLINE_DEFAULT, options: BuildOptions | None = None, **fields: Any) -> Backbone:
     """Load (``init="pretrained"``) or build (``init="random"``, seeded) a backbone by name.
 
-    The one factory: the registry (``fpt/backbones/registry.py``, ``fpt list``) picks the loader.
-    ``attn_implementation``: "sdpa" (fast, default) or "eager" (needed to read attention weights).
-    ``trust_remote_code`` stays off unless the user asks: it runs Python shipped with the model.
-    ``dropout``: the backbone's dropout probability, or ``"keep"`` its own (see :func:`_set_dropout`).
-    ``lstm_kind``: for ``lstm``, ``torch`` (``nn.LSTM``) or ``layernorm`` (the 2021 code's, fpt/backbones/lnlstm.py).
-    ``revision``: a hub model's pinned revision (commit hash, branch or tag), read from the hub cache offline.
+    The one factory: the registry (``fpt list``) picks the loader. ``options``: a :class:`BuildOptions`
+    (a run's: ``BuildOptions.from_config(config)``), or its fields as keywords (``init``, ``layers``, ``seed``,
+    ``attn_implementation``: "sdpa" or "eager" (reads attention weights), ``trust_remote_code`` (off unless
+    asked: it runs Python shipped with the model), ``revision``, ``lstm_width``, ``lstm_kind``, ``dropout``: a
+    probability or ``"keep"``); each defaults to its RunConfig option's default. Within
+    ``fpt.backbones.cache.reuse_backbones`` a backbone already built is handed out as a copy.
     """
-    options = BuildOptions(init=init, layers=layers, seed=seed, attn_implementation=attn_implementation,
-                           trust_remote_code=trust_remote_code, lstm_width=lstm_width, dropout=dropout,
-                           lstm_kind=lstm_kind, revision=revision)
-    return load_through_cache(name, options, create_backbone)
+    if options is not None and fields:
+        raise TypeError("load_backbone: give a BuildOptions or its fields as keywords, not both")
+    return load_through_cache(name, options or BuildOptions(**fields), create_backbone)

@@ -23,6 +23,7 @@ one bit-memory run is never loaded onto another.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -69,12 +70,10 @@ def load_run_source(name: str, options: BuildOptions, create: Callable[[str, Bui
     source_layers = source.layers
 
     def build(depth: int | None) -> Backbone:  # the source run's backbone, as it was built, ``depth`` blocks deep
-        return create(source.backbone, BuildOptions(
-            init=source.init, layers=depth, seed=source.seed,
-            attn_implementation=attn_implementation, trust_remote_code=trust_remote_code or source.trust_remote_code,
-            lstm_width=source.lstm_width, lstm_kind=source.lstm_kind, dropout=dropout,
-            revision=source.backbone_revision,
-        ))
+        # the source run's own options, but this run's depth, attention kernel, remote-code consent and dropout
+        return create(source.backbone, dataclasses.replace(
+            BuildOptions.from_config(source), layers=depth, attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code or source.trust_remote_code, dropout=dropout))
 
     backbone = build(source.layers)
     source_identity = backbone.identity()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -42,6 +42,12 @@ class ModelConfig:
     input_gain: float = 1.41  # orthogonal init gain of the input layer (paper: 1.41)
     # dropout after a continuous input layer (the 2021 code: 0.1, fpt.py:118; none after an embedding)
     input_dropout: float = 0.0
+
+    @classmethod
+    def from_config(cls, config) -> "ModelConfig":
+        """The model options of a RunConfig: every field of the config's of the same name (``input_gain``
+        is not an option of a run: it keeps its default)."""
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)})
 
 
 class FPT(nn.Module):

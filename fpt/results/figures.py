@@ -13,8 +13,8 @@ import torch
 from fpt.results import reference
 from fpt.runs.checkpoint import build_model, load_trained, read_results
 from fpt.config.files import load_config
-from fpt.tasks import make_task
 from fpt.results.rows import _freeze_text, _short_backbone, read_curve
+from fpt.tasks.registry import task_of
 
 
 # -- figures ---------------------------------------------------------------------------------------
@@ -150,7 +150,7 @@ def attention_maps(run_dir: str | Path, examples: int = 64):
     model.eval()
     if model.backbone.arch == "lstm":
         raise ValueError(f"{run_dir}: an LSTM has no attention")
-    task = make_task(config.task, config.task_options, seed=config.seed, data_dir=config.data_dir)
+    task = task_of(config)
     split = task.val()
     batch = split.batch(np.arange(min(examples, len(split))))
     with torch.no_grad():

@@ -27,6 +27,7 @@ import torch
 from fpt.runs.checkpoint import load_run
 from fpt.data.arrays import load_arrays_for_prediction
 from fpt.base.io import atomic_write_text
+from fpt.tasks.registry import task_of
 
 
 def check_out_path(out: str | Path, run_dir: str | Path, data: str | Path, overwrite: bool = False) -> Path:
@@ -113,9 +114,8 @@ def _predict_values(config, model, split, out, batch_size: int) -> dict:
     """Regression: values in the targets' original units (the task's training statistics undo the
     standardisation), one column per target; RMSE / MAE against the labels when the data has them."""
     from fpt.model.objectives import make_objective
-    from fpt.tasks import make_task
 
-    task = make_task(config.task, config.task_options, seed=config.seed, data_dir=config.data_dir)
+    task = task_of(config)
     objective = make_objective(model.spec, task)  # the training split's target statistics
     k = model.spec.num_labels
     names = ["prediction"] if k == 1 else [f"prediction_{j}" for j in range(k)]

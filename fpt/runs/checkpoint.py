@@ -30,13 +30,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from fpt.backbones import load_backbone
 from fpt.config.run import RunConfig
 from fpt.config.files import load_config
 from fpt.data.splits import TaskSpec
 from fpt.base.io import atomic_write_bytes, atomic_write_json
 from fpt.model.network import FPT, ModelConfig
-from fpt.tasks import make_task
+from fpt.backbones.backbone import BuildOptions
+from fpt.tasks.registry import task_of
+from fpt.backbones.registry import load_backbone
 
 CHECKPOINT_FORMAT = "fpt-1"
 IDENTITY_KEYS = ("backbone", "arch", "init", "layers", "hidden_size", "fingerprint")
@@ -102,24 +103,13 @@ def check_parameter_names(got: set[str], expected: set[str], where: str) -> None
 
 
 # -- building the model of a config ----------------------------------------------------------------
-def model_config(config: RunConfig) -> ModelConfig:
-    return ModelConfig(freeze=config.freeze, freeze_rules=config.freeze_rules, readout=config.readout,
-                       learned_positions=config.learned_positions, input_init=config.input_init,
-                       input_dropout=config.input_dropout)
-
-
 def build_model(config: RunConfig, task=None) -> FPT:
     """The FPT model of a config, with seeded new layers (same seed, same initial weights)."""
-    task = task or make_task(config.task, config.task_options, seed=config.seed, data_dir=config.data_dir)
-    backbone = load_backbone(
-        config.backbone, init=config.init, layers=config.layers, seed=config.seed,
-        attn_implementation=config.attn_implementation, trust_remote_code=config.trust_remote_code,
-        revision=config.backbone_revision,
-        lstm_width=config.lstm_width, dropout=config.backbone_dropout, lstm_kind=config.lstm_kind,
-    )
+    task = task or task_of(config)
+    backbone = load_backbone(config.backbone, BuildOptions.from_config(config))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed + 1)
-        return FPT(backbone, task.spec, model_config(config))
+        return FPT(backbone, task.spec, ModelConfig.from_config(config))
 
 
 # -- model.safetensors ------------------------------------------------------------------------------

@@ -27,3 +27,8 @@ def make_task(name: str, options: dict[str, Any] | None = None, seed: int = 0, d
 
 def list_tasks() -> dict[str, str]:
     return {name: cls.description for name, cls in sorted(base.TASKS.items())}
+
+
+def task_of(config) -> Task:
+    """The task of a RunConfig: its name, options, seed and data directory."""
+    return make_task(config.task, config.task_options, seed=config.seed, data_dir=config.data_dir)

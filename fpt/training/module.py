@@ -20,7 +20,7 @@ from fpt.runs.health import NonFiniteGradientError
 from fpt.model.network import FPT
 from fpt.model.objectives import make_objective
 from fpt.model.step import BACKWARD_RANGE, FORWARD_RANGE, logits_and_loss
-from fpt.tasks import make_task
+from fpt.tasks.registry import task_of
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -91,7 +91,7 @@ class FPTModule(L.LightningModule):
     def __init__(self, config: RunConfig, model: FPT | None = None):
         super().__init__()
         self.config = config
-        self.task = make_task(config.task, config.task_options, seed=config.seed, data_dir=config.data_dir)
+        self.task = task_of(config)
         if model is None:
             model = build_model(config, self.task)
         self.model = model
