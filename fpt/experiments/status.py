@@ -10,9 +10,9 @@ from typing import Any
 
 from fpt.runs.checkpoint import checkpoint_step, results_or_none
 from fpt.model.objectives import headline, test_score, val_score
-from fpt.runs.rundir import LOCK_NAME, _pid_alive
 from fpt.experiments.plan import Trial, load_plan
 from fpt.base.text import format_metric
+from fpt.runs.rundir import lock_owner
 
 FAILED_MARK = "failed: "  # after "== <time> " in a trial's log: the trial ended with this error
 
@@ -62,21 +62,6 @@ def _last_output_line(log_path: Path) -> str | None:
     return lines[-1].strip() if lines else None
 
 
-def _lock_owner(run_dir: Path) -> dict[str, Any] | None:
-    """The live process writing ``run_dir`` (its lock), or None. A lock from another host counts as live:
-    fpt cannot check it from here."""
-    try:
-        owner = json.loads((run_dir / LOCK_NAME).read_text())
-    except (OSError, ValueError):
-        return None
-    import socket
-
-    if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int) \
-            and not _pid_alive(owner["pid"]):
-        return None  # stale: that process is gone
-    return owner
-
-
 def trial_status(trial: Trial) -> dict[str, Any]:
     """``{"status": finished | running | failed | interrupted | pending, "detail": ...}`` from the files alone."""
     run_dir = trial.run_dir
@@ -85,7 +70,7 @@ def trial_status(trial: Trial) -> dict[str, Any]:
         metric = headline(results)[0]
         return {"status": "finished", "detail": f"val {format_metric(val_score(results), metric)}  test "
                                                 f"{format_metric(test_score(results), metric)} ({results.get('steps')} steps)"}
-    owner = _lock_owner(run_dir)
+    owner = lock_owner(run_dir)
     if owner is not None:
         step = checkpoint_note(run_dir)
         return {"status": "running", "detail": f"pid {owner.get('pid')} on {owner.get('host')} since "

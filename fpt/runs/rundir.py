@@ -52,6 +52,29 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
+def is_stale(owner: dict[str, Any]) -> bool:
+    """Whether a lock's owner (what its file says) is certainly gone: a process of this host that no longer
+    runs (killed, crashed, machine rebooted), or whose pid now belongs to a later process. A lock of another
+    host, or one without a pid, is never stale: fpt cannot check it from here. The one judgement of a lock,
+    for :class:`RunLock` and for ``fpt sweep --status`` (:func:`lock_owner`)."""
+    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
+        return False
+    if not _pid_alive(owner["pid"]):
+        return True
+    started = owner.get("process_start")
+    return bool(started) and _process_start(owner["pid"]) not in (None, started)
+
+
+def lock_owner(run_dir: Path) -> dict[str, Any] | None:
+    """The live process that holds ``run_dir``'s lock (its lock file's contents), or None: no lock, an
+    unreadable one, or a stale one (:func:`is_stale`). Reads only; takes nothing."""
+    try:
+        owner = json.loads((Path(run_dir) / LOCK_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return None if not isinstance(owner, dict) or is_stale(owner) else owner
+
+
 class RunLock:
     """An exclusive lock on a run directory: ``with RunLock(run_dir): ...``.
 
@@ -78,11 +101,8 @@ class RunLock:
         if owner.get("host") == me["host"] and isinstance(owner.get("pid"), int):
             if owner["pid"] == me["pid"]:
                 raise RunLockedError(f"{self.run_dir} is already locked by this process")
-            if not _pid_alive(owner["pid"]):
-                return  # stale: the process that wrote it is gone (killed, crashed, machine rebooted)
-            started = owner.get("process_start")
-            if started and _process_start(owner["pid"]) not in (None, started):
-                return  # stale: that pid now belongs to a later process
+            if is_stale(owner):
+                return
             raise RunLockedError(
                 f"{self.run_dir} is in use by another fpt run (pid {owner['pid']} on this host, started "
                 f"{owner.get('started', '?')}). Two runs must not write one directory: wait for it to "
@@ -162,13 +182,18 @@ class RunLock:
 
 # -- the run directory ----------------------------------------------------------------------------
 def move_aside(run_dir: Path) -> Path:
-    """Rename ``run_dir`` to ``<name>.old-<timestamp>[-n]`` (nothing is deleted); returns the new path."""
-    aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-    n = 1
-    while aside.exists():
-        aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
-        n += 1
-    os.rename(run_dir, aside)
+    """Rename ``run_dir`` to ``<name>.old-<timestamp>[-n]`` (nothing is deleted) and return the new path.
+
+    Under the run's lock: a directory that a live process is writing is refused (:class:`RunLockedError`),
+    never moved; the moved directory keeps no lock file."""
+    with RunLock(run_dir):
+        aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        n = 1
+        while aside.exists():
+            aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+            n += 1
+        os.rename(run_dir, aside)
+    (aside / LOCK_NAME).unlink(missing_ok=True)
     return aside
 
 
@@ -240,10 +265,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, move: bool = T
         if not _leftovers(run_dir, ignore=("config.yaml", "checkpoints")) and not any(
                 (run_dir / "checkpoints").glob("*")):
             return None  # the caller's lock refuses a live run that has not reached its first checkpoint yet
-        with RunLock(run_dir):
-            aside = move_aside(run_dir)
-        (aside / LOCK_NAME).unlink(missing_ok=True)
-        return aside
+        return move_aside(run_dir)
     if is_run_dir(run_dir):
         if not overwrite:
             raise FileExistsError(
@@ -252,10 +274,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, move: bool = T
             )
         if not move:
             return None
-        with RunLock(run_dir):  # refuse to move a run that a live process is writing
-            aside = move_aside(run_dir)
-        (aside / LOCK_NAME).unlink(missing_ok=True)
-        return aside
+        return move_aside(run_dir)  # refused if a live process is writing it
     leftovers = _leftovers(run_dir)
     if leftovers:
         raise FileExistsError(
