@@ -28,6 +28,7 @@ from fpt.runs.checkpoint import load_run
 from fpt.data.arrays import load_arrays_for_prediction
 from fpt.base.io import atomic_write_text
 from fpt.tasks.registry import task_of
+from fpt.runs.checkpoint import results_or_none
 
 
 def check_out_path(out: str | Path, run_dir: str | Path, data: str | Path, overwrite: bool = False) -> Path:
@@ -72,7 +73,7 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path | None = None
         split = load_arrays_for_prediction(data, layout, x_key=x_key, check_values=check_values)
     spec = model.spec
     if getattr(spec, "output", "classification") == "regression":
-        return _predict_values(config, model, split, out, batch_size)
+        return _predict_values(config, model, split, out, batch_size, run_dir)
     rows, correct, labelled = [], 0, 0
     for start in range(0, len(split), batch_size):
         batch = split.batch(np.arange(start, min(start + batch_size, len(split))))
@@ -110,13 +111,17 @@ def _write_rows(rows: list[dict], out) -> None:
         atomic_write_text(Path(out), text.getvalue())
 
 
-def _predict_values(config, model, split, out, batch_size: int) -> dict:
-    """Regression: values in the targets' original units (the task's training statistics undo the
-    standardisation), one column per target; RMSE / MAE against the labels when the data has them."""
-    from fpt.model.objectives import make_objective
+def _predict_values(config, model, split, out, batch_size: int, run_dir: Path) -> dict:
+    """Regression: values in the targets' original units (the training targets' mean and std, which
+    results.json records, undo the standardisation), one column per target; RMSE / MAE against the labels
+    when the data has them. A run without them in results.json rebuilds its task for them."""
+    from fpt.model.objectives import Regression, make_objective
 
-    task = task_of(config)
-    objective = make_objective(model.spec, task)  # the training split's target statistics
+    recorded = (results_or_none(run_dir) or {}).get("objective") or {}
+    if recorded.get("target_mean") is not None and recorded.get("target_std") is not None:
+        objective = Regression(model.spec.num_labels, recorded["target_mean"], recorded["target_std"])
+    else:
+        objective = make_objective(model.spec, task_of(config))  # the training split's target statistics
     k = model.spec.num_labels
     names = ["prediction"] if k == 1 else [f"prediction_{j}" for j in range(k)]
     label_names = ["label"] if k == 1 else [f"label_{j}" for j in range(k)]

@@ -103,13 +103,15 @@ def check_parameter_names(got: set[str], expected: set[str], where: str) -> None
 
 
 # -- building the model of a config ----------------------------------------------------------------
-def build_model(config: RunConfig, task=None) -> FPT:
-    """The FPT model of a config, with seeded new layers (same seed, same initial weights)."""
-    task = task or task_of(config)
+def build_model(config: RunConfig, task=None, spec: TaskSpec | None = None) -> FPT:
+    """The FPT model of a config, with seeded new layers (same seed, same initial weights). Its shape is
+    ``spec`` when given (a finished run's, stored in model.safetensors), else ``task``'s (built from the
+    config when not given: that reads the task's data)."""
+    spec = spec or (task or task_of(config)).spec
     backbone = load_backbone(config.backbone, BuildOptions.from_config(config))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed + 1)
-        return FPT(backbone, task.spec, ModelConfig.from_config(config))
+        return FPT(backbone, spec, ModelConfig.from_config(config))
 
 
 # -- model.safetensors ------------------------------------------------------------------------------
@@ -150,8 +152,9 @@ def load_trained(model: FPT, path: Path) -> None:
 
 def save_prediction_layout(task, run_dir: Path) -> None:
     """How raw arrays become this task's inputs (patching, scaling, normalisation), for ``fpt predict``."""
-    if hasattr(task, "prediction_layout"):
-        atomic_write_json(Path(run_dir) / "prediction_layout.json", task.prediction_layout().to_dict())
+    layout = task.prediction_layout()
+    if layout is not None:
+        atomic_write_json(Path(run_dir) / "prediction_layout.json", layout.to_dict())
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[RunConfig, FPT]:
@@ -164,9 +167,23 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[RunConfig, FPT]:
     if not weights.exists():
         raise FileNotFoundError(f"{weights} does not exist: the run did not finish; resume it with "
                                 f"fpt fit --resume {run_dir}")
-    model = build_model(config)
+    model = build_model(config, spec=stored_task_spec(weights))  # no task data is read for a stored shape
     load_trained(model, weights)
     return config, model.to(device).eval()
+
+
+def stored_task_spec(weights: Path) -> TaskSpec | None:
+    """The task shape that ``model.safetensors`` records (its ``task_spec`` metadata), or None for a file
+    without one (or one that cannot be read: ``load_trained`` then says what is wrong)."""
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            stored = json.loads((f.metadata() or {}).get("task_spec") or "null")
+    except Exception:  # safetensors' own error types; load_trained reports them
+        return None
+    if not isinstance(stored, dict):
+        return None
+    names = {f.name for f in dataclasses.fields(TaskSpec)}
+    return TaskSpec(**{k: v for k, v in stored.items() if k in names})
 
 
 # -- results.json ---------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from fpt.base.options import coerce_field, declared
 from fpt.base.text import suggest
 from fpt.data.splits import Split, TaskSpec
@@ -47,6 +49,27 @@ class Task:
     def test(self) -> dict[str, Split]:
         """Test splits by name; the first one is the headline ``test`` metric."""
         raise NotImplementedError
+
+    # -- optional hooks: a task overrides those that apply to it; the defaults add nothing --------------
+    #: what the data options changed (results.json ``data``): ListOps' stripped brackets and cuts, homology's drops
+    preprocessing: dict | None = None
+
+    def describe_data(self) -> dict[str, Any]:
+        """Which data exactly, for results.json ``data`` (time series: problem, files, split sizes)."""
+        return {}
+
+    def adjust_test_metrics(self, metrics: dict[str, dict[str, float]]) -> None:
+        """Add task-specific test metrics to ``metrics`` in place (homology: the accuracy on the paper's scale)."""
+
+    def target_statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std of the training targets, per target: what a regression task's objective standardises with."""
+        raise ValueError("a regression task must provide target_statistics() (the training targets' mean and "
+                         "std, per target)")
+
+    def prediction_layout(self) -> Any:
+        """How raw arrays become this task's inputs, for ``fpt predict`` (an object with ``to_dict()``, saved
+        as prediction_layout.json); None: the task takes no raw arrays."""
+        return None
 
 
 class NamedSplitsTask(Task):

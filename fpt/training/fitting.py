@@ -229,9 +229,7 @@ def _fit_locked(config, module, run_dir: Path, resume: bool, resumed_step, enabl
             raise out_of_memory_error(err, "test", config) from err
         raise
     results = _results(config, module, trainer, test_metrics, train_seconds, time.time() - start)
-    adjust = getattr(module.task, "adjust_test_metrics", None)  # e.g. homology's paper-scaled accuracy
-    if adjust is not None:
-        adjust({k: v for k, v in at_best.items() if isinstance(v, dict)})
+    module.task.adjust_test_metrics({k: v for k, v in at_best.items() if isinstance(v, dict)})  # e.g. homology's
     results["at_best_val"] = at_best
     if chance is not None and chance.message:
         results["warnings"] = [chance.message]

@@ -54,14 +54,11 @@ def _results(config, module, trainer, test_metrics, train_seconds, seconds) -> d
             "first_step_at_target": module.first_step_at_target,
         },
     }
-    adjust = getattr(module.task, "adjust_test_metrics", None)
-    if adjust is not None:
-        adjust(test_metrics)
+    module.task.adjust_test_metrics(test_metrics)
     results.update(test_metrics)
     # which data exactly (time series: problem, files, split sizes; reports match on it) and what the data
     # options changed (ListOps' brackets and cuts, homology's dropped sequences)
-    data = {**(module.task.describe_data() if hasattr(module.task, "describe_data") else {}),
-            **(getattr(module.task, "preprocessing", None) or {})}
+    data = {**module.task.describe_data(), **(module.task.preprocessing or {})}
     if data:
         results["data"] = data
     if config.backbone == "lstm":
