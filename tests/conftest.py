@@ -163,3 +163,18 @@ def base_file(tmp_path, tiny_dirs, run_values):
     path = tmp_path / "base.yaml"
     path.write_text(yaml.safe_dump(values))
     return path
+
+
+# A tiny Llama (RoPE, RMSNorm, grouped-query attention) saved as a local directory: test_perf.py, test_ddp.py.
+TINY_LLAMA = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> str:
+    from transformers import LlamaConfig, LlamaModel
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    LlamaModel(LlamaConfig(**TINY_LLAMA)).save_pretrained(path)
+    return str(path)

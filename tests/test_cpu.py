@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fpt.cli.main import main
 
 ROOT = Path(__file__).parents[1]
@@ -79,6 +81,7 @@ def test_other_load_counts_other_processes_not_this_one(monkeypatch):
     assert cpu.threads_beside(7.0, 2) == 1 and cpu.threads_beside(None, 3) == 3  # at least 1; no /proc: all
 
 
+@pytest.mark.benchmark
 def test_other_load_sees_a_busy_process_on_this_machine():
     from fpt.base.cpu import OtherLoad
 

@@ -17,19 +17,7 @@ from fpt.config.files import build_config
 from fpt.training.module import FPTModule, ddp_ignored_names
 from fpt.training.fitting import fit
 
-TINY_LLAMA = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5)
 TASK = {"n_bits": 4, "val_samples": 64, "test_samples": 96}
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory) -> str:
-    from transformers import LlamaConfig, LlamaModel
-
-    path = tmp_path_factory.mktemp("tiny-llama-ddp")
-    torch.manual_seed(0)
-    LlamaModel(LlamaConfig(**TINY_LLAMA)).save_pretrained(path)
-    return str(path)
 
 
 def _values(tiny, run_dir, **kw):

@@ -410,10 +410,7 @@ def test_smollm2_config(smollm2):
 
 
 def test_smollm2_two_layers(smollm2):
-    start = time.perf_counter()
     model = load_llama_gguf(smollm2, num_layers=2)
-    elapsed = time.perf_counter() - start
-    print(f"SmolLM2 num_layers=2 load: {elapsed:.2f} s")
     assert len(model.layers) == 2 and model.config.num_hidden_layers == 2
     assert model.embed_tokens.weight.shape == (49152, 576)
     assert model.layers[0].self_attn.q_proj.weight.shape == (576, 576)
@@ -423,18 +420,23 @@ def test_smollm2_two_layers(smollm2):
     with torch.no_grad():
         hidden = model(input_ids=ids).last_hidden_state
     assert hidden.shape == (1, 6, 576) and torch.isfinite(hidden).all()
-    assert elapsed < 20, f"loading 2 blocks took {elapsed:.1f} s"  # ~0.5 s measured
 
 
-def test_smollm2_full_load_takes_seconds(smollm2):
-    start = time.perf_counter()
+def test_smollm2_full_load(smollm2):
     model = load_llama_gguf_lm(smollm2)
-    elapsed = time.perf_counter() - start
-    print(f"SmolLM2 full load: {elapsed:.2f} s")
     assert len(model.model.layers) == 30
     assert model.lm_head.weight is model.model.embed_tokens.weight
     assert all(not t.is_meta for t in [*model.parameters(), *model.buffers()])
-    assert elapsed < 30, f"full load took {elapsed:.1f} s"  # ~1-2 s measured on 2 CPU cores
+
+
+@pytest.mark.benchmark
+def test_smollm2_load_seconds(smollm2):
+    """How long SmolLM2 takes to load (printed, never asserted): ~0.5 s for 2 blocks, ~1-2 s for all 30 on 2 cores."""
+    for what, load in (("num_layers=2", lambda: load_llama_gguf(smollm2, num_layers=2)),
+                       ("full", lambda: load_llama_gguf_lm(smollm2))):
+        start = time.perf_counter()
+        load()
+        print(f"SmolLM2 {what} load: {time.perf_counter() - start:.2f} s")
 
 
 PARAGRAPH = (

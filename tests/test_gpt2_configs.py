@@ -44,10 +44,8 @@ def test_random_gpt2_builds_offline_from_the_shipped_config(capsys):
 def test_pretrained_gpt2_offline_fails_at_once_naming_what_to_run():
     from fpt.backbones import load_backbone
 
-    start = time.time()
     with pytest.raises(BackboneUnavailable, match="smollm2") as err:
         load_backbone("gpt2-large", init="pretrained", layers=1)
-    assert time.time() - start < 5  # not transformers' ~30 s of retries
     assert "--init random" in str(err.value) and "4-bit" in str(err.value)
 
 
@@ -68,3 +66,14 @@ def test_every_plain_paper_preset_is_gpt2_and_has_a_smollm2_variant():
         variant = read_yaml(f"{task}-smollm2")
         assert variant["backbone"] == "smollm2-135m" and "not the paper's GPT-2" in variant["label"]
         assert f"{task}-smollm2" in presets
+
+
+@pytest.mark.benchmark
+def test_pretrained_gpt2_offline_fails_in_seconds():
+    """Printed, never asserted: the offline refusal comes at once, not after transformers' ~30 s of retries."""
+    from fpt.backbones import load_backbone
+
+    start = time.time()
+    with pytest.raises(BackboneUnavailable):
+        load_backbone("gpt2-large", init="pretrained", layers=1)
+    print(f"offline gpt2-large refused in {time.time() - start:.2f} s")
