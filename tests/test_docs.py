@@ -192,6 +192,22 @@ def test_recipe_add_an_option():
     assert set(declared(RunConfig)) < set(fields) and dataclasses.is_dataclass(namespace["MyConfig"])
 
 
+def test_recipe_an_option_is_two_edits():
+    """Follow the recipe once: declared in the run config, a field of the same name where it is used, and the
+    value reaches the model with nothing copying it (ModelConfig.from_config), as a flag and as a YAML key."""
+    namespace: dict = {}
+    exec(recipe("option-use"), namespace)
+    config_cls, model_cls = namespace["ScaledConfig"], namespace["ScaledModelConfig"]
+    fields = declared(config_cls)
+    parser = argparse.ArgumentParser()
+    cli.add_option_flags(parser, fields)
+    assert parser.parse_args(["--input-scale", "2.5"]).input_scale == 2.5
+    config = config_cls(input_scale=2.5, freeze="+ln")
+    model_config = model_cls.from_config(config)
+    assert model_config.input_scale == 2.5 and model_config.freeze == "+ln"
+    assert model_cls.from_config(config_cls()).input_scale == 1.0  # the default is the declaration's
+
+
 def test_docs_name_every_task_and_freeze_preset():
     from fpt.backbones.freeze import PRESETS
     from fpt.tasks import list_tasks
