@@ -134,7 +134,7 @@ def test_offline_hub_ids_fail_at_once_without_retries(monkeypatch):
 
 
 def test_numbers_are_checked_before_any_file_is_read():
-    for kwargs, message in (({"layers": 0}, "layers must be a positive integer"),
+    for kwargs, message in (({"layers": -1}, "layers must be a non-negative integer"),
                             ({"lstm_width": 0}, "lstm_width must be a positive integer"),
                             ({"seed": -1}, "seed must be an integer in 0..4294967295")):
         with pytest.raises(ValueError, match=message):

@@ -83,10 +83,10 @@ def test_list_subprocess():
     (["--task", "bit-xr"], ["unknown task 'bit-xr'", "Did you mean 'bit-xor'"]),
     (["--freeze", "fpy"], ["unknown freeze preset 'fpy'", "Did you mean 'fpt'"]),
     (["--layers", "5"], ["--layers 5 is more than", "2 blocks"]),
-    (["--layers", "0"], ["option 'layers' (--layers) must be an integer >= 1, got 0"]),
+    (["--layers", "-1"], ["option 'layers' (--layers) must be an integer >= 0, got -1"]),
     (["-o", "nbits=3"], ["no option 'nbits'", "Did you mean 'n_bits'"]),
     (["-o", "n_bits=three"], ["option 'n_bits' must be int"]),
-    (["--readout", "cls"], ["option 'readout' (--readout) must be 'last', 'mean', 'first' or 'tokens', got 'cls'"]),
+    (["--readout", "cls"], ["option 'readout' (--readout) must be 'last', 'mean', 'first', 'tokens' or 'flatten', got 'cls'"]),
     (["--readout", "first"], ["readout 'first'", "causal backbone (gpt2)"]),  # an encoders' read-out
 ])
 def test_bad_fit_options(tmp_path, tiny_dirs, capsys, extra, message):

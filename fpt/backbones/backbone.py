@@ -35,7 +35,7 @@ class BuildOptions:
     its RunConfig field, which gives its default and its help; :meth:`from_config` fills them from a config)."""
 
     init: str = _default("init")  # "pretrained" (load the weights) or "random" (same architecture, seeded weights)
-    layers: int | None = _default("layers")  # keep only the first K blocks (None: all)
+    layers: int | None = _default("layers")  # first K blocks (None: all; 0: none, "no transformer")
     seed: int = _default("seed")  # seed of the random weights under init="random"
     attn_implementation: str = _default("attn_implementation")  # "sdpa" (fast) or "eager" (reads attention weights)
     trust_remote_code: bool = _default("trust_remote_code")  # run Python code shipped with a hub model (never by default)
@@ -63,8 +63,8 @@ class BuildOptions:
             raise ValueError(f"backbone dropout must be a probability in [0, 1) or 'keep', got {self.dropout!r}")
         # checked here, before any file is read: a bad number is never blamed on a model file
         if self.layers is not None and (isinstance(self.layers, bool) or not isinstance(self.layers, int)
-                                        or self.layers < 1):
-            raise ValueError(f"layers must be a positive integer (--layers >= 1), got {self.layers!r}")
+                                        or self.layers < 0):
+            raise ValueError(f"layers must be a non-negative integer (--layers >= 0), got {self.layers!r}")
         if isinstance(self.lstm_width, bool) or not isinstance(self.lstm_width, int) or self.lstm_width < 1:
             raise ValueError(f"lstm_width must be a positive integer (--lstm-width >= 1), got {self.lstm_width!r}")
         if self.revision is not None and (not isinstance(self.revision, str) or not self.revision.strip()):

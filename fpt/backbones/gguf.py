@@ -235,8 +235,8 @@ def _check_num_layers(num_layers: int | None, block_count: int, path: Path) -> i
         return block_count
     if isinstance(num_layers, bool) or not isinstance(num_layers, (int, np.integer)):
         raise TypeError(f"num_layers must be an int or None, got {num_layers!r}")
-    if not 1 <= num_layers <= block_count:
-        raise ValueError(f"num_layers must be between 1 and {block_count} for {path.name}, got {num_layers}")
+    if not 0 <= num_layers <= block_count:  # 0: no block (the "no transformer" ablation)
+        raise ValueError(f"num_layers must be between 0 and {block_count} for {path.name}, got {num_layers}")
     return int(num_layers)
 
 

@@ -30,10 +30,10 @@ def _max_positions(config) -> int | None:
 def _check_layers(layers: int | None, available: int, name: str) -> int:
     if layers is None:
         return available
-    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
-        raise ValueError(f"layers must be a positive integer, got {layers!r}")
+    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
+        raise ValueError(f"layers must be a non-negative integer, got {layers!r}")
     if layers > available:
-        raise ValueError(f"--layers {layers} is more than {name!r} has ({available} blocks); use 1..{available}")
+        raise ValueError(f"--layers {layers} is more than {name!r} has ({available} blocks); use 0..{available}")
     return layers
 
 

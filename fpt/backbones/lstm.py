@@ -28,6 +28,9 @@ def load_lstm_source(name: str, options: BuildOptions) -> Backbone:
     if options.init == "pretrained":
         raise ValueError("the LSTM baseline has no pretrained weights: use --init random")
     n = options.layers if options.layers is not None else 3
+    if n < 1:
+        raise ValueError("--layers 0: the LSTM baseline needs at least one layer (0 blocks is the transformers' "
+                         "'no transformer' ablation)")
     if n > LSTM_MAX_LAYERS:  # nothing bounds an LSTM's depth but memory: 999 x 768 wide is ~4.7e9 weights
         raise ValueError(f"--layers {n}: the LSTM baseline is built with that many layers, and fpt builds at most "
                          f"{LSTM_MAX_LAYERS} (the paper's has 3; a transformer's limit is its own depth)")

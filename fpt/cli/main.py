@@ -181,8 +181,16 @@ def _fit(args) -> int:
     test = results.get("test", {})
     if global_rank_from_env() != 0:  # torchrun / srun: every process gets here; rank 0 speaks
         return 0
-    headline = (f"test rmse {test['rmse']:.6g}  mae {test.get('mae', float('nan')):.6g}" if "rmse" in test else
-                f"test accuracy {test.get('accuracy', float('nan')):.4f}  exact {test.get('exact_accuracy', float('nan')):.4f}")
+    if "mse" in test:  # forecasting: z-scored, as published
+        windows = (results.get("data") or {}).get("windows_counted", {}).get("test")
+        headline = (f"test mse {test['mse']:.4f}  mae {test.get('mae', float('nan')):.4f} (z-scored; "
+                    f"{windows} test windows, every one counted)" if windows else
+                    f"test mse {test['mse']:.4f}  mae {test.get('mae', float('nan')):.4f} (z-scored)")
+    elif "rmse" in test:
+        headline = f"test rmse {test['rmse']:.6g}  mae {test.get('mae', float('nan')):.6g}"
+    else:
+        headline = (f"test accuracy {test.get('accuracy', float('nan')):.4f}  "
+                    f"exact {test.get('exact_accuracy', float('nan')):.4f}")
     print(f"{headline}  ({results['steps']} steps, {results['seconds']:.0f} s, "
           f"{results['trainable_params']:,} trainable / {results['total_params']:,} params)")
     print(f"run directory: {config.run_dir}")
@@ -213,6 +221,10 @@ def _predict(args) -> int:
     accuracy = f", accuracy {summary['accuracy']:.4f} against the given labels" if "accuracy" in summary else ""
     if "rmse" in summary:  # regression
         accuracy = f", rmse {summary['rmse']:.6g}, mae {summary['mae']:.6g} against the given targets"
+    if "horizon" in summary:  # forecasting
+        print(f"wrote the next {summary['horizon']} steps of {summary['channels']} channels after row {summary['rows']} "
+              f"of {args.data} to {summary['out']}")
+        return 0
     print(f"wrote {summary['samples']} predictions to {summary['out']}{accuracy}")
     return 0
 

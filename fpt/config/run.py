@@ -38,7 +38,9 @@ class RunConfig:
                          "run:RUN_DIR (a finished run's trained backbone); fpt list shows them")
     init: str = what("pretrained", "pretrained, or random (same architecture, seeded random weights)",
                      choices=("pretrained", "random"))
-    layers: int | None = what(None, "keep only the first K blocks (default: all)", bounds=at_least(1))
+    layers: int | None = what(None, "keep only the first K blocks (default: all); 0: no transformer block (the input "
+                              "layer's tokens go through the backbone's embedding stage and final norm to the head: "
+                              "Tan et al. 2024's 'w/o LLM' ablation)", bounds=at_least(0))
     lstm_width: int = what(768, "hidden size of the lstm backbone (paper: 768)", bounds=between(1, 65536))
     lstm_kind: str = what("torch", "the lstm backbone: torch (nn.LSTM, fused kernels) or layernorm (the 2021 code's "
                           "layer-norm LSTM; its norms train under fpt)", choices=("torch", "layernorm"))
@@ -54,9 +56,10 @@ class RunConfig:
                                    "or, in YAML, a list of groups", expected="a preset name or a list of groups")
     freeze_rules: dict[str, list[str]] | None = what(None, "module class names per group (norm, attention, feedforward), "
                                                      "for architectures fpt does not know", flag=False)
-    readout: str | None = what(None, "last, mean, first (a trained summary token prepended; encoders) or tokens "
-                               "(default: the task's; an encoder replaces its 'last' by its family's: mean for "
-                               "BERT-style, first for ViT)", choices=("last", "mean", "first", "tokens"))
+    readout: str | None = what(None, "last, mean, first (a trained summary token prepended; encoders), tokens or "
+                               "flatten (every token into one linear layer: GPT4TS's forecasting head) (default: the "
+                               "task's; an encoder replaces its 'last' by its family's: mean for BERT-style, first for "
+                               "ViT)", choices=("last", "mean", "first", "tokens", "flatten"))
     learned_positions: bool = what(True, "a trained position table for backbones without one (RoPE)")
     input_init: str = what("embedding", "input layer init: embedding (orthogonal, at the token embeddings' scale) or "
                            "paper (the 2021 code's: orthogonal with gain 1.41 unscaled, N(0, 1) embeddings, default head)",

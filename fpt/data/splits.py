@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 InputType = Literal["continuous", "discrete"]
-Readout = Literal["last", "mean", "tokens"]
-OutputType = Literal["classification", "regression"]
+Readout = Literal["last", "mean", "tokens", "flatten"]
+OutputType = Literal["classification", "regression", "forecast"]
 
 
 @dataclass(frozen=True)
@@ -39,11 +39,13 @@ class TaskSpec:
     max_tokens: int  # the longest sequence the task produces; checked against the backbone
     num_classes: int  # classes per predicted label (2 for bits)
     num_labels: int = 1  # labels per sample: 1 for classification, n for n predicted bits
-    readout: Readout = "last"  # default head: last real token, mean of real tokens, or last tokens
+    # default head: last real token, mean of real tokens, last tokens, or flatten (every token into one linear layer)
+    readout: Readout = "last"
     readout_tokens: int = 1  # with readout="tokens": how many final tokens; each predicts num_labels/readout_tokens labels
     padded: bool = False  # batches carry a `mask` (variable-length sequences)
     pad_id: int = 0  # padding token id for discrete inputs
-    # the output type (fpt.model.objectives): "regression" predicts num_labels real-valued targets, num_classes must be 1
+    # the output type (fpt.model.objectives): "regression" predicts num_labels real-valued targets, num_classes must be 1;
+    # "forecast": num_labels future values of one channel (fpt.tasks.forecast), num_classes 1
     output: OutputType = "classification"
 
     def __post_init__(self):
@@ -52,13 +54,15 @@ class TaskSpec:
         for name in ("input_dim", "max_tokens", "num_classes", "num_labels", "readout_tokens"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TaskSpec.{name} must be >= 1, got {getattr(self, name)}")
-        if self.output not in ("classification", "regression"):
-            raise ValueError(f"output must be 'classification' or 'regression', got {self.output!r}")
-        if self.output == "regression" and self.num_classes != 1:
+        if self.output not in ("classification", "regression", "forecast"):
+            raise ValueError(f"output must be 'classification', 'regression' or 'forecast', got {self.output!r}")
+        if self.output in ("regression", "forecast") and self.num_classes != 1:
             raise ValueError(f"a regression TaskSpec predicts one number per target: num_classes must be 1 "
                              f"(num_labels = targets per sample), got {self.num_classes}")
-        if self.readout not in ("last", "mean", "tokens"):
-            raise ValueError(f"readout must be 'last', 'mean' or 'tokens', got {self.readout!r}")
+        if self.readout not in ("last", "mean", "tokens", "flatten"):
+            raise ValueError(f"readout must be 'last', 'mean', 'tokens' or 'flatten', got {self.readout!r}")
+        if self.readout == "flatten" and self.padded:
+            raise ValueError("readout='flatten' reads every token position: it needs fixed-length sequences (padded=False)")
         if self.readout == "tokens" and self.num_labels % self.readout_tokens:
             raise ValueError(
                 f"readout='tokens' needs num_labels ({self.num_labels}) divisible by "

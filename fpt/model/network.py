@@ -24,7 +24,7 @@ from fpt.backbones import Backbone
 from fpt.backbones.freeze import apply_freeze, resolve_preset, rules_source
 from fpt.data.splits import TaskSpec
 
-READOUTS = ("last", "mean", "first", "tokens")
+READOUTS = ("last", "mean", "first", "tokens", "flatten")
 
 
 @dataclass
@@ -33,7 +33,8 @@ class ModelConfig:
 
     freeze: str | list[str] = "fpt"  # a preset (fpt, output-only, +ln, +input, +pos, +ff, +attn, full) or a list of groups
     freeze_rules: dict[str, list[str]] | None = None  # module class names per group, for architectures fpt does not know
-    # "last", "mean", "first" (a trained summary token prepended; encoders) or "tokens"; None: the task's
+    # "last", "mean", "first" (a trained summary token prepended; encoders), "tokens" or "flatten" (every token
+    # position into one linear layer, GPT4TS's forecasting head); None: the task's
     # default, or on an encoder its family's in place of "last"
     readout: str | None = None
     learned_positions: bool = True  # add a trained position table for backbones without one (RoPE: Llama, SmolLM2, Pythia)
@@ -111,8 +112,12 @@ class FPT(nn.Module):
 
         # -- output head -------------------------------------------------------------------
         self.labels_per_readout = spec.num_labels // self.readout_tokens
-        self.head = nn.Linear(hidden, self.labels_per_readout * spec.num_classes)
-        if not paper:  # "paper": nn.Linear's default init, as the 2021 code's out_net (fpt.py:129)
+        # "flatten" (GPT4TS's out_layer: nn.Linear(d_model * patch_num, pred_len)) reads every position at once
+        head_in = hidden * spec.max_tokens if readout == "flatten" else hidden
+        self.head = nn.Linear(head_in, self.labels_per_readout * spec.num_classes)
+        # "paper": nn.Linear's default init, as the 2021 code's out_net (fpt.py:129); "flatten": the same, as GPT4TS's
+        # out_layer (an orthogonal map of ~16k inputs onto 96 outputs would start the forecasts far off scale)
+        if not paper and readout != "flatten":
             nn.init.orthogonal_(self.head.weight, gain=config.input_gain)
             nn.init.zeros_(self.head.bias)
 
@@ -172,6 +177,9 @@ class FPT(nn.Module):
             readout = backbone.default_readout
         if readout not in READOUTS:
             raise ValueError(f"readout must be one of {', '.join(READOUTS)}, got {readout!r}")
+        if readout == "flatten" and spec.padded:
+            raise ValueError("readout 'flatten' reads every token position: it needs fixed-length sequences (a padded "
+                             "task's positions differ from sample to sample)")
         if readout == "tokens" and spec.readout != "tokens":
             raise ValueError("readout 'tokens' needs a task that predicts labels per token (e.g. bit tasks)")
         if readout == "first" and backbone.causal:
@@ -225,6 +233,8 @@ class FPT(nn.Module):
     def _read_pooled(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if self.readout == "first":
             return hidden[:, :1]
+        if self.readout == "flatten":  # [B, T, H] -> [B, 1, T * H], token-major (GPT4TS: reshape(B * M, -1))
+            return hidden.reshape(hidden.shape[0], 1, -1)
         if self.readout == "mean":
             if mask is None:
                 return hidden.mean(1, keepdim=True)

@@ -15,9 +15,12 @@ model itself only sees shapes: its head emits ``[B, num_labels, num_classes]`` n
   ``loss`` (the standardised MSE). Lower RMSE is better. Batches carry ``y`` as ``float [B, K]``
   (or ``[B]`` for one target) in original units.
 
-Several targets per sample are first-class: a multi-step forecasting task is a regression task with
-``num_labels = horizon x channels`` (its targets are the future values), and needs no other
-change here; see the timeseries task's docstring for how it would be added.
+* ``forecast`` (:class:`Forecast`, the ``forecast`` task): ``num_labels = horizon`` future values of one
+  channel of one window (channel independence). The head's outputs are on the window's scale (after
+  instance normalisation); ``y`` carries the map back (its layout: ``horizon`` z-scored targets, the
+  window's location, its scale, the channel index). Loss and headline ``mse`` (with ``mae``) on the
+  z-scored scale, as the forecasting literature reports; ``mse_original`` / ``mae_original`` in the
+  series' units (the training rows' per-channel std). Lower MSE is better.
 
 Every objective has ``metric`` (the headline: ``results.json`` ``test.<metric>`` and
 ``val.best``) and ``higher_is_better`` (model selection: ``fpt sweep`` picks the lr with the best
@@ -33,7 +36,7 @@ import torch
 import torch.nn.functional as F
 import torchmetrics
 
-OUTPUT_TYPES = ("classification", "regression")
+OUTPUT_TYPES = ("classification", "regression", "forecast")
 
 
 def _mean_metric() -> torchmetrics.MeanMetric:
@@ -198,6 +201,55 @@ class Regression(Objective):
                 "note": "targets standardised with the training split's mean and std; rmse and mae in original units"}
 
 
+class Forecast(Objective):
+    kind = "forecast"
+    metric = "mse"
+    higher_is_better = False
+
+    def __init__(self, horizon: int, mean, std):
+        self.horizon = int(horizon)
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)  # per channel, original units
+        self.std = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
+        if not (torch.isfinite(self.std).all() and (self.std > 0).all()):
+            raise ValueError(f"forecast: channel statistics must be finite with std > 0, got std {self.std.tolist()}")
+
+    def split(self, output: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(z-scored prediction ``[B, H]``, z-scored target ``[B, H]``, channel ``[B]``) from the head's outputs
+        and ``y``'s layout (targets, loc, scale, channel)."""
+        y = y.reshape(output.shape[0], self.horizon + 3).to(torch.float32)
+        loc, scale = y[:, self.horizon:self.horizon + 1], y[:, self.horizon + 1:self.horizon + 2]
+        pred = output.reshape(output.shape[0], self.horizon).float() * scale + loc
+        return pred, y[:, : self.horizon], y[:, self.horizon + 2].long()
+
+    def loss(self, output, y):
+        pred, target, _ = self.split(output, y)
+        return F.mse_loss(pred, target)
+
+    def metrics(self):
+        return torch.nn.ModuleDict({"mse": torchmetrics.MeanSquaredError(), "mae": torchmetrics.MeanAbsoluteError(),
+                                    "mse_original": torchmetrics.MeanSquaredError(),
+                                    "mae_original": torchmetrics.MeanAbsoluteError(), "loss": _mean_metric()})
+
+    def update(self, metrics, output, y, loss):
+        pred, target, channel = self.split(output, y)
+        metrics["mse"].update(pred.reshape(-1), target.reshape(-1))  # every window, step and channel
+        metrics["mae"].update(pred.reshape(-1), target.reshape(-1))
+        std = self.std.to(pred.device)[channel].unsqueeze(1)
+        metrics["mse_original"].update((pred * std).reshape(-1), (target * std).reshape(-1))
+        metrics["mae_original"].update((pred * std).reshape(-1), (target * std).reshape(-1))
+        metrics["loss"].update(_per_sample(loss, pred.shape[0]))
+
+    def predict(self, output):
+        raise ValueError("a forecast's outputs are on each window's own scale: use fpt.tasks.forecast.forecast_file "
+                         "(fpt predict), which maps them back")
+
+    def describe(self):
+        return {**super().describe(), "channel_mean": [float(v) for v in self.mean],
+                "channel_std": [float(v) for v in self.std],
+                "note": "mse and mae on the z-scored scale (training rows' statistics), as published; *_original in the "
+                        "series' units; every test window counted (no drop_last)"}
+
+
 def make_objective(spec, task=None) -> Objective:
     """The objective of a task: ``spec.output`` decides; regression reads ``task.target_statistics()``."""
     output = getattr(spec, "output", "classification")
@@ -209,6 +261,11 @@ def make_objective(spec, task=None) -> Objective:
                              "std, per target)")
         mean, std = task.target_statistics()
         return Regression(spec.num_labels, mean, std)
+    if output == "forecast":
+        if task is None or not hasattr(task, "channel_statistics"):
+            raise ValueError("a forecast task must provide channel_statistics() (the training rows' mean and std)")
+        mean, std = task.channel_statistics()
+        return Forecast(spec.num_labels, mean, std)
     raise ValueError(f"unknown output type {output!r}; known: {', '.join(OUTPUT_TYPES)}")
 
 

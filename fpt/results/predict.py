@@ -11,6 +11,12 @@ For ``timeseries`` runs the new data is a ``.ts`` file (``--data new.ts``), read
 file writes it. Regression runs (:mod:`fpt.model.objectives`) write the predicted values in the targets'
 original units (``prediction``; ``prediction_<k>`` for several targets) and, with labels, the RMSE
 and MAE.
+
+For ``forecast`` runs the new data is a series file (CSV or npz, the run's columns): the next ``horizon``
+values of every channel after its last row, from its last ``lookback`` rows, z-scored (and instance
+normalised) as in training and mapped back to the series' units. One CSV row per step ahead:
+``step`` (1..H), ``after`` (the time cell of the file's last row, when it has a time column), then one
+column per channel, named as in the file.
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path | None = None
     layout_file = run_dir / "prediction_layout.json"
     layout = json.loads(layout_file.read_text()) if layout_file.exists() else model.spec
     class_names = None
+    if isinstance(layout, dict) and layout.get("kind") == "forecast":
+        return _predict_forecast(model, layout, data, out)
     if isinstance(layout, dict) and layout.get("kind") == "timeseries":
         from fpt.tasks.timeseries import load_for_prediction
 
@@ -109,6 +117,22 @@ def _write_rows(rows: list[dict], out) -> None:
     writer.writerows(rows)
     if out is not None:
         atomic_write_text(Path(out), text.getvalue())
+
+
+def _predict_forecast(model, layout: dict, data, out) -> dict:
+    from fpt.tasks.forecast import forecast_file
+
+    result = forecast_file(model, layout, data)
+    rows = []
+    for step, values in enumerate(result["values"], 1):
+        row = {"step": step}
+        if result["last_time"] is not None:
+            row["after"] = result["last_time"]
+        row.update({name: f"{float(v):.8g}" for name, v in zip(result["columns"], values)})
+        rows.append(row)
+    _write_rows(rows, out)
+    return {"samples": len(rows), "horizon": len(rows), "channels": len(result["columns"]), "rows": result["rows"],
+            "out": str(out) if out else None}
 
 
 def _predict_values(config, model, split, out, batch_size: int, run_dir: Path) -> dict:

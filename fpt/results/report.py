@@ -43,6 +43,7 @@ from fpt.results import reference
 from fpt.runs.checkpoint import read_results
 from fpt.results.figures import _save, attention_figure, attention_maps, convergence_figure, learning_curve_figure, run_legend
 from fpt.results.rows import _num, find_runs, run_row
+from fpt.results.forecast_report import forecast_section
 from fpt.results.timeseries_report import timeseries_section
 
 COLUMNS = ("run", "label", "task", "backbone", "init", "freeze", "layers", "seed", "setting", "protocol", "variant",
@@ -129,11 +130,12 @@ def write_report(paths: Iterable[str | Path], out_dir: str | Path = "report", at
         row["name"] = names[d]
     rows.sort(key=lambda r: (r["task"], r["label"], r["setting"], r["run"]))
     figures: dict[str, str] = {}
-    for task in sorted({r["task"] for r in rows} - {"timeseries"}):  # timeseries: per problem, in its own section
+    for task in sorted({r["task"] for r in rows} - {"timeseries", "forecast"}):  # these: in their own sections
         dirs = [d for d in run_dirs if results[d].get("task") == task]
         figures[f"learning curves, {task}"] = _save(learning_curve_figure(dirs, f"{task}: validation accuracy"),
                                                     out / f"curves-{task}.png")
-    figures["convergence speed"] = _save(convergence_figure(rows), out / "convergence.png")
+    if any(r["task"] != "forecast" for r in rows):  # steps to a target accuracy: not for forecasts
+        figures["convergence speed"] = _save(convergence_figure(rows), out / "convergence.png")
     skipped = []
     if attention:
         for d in run_dirs:
@@ -150,7 +152,12 @@ def write_report(paths: Iterable[str | Path], out_dir: str | Path = "report", at
                                                   out / f"attention-{name}.png")
     ts_markdown, ts_figures = timeseries_section(run_dirs, results, out)
     figures.update(ts_figures)
-    (out / "report.md").write_text(render_markdown(rows, {k: Path(v).name for k, v in figures.items()}) + ts_markdown)
+    fc_markdown, fc_figures = forecast_section(run_dirs, results, out)
+    main_rows = [r for r in rows if r["task"] != "forecast"]  # forecasts: MSE, not accuracy; their own section
+    head = (render_markdown(main_rows, {k: Path(v).name for k, v in figures.items()}) if main_rows else
+            "# fpt report\n\nFigures: " + ", ".join(f"`{Path(v).name}`" for v in fc_figures.values()) + "\n")
+    figures.update(fc_figures)
+    (out / "report.md").write_text(head + ts_markdown + fc_markdown)
     write_csv(rows, out / "report.csv")
     return {"rows": rows, "figures": figures, "markdown": str(out / "report.md"), "csv": str(out / "report.csv"),
             "skipped": skipped}

@@ -6,7 +6,7 @@ from typing import Any
 
 from fpt.base.text import suggest
 # Importing a module registers its tasks (fpt.tasks.base.register_task).
-from fpt.tasks import arrays, bits, homology, images, listops, timeseries  # noqa: F401
+from fpt.tasks import arrays, bits, forecast, homology, images, listops, timeseries  # noqa: F401
 from fpt.tasks import base
 from fpt.tasks.base import Task, make_options
 

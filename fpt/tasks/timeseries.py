@@ -41,12 +41,8 @@ first line; ``missing=interpolate`` fills each gap linearly in time within its c
 **Regression** targets are reported in their original units; the objective
 (:class:`fpt.model.objectives.Regression`) standardises them with :meth:`target_statistics`.
 
-**Forecasting** (GPT4TS's main use) is not here yet; it fits these pieces without rework: a
-``forecast`` mode whose samples are windows of a long series, ``x`` the patched look-back window,
-``y`` the next ``horizon`` values of each channel (``float [horizon x channels]``), a regression
-TaskSpec with ``num_labels = horizon x channels`` (the head already emits ``num_labels`` numbers,
-standardised per target), and a head that reads every token (GPT4TS flattens the token outputs
-into one linear layer) as one more ``readout`` of :class:`fpt.model.FPT`.
+**Forecasting** (GPT4TS's main use) is its own task, ``forecast`` (:mod:`fpt.tasks.forecast`): windows
+of one long series, one channel per sample, GPT4TS's patching and flatten head.
 """
 
 from __future__ import annotations

@@ -93,6 +93,9 @@ class Progress(Callback):
         if "val/accuracy" in m:
             print(f"step {trainer.global_step:>6}  val accuracy {float(m['val/accuracy']):.4f}  "
                   f"exact {float(m['val/exact_accuracy']):.4f}  loss {float(m['val/loss']):.4f}", flush=True)
+        elif "val/mse" in m:  # forecasting (fpt.model.objectives.Forecast): z-scored, as published
+            print(f"step {trainer.global_step:>6}  val mse {float(m['val/mse']):.4f}  mae {float(m['val/mae']):.4f}",
+                  flush=True)
         elif "val/rmse" in m:  # regression (fpt.model.objectives): original units
             print(f"step {trainer.global_step:>6}  val rmse {float(m['val/rmse']):.6g}  mae {float(m['val/mae']):.6g}  "
                   f"loss {float(m['val/loss']):.4f}", flush=True)
