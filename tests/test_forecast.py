@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fpt import cli
+from fpt.cli.main import main as cli_main
 from fpt.config import build_config
 from fpt.data import forecast as fc
 from fpt.model.objectives import make_objective
@@ -215,7 +215,7 @@ def test_fit_reports_mse_on_every_window_and_predict_writes_the_next_horizon(tmp
     assert 0 < results["test"]["mse"] < 10 and np.isfinite(results["test"]["mse_original"])
     assert "linear (least squares)" in data["baselines"]["test"]
     out = tmp_path / "next.csv"
-    assert cli.main(["predict", "--run-dir", str(run_dir), "--data", str(path), "--out", str(out)]) == 0
+    assert cli_main(["predict", "--run-dir", str(run_dir), "--data", str(path), "--out", str(out)]) == 0
     assert "wrote the next 8 steps of 2 channels after row 300" in capsys.readouterr().out
     rows = list(csv.DictReader(out.open()))
     assert [int(r["step"]) for r in rows] == list(range(1, 9)) and list(rows[0]) == ["step", "after", "ch0", "ch1"]
@@ -224,7 +224,7 @@ def test_fit_reports_mse_on_every_window_and_predict_writes_the_next_horizon(tmp
     raw = fc.read_csv(path).values
     assert np.isfinite(ch1).all() and abs(ch1.mean() - raw[-48:, 1].mean()) < 3 * raw[:, 1].std()  # in ch1's units
     short = write_csv(tmp_path / "short.csv", rows=10)
-    assert cli.main(["predict", "--run-dir", str(run_dir), "--data", str(short), "--out", str(tmp_path / "o.csv")]) == 2
+    assert cli_main(["predict", "--run-dir", str(run_dir), "--data", str(short), "--out", str(tmp_path / "o.csv")]) == 2
     assert "has 10 rows; the run forecasts from the last 24 (its look-back)" in capsys.readouterr().err
     assert not (tmp_path / "o.csv").exists()
 
@@ -232,7 +232,7 @@ def test_fit_reports_mse_on_every_window_and_predict_writes_the_next_horizon(tmp
 SLOW_CLI = """
 import sys, time
 from pathlib import Path
-import fpt.training as t
+import fpt.training.module as t
 progress = Path(sys.argv[1])
 original = t.FPTModule.training_step
 def slow_step(self, batch, batch_idx):
@@ -240,7 +240,7 @@ def slow_step(self, batch, batch_idx):
     progress.write_text(str(int(self.global_step)))
     return original(self, batch, batch_idx)
 t.FPTModule.training_step = slow_step
-from fpt.cli import main
+from fpt.cli.main import main
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -262,7 +262,7 @@ def test_a_forecasting_run_resumes_exactly_after_kill_9(tmp_path, pretrained_dir
     proc.kill()
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL and not (killed / "results.json").exists()
-    assert cli.main(["fit", "--resume", str(killed), "--no-progress-bar"]) == 0
+    assert cli_main(["fit", "--resume", str(killed), "--no-progress-bar"]) == 0
     ra, rb = (json.loads((d / "results.json").read_text()) for d in (reference, killed))
     assert ra["test"] == rb["test"] and ra["val"] == rb["val"] and rb["steps"] == 12
     wa, wb = load_file(reference / "model.safetensors"), load_file(killed / "model.safetensors")

@@ -53,7 +53,8 @@ import torch
 
 from fpt.data import forecast as fc
 from fpt.base.options import FRACTION, at_least, bounded
-from fpt.tasks.base import ArraySplit, NamedSplitsTask, Split, TaskSpec, register_task
+from fpt.data.splits import ArraySplit, Split, TaskSpec
+from fpt.tasks.base import NamedSplitsTask, register_task
 
 ETT_NAMES = ("ETTh1", "ETTh2")
 SPLIT_CHOICES = ("auto",) + fc.SPLITS
