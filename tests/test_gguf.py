@@ -301,13 +301,19 @@ def test_header_parser_agrees_with_gguf_reader(tiny):
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("num_layers", [0, -1, 3])
+@pytest.mark.parametrize("num_layers", [-1, 3])
 def test_num_layers_out_of_range(tiny, num_layers):
     _, path = tiny
-    with pytest.raises(ValueError, match="between 1 and 2"):
+    with pytest.raises(ValueError, match="between 0 and 2"):
         llama_config_from_gguf(path, num_layers=num_layers)
-    with pytest.raises(ValueError, match="between 1 and 2"):
+    with pytest.raises(ValueError, match="between 0 and 2"):
         load_llama_gguf(path, num_layers=num_layers)
+
+
+def test_zero_layers_is_the_no_transformer_model(tiny):
+    _, path = tiny  # 0 blocks: embeddings and the final norm only (the "no transformer" ablation, --layers 0)
+    model = load_llama_gguf(path, num_layers=0)
+    assert model.config.num_hidden_layers == 0 and len(model.layers) == 0
 
 
 def test_other_architecture_rejected(tmp_path):

@@ -124,7 +124,7 @@ def forecast_section(run_dirs: list[Path], results: dict[Path, dict[str, Any]], 
         data = rows[0]["data"]
         counted = (data.get("windows_counted") or {}).get("test")
         total = (data.get("windows") or {}).get("test")
-        lines += [f"### {problem}, look-back {lookback}, horizon {horizon}"
+        lines += ["", f"### {problem}, look-back {lookback}, horizon {horizon}"
                   + (f" (val and test on one window in {stride})" if stride != 1 else ""), "",
                   f"Test windows counted: {counted} of {total} ({data.get('channels')} channels each: "
                   f"{(data.get('samples') or {}).get('test')} channel-windows). {data.get('windows_note', '')}.", "",
