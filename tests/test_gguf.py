@@ -411,7 +411,7 @@ def test_smollm2_config(smollm2):
     assert (config.vocab_size, config.max_position_embeddings) == (49152, 8192)
     assert config.tie_word_embeddings
     assert config.rope_parameters["rope_theta"] == 100000.0
-    with pytest.raises(ValueError, match="between 1 and 30"):
+    with pytest.raises(ValueError, match="between 0 and 30"):
         llama_config_from_gguf(smollm2, num_layers=31)
 
 
