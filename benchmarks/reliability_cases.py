@@ -104,6 +104,47 @@ def fixtures() -> None:
     (HERE / "corrupt" / "run").mkdir(parents=True)
     (HERE / "corrupt" / "run" / "results.json").write_text('{"task": "bit-xor", "steps": ')
     (HERE / "a-file").write_text("not a directory\n")
+    round3_fixtures(rng)
+
+
+def write_ts(path: Path, rows: list[tuple[list[float], str]], classes=("a", "b"), regression: bool = False) -> None:
+    """A univariate .ts file of equal-length series (the aeon format)."""
+    length = len(rows[0][0])
+    head = ["@problemName tiny", "@timeStamps false", "@missing false", "@univariate true", "@equalLength true",
+            f"@seriesLength {length}", "@targetLabel true" if regression else f"@classLabel true {' '.join(classes)}",
+            "@data"]
+    path.write_text("\n".join(head + [",".join(repr(float(v)) for v in x) + f":{y}" for x, y in rows]) + "\n")
+
+
+def round3_fixtures(rng) -> None:
+    """Issue 20's inputs: overflowing values, series of other lengths, a base config for sweeps."""
+    def series(n, length, big=None):
+        out = []
+        for _ in range(n):
+            shift = rng.normal() * 2
+            x = list(rng.normal(size=length) * 0.3 + shift)
+            out.append((x, "ab"[int(shift > 0)]))
+        if big is not None:
+            out[1][0][3] = big
+        return out
+    (HERE / "big").mkdir()
+    write_ts(HERE / "big" / "big_TRAIN.ts", series(40, 16, big=1e300))
+    write_ts(HERE / "big" / "big_TEST.ts", series(20, 16))
+    (HERE / "lengths").mkdir()
+    write_ts(HERE / "lengths" / "lengths_TRAIN.ts", series(40, 16))
+    write_ts(HERE / "lengths" / "lengths_TEST.ts", series(20, 40))
+    (HERE / "ok").mkdir()
+    write_ts(HERE / "ok" / "ok_TRAIN.ts", series(40, 16))
+    write_ts(HERE / "ok" / "ok_TEST.ts", series(20, 16))
+    write_ts(HERE / "short.ts", series(20, 8))
+    x = rng.normal(size=(120, 8, 3))
+    x[7, 2, 1] = 1e300
+    np.savez(HERE / "f1e300.npz", x=x, y=rng.integers(0, 2, 120))
+    (HERE / "base.yaml").write_text(
+        f"task: bit-xor\nbackbone: {HERE / 'gpt2-pretrained'}\ninit: random\nsteps: 2\nbatch_size: 8\neval_batch_size: 16\n"
+        "task_options: {n_bits: 3, val_samples: 16, test_samples: 16}\ndevice: cpu\nnum_threads: 1\n"
+        "label: tiny base\n")
+    (HERE / "init.yaml").write_text("variants:\n  pretrained: {init: pretrained}\n  random: {init: random}\n")
 
 
 # -- observations for commands that exit 0 ----------------------------------------------------------
@@ -132,6 +173,13 @@ def run_dir_state(run: str) -> str:
     if not d.exists():
         return "no run directory"
     return "run directory holds: " + ", ".join(sorted(p.name for p in d.iterdir()))
+
+
+def mounted(options: str):
+    target = HERE / f"mnt-{options.replace(',', '-').replace('=', '')}"
+    target.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True)
+    return target if done.returncode == 0 else None
 
 
 # -- the cases -------------------------------------------------------------------------------------
@@ -233,12 +281,6 @@ def cases():  # (group, name, thunk) ; thunk -> (result, observation)
          lambda: fpt("fit", "--task", "bit-xor", "--backbone", str(HERE / "gpt2"), "--run-dir", str(HERE / "a-file" / "run"),
                      *TINY, "--steps", "2"))
 
-    def mounted(options: str):
-        target = HERE / f"mnt-{options.replace(',', '-').replace('=', '')}"
-        target.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True)
-        return target if done.returncode == 0 else None
-
     def read_only():
         target = mounted("ro,size=1m")
         if target is None:
@@ -304,13 +346,254 @@ def cases():  # (group, name, thunk) ; thunk -> (result, observation)
         r["observe"] = f"console: validations at steps {console}; metrics.csv: at steps {[row['step'] for row in rows]}"
         return r
     case(g, "fpt fit --steps 4 --eval-every 2: step labels", step_labels, lambda r: r.get("observe", ""))
+    out += round3_cases()
     return out
+
+
+def _file_kind(path: Path) -> str:
+    import stat
+
+    if not os.path.lexists(path):
+        return "gone"
+    mode = os.lstat(path).st_mode
+    return ("a FIFO" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+            else "a regular file" if stat.S_ISREG(mode) else "something else")
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _last_err(r: dict) -> str:
+    lines = [ln for ln in r["err"].splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def round3_cases():
+    """Issue 20: nothing a user owns is replaced, no exit 0 with a misleading result, the README's commands."""
+    out = []
+
+    def case(group, name, run, observe=None):
+        out.append((group, name, run, observe))
+
+    g = "files a user owns"
+    ARRAY = ["--task", "array", "--backbone", str(HERE / "gpt2"), "--init", "random", "--steps", "2", "--device", "cpu",
+             "--no-progress-bar", "--num-threads", "1", "--batch-size", "8"]
+
+    def fifo():
+        os.mkfifo(HERE / "pipe.csv")
+        return fpt("predict", "--run-dir", str(RUNS / "images-2"), "--data", "images.npz", "--out", "pipe.csv",
+                   "--overwrite", timeout=60)
+    case(g, "fpt predict --out a-fifo --overwrite", fifo, lambda r: "pipe.csv is now " + _file_kind(HERE / "pipe.csv"))
+
+    def char_device():
+        done = subprocess.run(["mknod", str(HERE / "full.csv"), "c", "1", "7"], capture_output=True)
+        if done.returncode:
+            return {"code": "skipped", "out": "", "err": "needs root (mknod)", "seconds": 0}
+        return fpt("predict", "--run-dir", str(RUNS / "images-2"), "--data", "images.npz", "--out", "full.csv",
+                   "--overwrite")
+    case(g, "fpt predict --out a-char-device (mknod c 1 7, as /dev/full) --overwrite", char_device,
+         lambda r: "full.csv is now " + _file_kind(HERE / "full.csv"))
+
+    def two_sweeps():
+        first = fpt("sweep", "base.yaml", "--grid", "init=pretrained,random")
+        r = fpt("sweep", "base.yaml", "--experiment", str(HERE / "init.yaml"))
+        plan = _json(HERE / "runs" / "sweeps" / "base-init" / "plan.json")
+        r["observe"] = (f"first sweep exit {first['code']}; base-init/plan.json now holds "
+                        f"{sorted({t['setting'] for t in plan.get('trials', [])})}; sweeps: "
+                        f"{sorted(p.name for p in (HERE / 'runs' / 'sweeps').iterdir())}")
+        return r
+    case(g, "fpt sweep base.yaml --grid init=pretrained,random, then fpt sweep base.yaml --experiment init.yaml",
+         two_sweeps, lambda r: r.get("observe", ""))
+
+    def report_full_disk():
+        target = mounted("size=64k")
+        if target is None:
+            return {"code": "skipped", "out": "", "err": "needs root (mount)", "seconds": 0}
+        (target / "report").mkdir()
+        fd = os.open(target / "filler", os.O_WRONLY | os.O_CREAT)  # fill it up
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        r = fpt("report", str(RUNS / "steps"), "--out", str(target / "report"), "--no-attention")
+        pngs = sorted(f"{p.name} {p.stat().st_size} B" for p in (target / "report").glob("*.png"))
+        r["observe"] = "PNGs left: " + (", ".join(pngs) or "none")
+        return r
+    case(g, "fpt report RUN --out DIR (DIR on a full file system)", report_full_disk, lambda r: r.get("observe", ""))
+
+    g = "README's commands collide"
+
+    def protocol_collision():
+        first = fpt("fit", "--config", "bit-xor-demo", "--backbone", str(HERE / "gpt2"), "--layers", "2",
+                    "--protocol", "paper", *TINY, "--steps", "2")
+        r = fpt("fit", "--config", "bit-xor-demo", "--backbone", str(HERE / "gpt2"), "--layers", "2", *TINY, "--steps", "2")
+        r["observe"] = f"first: {message(first)}"
+        return r
+    case(g, "fpt fit --config bit-xor-demo --protocol paper, then fpt fit --config bit-xor-demo (default run dirs)",
+         protocol_collision, lambda r: r.get("observe", ""))
+
+    def resume_paper():
+        d = next((p for p in (HERE / "runs").iterdir() if p.name.startswith("bit-xor-gpt2")), None)
+        if d is None:
+            return {"code": "skipped", "out": "", "err": "no paper run", "seconds": 0}
+        return fpt("fit", "--config", "bit-xor-demo", "--backbone", str(HERE / "gpt2"), "--layers", "2", *TINY,
+                   "--steps", "2", "--resume", str(d.relative_to(HERE)))
+    case(g, "... the suggested fpt fit --config bit-xor-demo --resume RUN (a paper-protocol run)", resume_paper)
+
+    def ts_collision():
+        base = ["--task", "timeseries", "--backbone", str(HERE / "gpt2"), "--init", "random", "--steps", "2",
+                "--device", "cpu", "--no-progress-bar", "--num-threads", "1", "--batch-size", "8"]
+        first = fpt("fit", *base, "-o", "name=GunPoint", "-o", "patch_size=16")
+        r = fpt("fit", *base, "-o", "name=ItalyPowerDemand", "-o", "patch_size=16")
+        r["observe"] = f"first: {message(first)}"
+        return r
+    case(g, "fpt fit --task timeseries -o name=GunPoint, then -o name=ItalyPowerDemand (default run dirs)",
+         ts_collision, lambda r: r.get("observe", ""))
+
+    g = "exit 0, misleading result"
+    ts_fit = ["--task", "timeseries", "--backbone", str(HERE / "gpt2"), "--init", "random", "--steps", "2",
+              "--device", "cpu", "--no-progress-bar", "--num-threads", "1", "--batch-size", "8", "-o", "patch_size=4"]
+
+    def ts_result(run: str) -> str:
+        r = _json(RUNS / run / "results.json")
+        return f"test accuracy {r['test']['accuracy']:.3f}" if r.get("test") else run_dir_state(run)
+    case(g, "fpt fit --task timeseries -o path=big (one value 1e300 in TRAIN)",
+         lambda: fpt("fit", *ts_fit, "-o", "path=big", "--run-dir", str(RUNS / "ts-big")), lambda r: ts_result("ts-big"))
+    case(g, "fpt fit --task array -o path=f1e300.npz (float64, one value 1e300)",
+         lambda: fpt("fit", *ARRAY, "-o", "path=f1e300.npz", "--run-dir", str(RUNS / "npz-big")),
+         lambda r: run_dir_state("npz-big"))
+    case(g, "fpt fit --task timeseries -o path=lengths (TRAIN length 16, TEST length 40)",
+         lambda: fpt("fit", *ts_fit, "-o", "path=lengths", "--run-dir", str(RUNS / "ts-lengths")),
+         lambda r: ts_result("ts-lengths"))
+    case(g, "(setup: fpt fit --task timeseries -o path=ok, length 16)",
+         lambda: fpt("fit", *ts_fit, "-o", "path=ok", "--run-dir", str(RUNS / "ts-ok")))
+    case(g, "fpt predict --run-dir ts-ok (length 16) --data short.ts (length 8)",
+         lambda: fpt("predict", "--run-dir", str(RUNS / "ts-ok"), "--data", "short.ts", "--out", "short.csv"),
+         lambda r: predictions(HERE / "short.csv"))
+    case(g, "fpt fit --precision 16-mixed --device cpu",
+         lambda: fit("fp16", "--precision", "16-mixed", "--steps", "2"),
+         lambda r: "results.json precision: " + str(_json(RUNS / "fp16" / "results.json").get("precision")))
+    case(g, "fpt fit --task timeseries -o name=Covid3Month (regression) --stop-at-target --target-accuracy 0.5",
+         lambda: fpt("fit", *ts_fit, "-o", "name=Covid3Month", "--stop-at-target", "--target-accuracy", "0.5",
+                     "--run-dir", str(RUNS / "ts-reg")),
+         lambda r: "results.json val.target_accuracy: "
+         + str(_json(RUNS / "ts-reg" / "results.json").get("val", {}).get("target_accuracy", "-")))
+    case(g, "fpt sweep base.yaml --threads 0 --dry-run",
+         lambda: fpt("sweep", "base.yaml", "--threads", "0", "--dry-run", "--sweep-dir", "sw-t0"))
+    case(g, "fpt sweep base.yaml --threads -3 --dry-run",
+         lambda: fpt("sweep", "base.yaml", "--threads", "-3", "--dry-run", "--sweep-dir", "sw-t3"))
+    case(g, "fpt sweep base.yaml --grid run_dir=A,B --dry-run",
+         lambda: fpt("sweep", "base.yaml", "--grid", "run_dir=A,B", "--dry-run", "--sweep-dir", "sw-rd"))
+    case(g, "fpt fit --task timeseries -o name=GunPoint --data-dir /nonexistent",
+         lambda: fpt("fit", *ts_fit, "-o", "name=GunPoint", "--data-dir", "/nonexistent", "--run-dir",
+                     str(RUNS / "ts-nodir")),
+         lambda r: "results.json data.files: " + str(_json(RUNS / "ts-nodir" / "results.json").get("data", {})
+                                                    .get("files", "-")))
+
+    def resume_fewer_steps():
+        r = fpt("fit", "--resume", str(RUNS / "timed"), "--steps", "3", "--no-progress-bar")
+        conf = (RUNS / "timed" / "config.yaml").read_text()
+        steps = next((ln for ln in conf.splitlines() if ln.startswith("steps:")), "")
+        r["observe"] = f"config.yaml {steps}; results.json steps: {_json(RUNS / 'timed' / 'results.json').get('steps')}"
+        return r
+    case(g, "fpt fit --resume RUN --steps 3 (RUN is at step 8)", resume_fewer_steps, lambda r: r.get("observe", ""))
+
+    def pipe_label():
+        fit("pipe-label", "--label", "a | b\nc", "--steps", "2")
+        r = fpt("report", str(RUNS / "pipe-label"), "--out", "report-pipe", "--no-attention")
+        md = (HERE / "report-pipe" / "report.md").read_text() if (HERE / "report-pipe" / "report.md").exists() else ""
+        head = next((ln for ln in md.splitlines() if ln.startswith("| task")), "")
+        row = next((ln for ln in md.splitlines() if ln.startswith("| bit-xor")), "")
+        r["observe"] = f"header {head.count('|')} bars, the run's row {row.count('|')}"
+        return r
+    case(g, "fpt fit --label 'a | b<newline>c', then fpt report", pipe_label, lambda r: r.get("observe", ""))
+
+    def plot_no_val():
+        d = RUNS / "noval-plot"
+        d.mkdir()
+        shutil.copy(RUNS / "steps" / "config.yaml", d / "config.yaml")
+        (d / "metrics.csv").write_text("epoch,step,train/loss\n0,0,0.7\n0,1,0.69\n")
+        r = fpt("plot", str(d))
+        r["observe"] = "wrote: " + ", ".join(sorted(p.name for p in (d / "figures").glob("*"))) \
+            if (d / "figures").exists() else "no figure"
+        return r
+    case(g, "fpt plot RUN (killed before its first validation)", plot_no_val, lambda r: r.get("observe", ""))
+
+    def plot_cut():
+        d = RUNS / "cut-plot"
+        shutil.copytree(RUNS / "steps", d)
+        text = (d / "metrics.csv").read_text()
+        (d / "metrics.csv").write_text(text[: len(text) - 12])
+        return fpt("plot", str(d))
+    case(g, "fpt plot RUN (metrics.csv cut mid-row)", plot_cut)
+
+    g = "tracebacks, hangs, advice"
+    case(g, "OMP_NUM_THREADS=0 fpt fit --steps 2",
+         lambda: fpt("fit", "--task", "bit-xor", "--backbone", str(HERE / "gpt2"), "--run-dir", str(RUNS / "omp0"),
+                     *[a for a in TINY if a not in ("--num-threads", "1")], "--steps", "2", env={"OMP_NUM_THREADS": "0"}))
+    case(g, "fpt sweep base.yaml --seeds 100000000 --dry-run",
+         lambda: fpt("sweep", "base.yaml", "--seeds", "100000000", "--dry-run", "--sweep-dir", "sw-huge", timeout=60))
+
+    def unstarted():
+        d = RUNS / "unstarted"
+        d.mkdir()
+        shutil.copy(RUNS / "steps" / "config.yaml", d / "config.yaml")
+        return fpt("test", "--run-dir", str(d))
+    case(g, "fpt test --run-dir RUN (killed before its first checkpoint)", unstarted)
+    case(g, "... the advised fpt fit --resume RUN",
+         lambda: fpt("fit", "--resume", str(RUNS / "unstarted"), "--no-progress-bar"))
+    case(g, "fpt fit --strategy fsdp --device cpu", lambda: fit("fsdp", "--strategy", "fsdp", "--steps", "2"),
+         lambda r: run_dir_state("fsdp"))
+    case(g, "fpt fit --task array -o path=ok/ok_TRAIN.ts (a .ts where an npz is expected)",
+         lambda: fpt("fit", *ARRAY, "-o", "path=ok/ok_TRAIN.ts", "--run-dir", str(RUNS / "ts-as-npz")))
+
+    def list_head():
+        start = time.time()
+        done = subprocess.run(f"{PY} -m fpt.cli list | head -1", shell=True, capture_output=True, text=True, cwd=HERE)
+        return {"code": done.returncode, "out": done.stdout, "err": done.stderr, "seconds": time.time() - start,
+                "observe": "stderr: " + (_last_err({"err": done.stderr}) or "(nothing)")}
+    case(g, "fpt list | head -1", list_head, lambda r: r.get("observe", ""))
+
+    g = "what users see"
+
+    def predict_columns():
+        header = (HERE / "p-uint8.csv").read_text().splitlines()[0] if (HERE / "p-uint8.csv").exists() else "?"
+        r = fpt("predict", "--help")
+        r["observe"] = f"CSV header: {header}; --help: " + " ".join(
+            ln.strip() for ln in r["out"].splitlines() if "CSV" in ln or "index" in ln)
+        r["out"] = ""
+        return r
+    case(g, "fpt predict --help vs the CSV it writes", predict_columns, lambda r: r.get("observe", ""))
+
+    def sweep_help():
+        r = fpt("sweep", "--help")
+        text = " ".join(r["out"].split())
+        r["observe"] = "says 'mean validation accuracy'" if "validation accuracy over seeds" in text \
+            else "names the regression metric" if "rmse" in text.lower() else "?"
+        r["out"] = ""
+        return r
+    case(g, "fpt sweep --help (regression wording)", sweep_help, lambda r: r.get("observe", ""))
+    case(g, "fpt sweep base.yaml --num-threads 1 --dry-run (fit's name)",
+         lambda: fpt("sweep", "base.yaml", "--num-threads", "1", "--dry-run", "--sweep-dir", "sw-nt"))
+    case(g, "fpt fit --threads 1 (sweep's name)", lambda: fit("threads1", "--threads", "1", "--steps", "2"))
+    return out
+
+
+# cases whose runs later cases use
+NEEDED = ("fpt fit --steps 4 --eval-every 2: step labels",
+          "fpt predict --run-dir images --data images.npz --out p.csv (same uint8 data)",
+          "fpt fit --steps 4, then fpt fit --resume --steps 8: results.json seconds")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--only", help="run only cases whose name contains this")
+    parser.add_argument("--group", action="append", help="run only these groups (and the setup cases)")
     args = parser.parse_args()
     fixtures()
     rows = []
@@ -318,6 +601,8 @@ def main() -> int:
     print("|---|---|---|---|---|")
     for group, name, run, observe in cases():
         if args.only and args.only not in name and not name.startswith("(setup"):
+            continue
+        if args.group and group not in args.group and not name.startswith("(setup") and name not in NEEDED:
             continue
         result = run()
         seen = message(result)

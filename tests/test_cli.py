@@ -51,7 +51,10 @@ def test_fit_test_resume_end_to_end(tmp_path, tiny_dirs, capsys):
     # Only machinery may change on resume; starting over in the same directory is refused.
     assert main(["fit", "--resume", str(run), "--lr", "0.1"]) == 2
     assert "--resume continues a run with its own config" in capsys.readouterr().err
-    assert main(fit_args(tiny_dirs["gpt2"], run)) == 2
+    assert main(fit_args(tiny_dirs["gpt2"], run)) == 2  # the run there has lr 3e-3 (from its YAML file)
+    err = capsys.readouterr().err
+    assert "holds another run (lr: there 0.003, now 0.001" in err and f"--run-dir {run}-2" in err
+    assert main(fit_args(tiny_dirs["gpt2"], run, "--lr", "3e-3", "-o", "patch_size=1")) == 2  # the same run
     assert "already holds a run" in capsys.readouterr().err
 
 

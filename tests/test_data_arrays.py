@@ -98,7 +98,7 @@ def test_missing_file(tmp_path):
 
 def test_not_an_npz(tmp_path):
     (tmp_path / "f.npz").write_text("hello")
-    with pytest.raises(ArrayDataError, match="is not a readable .npz file"):
+    with pytest.raises(ArrayDataError, match=r"is not an \.npz archive \(it starts with b'hello'\)"):
         _task(str(tmp_path / "f.npz"))
 
 

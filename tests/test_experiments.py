@@ -180,6 +180,9 @@ def test_sweep_refuses_a_trial_directory_with_other_settings(tmp_path, base_file
     from fpt.experiments import execute as sweep_execute, plan as sweep_plan
 
     sweep_execute.run_plan(sweep_plan.make_plan(str(base_file), sweep_dir=tmp_path / "sw"), echo=lambda line: None)
+    with pytest.raises(ValueError, match="other settings.*steps"):  # refused as the plan is made: nothing runs
+        sweep_plan.make_plan(str(base_file), sets={"steps": 6}, sweep_dir=tmp_path / "sw")
+    (tmp_path / "sw" / "plan.json").unlink()  # a sweep directory of an older fpt: the trial directory refuses
     changed = sweep_plan.make_plan(str(base_file), sets={"steps": 6}, sweep_dir=tmp_path / "sw")
     with pytest.raises(ValueError, match="other settings.*steps"):
         sweep_execute.run_plan(changed, echo=lambda line: None)

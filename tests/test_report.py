@@ -164,7 +164,7 @@ def test_learning_curve_figure_carries_the_metrics(xor_runs):
         steps, acc = read_curve(run)
         assert list(line.get_xdata()) == steps
         assert np.allclose(line.get_ydata(), [100 * a for a in acc])
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert any("pretrained" in t for t in labels) and any("random" in t for t in labels)
     assert ax.get_xlabel() == "optimizer steps" and "validation accuracy" in ax.get_ylabel()
 
@@ -286,12 +286,12 @@ def test_legends_tell_apart_runs_that_differ_only_in_lr(xor_runs, tmp_path):
     shutil.copytree(xor_runs["random"], twin)
     results = json.loads((twin / "results.json").read_text())
     (twin / "results.json").write_text(json.dumps({**results, "lr": 0.01}))
-    ax = learning_curve_figure([xor_runs["random"], twin]).axes[0]
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    fig = learning_curve_figure([xor_runs["random"], twin])
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert len(set(labels)) == 2 and labels[0].endswith("lr 0.001") and labels[1].endswith("lr 0.01")
     same = tmp_path / "same"  # identical in every recorded way: their folders tell them apart
     shutil.copytree(xor_runs["random"], same)
-    labels = [t.get_text() for t in learning_curve_figure([xor_runs["random"], same]).axes[0].get_legend().get_texts()]
+    labels = [t.get_text() for t in learning_curve_figure([xor_runs["random"], same]).legends[0].get_texts()]
     assert len(set(labels)) == 2 and labels[1].endswith("(same)")
 
 
@@ -314,7 +314,7 @@ def test_convergence_bar_says_how_many_runs_reached_the_target():
     assert data["reached_runs"] == [2, 0] and data["runs"] == [3, 1] and data["ours"] == [300.0, 1000.0]
     ax = fig.axes[0]
     texts = [t.get_text() for t in ax.texts]
-    assert texts == ["2/3", "not reached"]
+    assert texts == ["2/3", "0/1 not reached"]  # every bar says k/n
     assert ax.patches[0].get_hatch() is None and ax.patches[1].get_hatch() == "//"  # hatched only when none did
 
 

@@ -49,7 +49,7 @@ def load_run_source(name: str, options: BuildOptions, create: Callable[[str, Bui
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from fpt.config.files import load_config
+    from fpt.config.files import finish_advice, load_config
 
     init, layers, attn_implementation = options.init, options.layers, options.attn_implementation
     trust_remote_code, dropout = options.trust_remote_code, options.dropout
@@ -64,8 +64,8 @@ def load_run_source(name: str, options: BuildOptions, create: Callable[[str, Bui
         raise FileNotFoundError(f"--backbone {name}: {run_dir} is not a run directory (no config.yaml)")
     weights = run_dir / "model.safetensors"
     if not weights.exists():
-        raise FileNotFoundError(f"--backbone {name}: {weights} does not exist; the run has not finished "
-                                f"(fpt fit --resume {run_dir})")
+        raise FileNotFoundError(f"--backbone {name}: {weights} does not exist; the run has not finished: "
+                                f"{finish_advice(run_dir)}")
     source = load_config(run_dir / "config.yaml")
     source_layers = source.layers
 

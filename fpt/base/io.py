@@ -2,6 +2,9 @@
 
 A write that fails (full or read-only file system, no permission) raises :class:`WriteError`, whose
 message names the file and what to do, never a bare errno; the file that was there stays intact.
+Only a regular file is ever renamed over: a FIFO, a device node, a socket or a directory at the path
+is the user's, so the write is refused by name (:func:`not_regular`); a symbolic link is followed
+(its target is replaced, the link stays).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -42,8 +46,26 @@ def write_error(err: OSError, path: Path | str) -> WriteError:
     return out
 
 
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+
+
+def not_regular(path: Path | str) -> str | None:
+    """What ``path`` is when it exists and is not a regular file (``"a FIFO (named pipe)"``), else None.
+    An atomic write renames a new file over the path: it would replace such a thing, never write into it."""
+    try:
+        mode = os.stat(path).st_mode  # follows links: a link to a regular file is fine
+    except OSError:
+        return None
+    return next((kind for test, kind in _KINDS if test(mode)), None if stat.S_ISREG(mode) else "not a regular file")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
+    path = Path(os.path.realpath(path))  # through a symbolic link: replace its target, keep the link
+    kind = not_regular(path)
+    if kind:
+        raise WriteError(f"cannot write {path}: it is {kind}, not a regular file; fpt writes a file whole (a temporary "
+                         "file renamed over the old one), which would replace it. Write to a regular file instead")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -62,3 +62,8 @@ def format_metric(value: Any, metric: str, std: float | None = None, n: int = 1)
     if metric in PERCENT_METRICS:
         return f"{100 * float(value):.1f}" + (f" ± {100 * std:.1f}" if spread else "")
     return f"{float(value):.4g}" + (f" ± {std:.2g}" if spread else "")
+
+
+def plural(n: object, word: str, words: str | None = None) -> str:
+    """``"1 layer"``, ``"2 layers"``: a count and its noun, in the number the count asks for."""
+    return f"{n} {word if str(n) == '1' else (words or word + 's')}"

@@ -6,10 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from fpt.config.run import argument_type
 from fpt.results.figures import plot_run
 from fpt.experiments.study import is_study_dir
 from fpt.experiments.study_cli import add_study_parser, study_main
 from fpt.experiments.study_report import write_study_report
+from fpt.results.rows import metrics_cut_mid_row
 from fpt.results.report import write_report
 from fpt.experiments.slurm import LAUNCHERS, SlurmOptions, launch
 from fpt.experiments.plan import describe_plan, make_plan
@@ -56,9 +58,10 @@ def _add_launcher_flags(parser) -> None:
 def add_parsers(sub) -> None:
     sweep = sub.add_parser(
         "sweep", help="many runs of a preset (grid x seeds x experiment variants), best setting chosen on validation",
-        description="One run directory per trial under the sweep directory; the best setting is chosen on mean "
-                    "validation accuracy over seeds and its test accuracy reported as mean +- std. Re-running the "
-                    "same command skips finished trials and resumes interrupted ones.",
+        description="One run directory per trial under the sweep directory; the best setting is chosen on the mean "
+                    "validation value over seeds (the highest accuracy; for regression, the lowest RMSE) and its test "
+                    "value reported as mean +- std. Re-running the same command skips finished trials and resumes "
+                    "interrupted ones.",
         epilog="Examples: fpt sweep bit-xor-small --lr 1e-4,1e-3,1e-2 --seeds 3 | "
                "fpt sweep bit-xor-small --experiment table1 | "
                "fpt sweep bit-xor-small --grid init=pretrained,random --grid layers=1,2 --set steps=300. "
@@ -75,8 +78,9 @@ def add_parsers(sub) -> None:
     sweep.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 per setting (default 1, or the experiment's)")
     sweep.add_argument("--sweep-dir", help="where trials go (default runs/sweeps/<preset>[-<experiment>][-<swept keys>])")
     sweep.add_argument("--parallel", type=int, default=1, help="trials run at once, each in its own process")
-    sweep.add_argument("--threads", type=int, default=None,
-                       help="CPU threads per trial (default: physical cores / --parallel)")
+    sweep.add_argument("--threads", "--num-threads", dest="threads", type=argument_type("num_threads"), default=None,
+                       help="CPU threads per trial, an integer >= 1 (fpt fit's --num-threads; default: physical cores / "
+                            "--parallel)")
     sweep.add_argument("--dry-run", action="store_true", help="print the trials and their state; run nothing")
     sweep.add_argument("--status", metavar="SWEEP_DIR", help="trials pending / running / finished / failed / "
                                                              "interrupted, from the sweep directory's files; runs nothing")
@@ -138,7 +142,7 @@ def sweep_main(args) -> int:
     if args.dry_run:
         return 0
     if args.launcher == "local":
-        summary = run_plan(plan, parallel=args.parallel)
+        summary = _run_local(plan, args.parallel, command or "fpt " + " ".join(sys.argv[1:]))
     else:
         summary = launch(plan, _slurm_options(args), wait=not args.no_wait)
         if summary is None:  # submitted, not waiting
@@ -147,6 +151,22 @@ def sweep_main(args) -> int:
     print((plan.sweep_dir / "sweep.md").read_text())
     print(f"sweep directory: {plan.sweep_dir} (sweep.json, sweep.md; fpt report {plan.sweep_dir} for figures)")
     return 0 if summary["complete"] else 1
+
+
+def _run_local(plan, parallel: int, command: str):
+    """:func:`fpt.sweep.run_plan`; stopped by Ctrl-C / SIGTERM, the advice is the sweep's own command (finished
+    trials are skipped, the stopped one resumes), not the trial's ``fpt fit --resume``."""
+    from fpt.runs.health import TrainingInterrupted
+
+    again = (f"Continue the sweep by running the same command again: {command} (finished trials are skipped; "
+             "the stopped one resumes from its checkpoint)")
+    try:
+        return run_plan(plan, parallel=parallel)
+    except TrainingInterrupted as stop:
+        raise TrainingInterrupted(f"{str(stop).splitlines()[0]}\n{again}", stop.signum, stop.step, command) from None
+    except KeyboardInterrupt:
+        print(f"fpt sweep: interrupted. {again}", file=sys.stderr)
+        raise
 
 
 def report_main(args) -> int:
@@ -166,6 +186,9 @@ def report_main(args) -> int:
 
 
 def plot_main(args) -> int:
+    if metrics_cut_mid_row(args.run_dir):
+        print(f"fpt plot: note: the last row of {Path(args.run_dir) / 'metrics.csv'} is cut mid-row (the run was killed "
+              "or the disk filled while it was written); the curve leaves it out", file=sys.stderr)
     for name, path in plot_run(args.run_dir, args.out).items():
         print(f"{name}: {path}")
     return 0

@@ -38,7 +38,7 @@ from fpt.cli.experiments import add_parsers as add_experiment_parsers
 from fpt.runs.health import NonFiniteGradientError, OutOfMemory, TrainingInterrupted
 from fpt.base.io import WriteError
 from fpt.base.options import base_kind, default_of, parse_text
-from fpt.results.predict import predict
+from fpt.results.predict import CSV_COLUMNS, predict
 from fpt.runs.rundir import RunLockedError
 from fpt.experiments.files import list_experiments
 from fpt.experiments.study import list_studies
@@ -91,7 +91,8 @@ def add_option_flags(parser: argparse.ArgumentParser, fields: dict[str, dataclas
                                 help=flag_help(f))
         else:
             choices = f.metadata.get("choices")
-            parser.add_argument(flag_name(name), dest=name, type=_ARGPARSE_TYPES.get(kind, str), default=None,
+            parser.add_argument(flag_name(name), *f.metadata.get("aliases", ()), dest=name,
+                                type=_ARGPARSE_TYPES.get(kind, str), default=None,
                                 choices=None, metavar=("{" + ",".join(choices) + "}") if choices else None,
                                 help=flag_help(f))
 
@@ -121,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     pred.add_argument("--run-dir", required=True)
     pred.add_argument("--data", required=True, help=".npz with x (raw, as in training) and optionally y; "
                                                     "a .ts file for timeseries runs")
-    pred.add_argument("--out", required=True, help="CSV to write: index, prediction, p0..pC-1 (, label)")
+    pred.add_argument("--out", required=True, help=f"CSV to write, a regular file; columns: {CSV_COLUMNS}")
     pred.add_argument("--x-key", default=None, help="array name of the inputs (default: x, else x_test)")
     pred.add_argument("--overwrite", action="store_true", help="replace --out if it exists (never the run's own files "
                                                                 "or the input data)")
@@ -144,22 +145,39 @@ def _flags(args) -> dict[str, Any]:
     return flags
 
 
-def resume_config(run_dir: Path, given: dict[str, Any]) -> RunConfig:
+def resume_config(run_dir: Path, given: dict[str, Any], from_preset: set[str] | frozenset = frozenset()) -> RunConfig:
     """The run's own config with ``given`` on top. Options equal to the run's are accepted (re-running the
-    original command with --resume appended works); of the others, only how and when it runs may change."""
+    original command with --resume appended works); of the others, only how and when it runs may change.
+    ``from_preset``: keys a shipped preset gave, which a given ``--protocol`` overrides as for a new run."""
     if not (run_dir / "config.yaml").exists():
         raise FileNotFoundError(f"--resume {run_dir}: no config.yaml there; is it a run directory?")
     config = load_config(run_dir / "config.yaml")
     if given.get("run_dir") is not None and Path(given["run_dir"]).resolve() != run_dir.resolve():
         raise ValueError(f"--resume {run_dir} and --run-dir {given['run_dir']} name different directories: give one")
+    if "protocol" in given and from_preset:  # the preset's keys as the protocol set them when the run started
+        from fpt.config.protocols import resolve
+
+        given = {k: v for k, v in resolve(given, from_preset).items() if k in given or k == "task_options"}
     given = {**given, "run_dir": str(run_dir)}
     changed = changed_options(config, given)
     refused = {name: values for name, values in changed.items() if name not in RESUMABLE}
     if refused:
-        listed = "; ".join(f"{name}: the run has {old!r}, given {new!r}" for name, (old, new) in sorted(refused.items()))
-        raise ValueError(f"--resume continues a run with its own config; these options differ from the run's: {listed}. "
-                         f"Only {', '.join(sorted(RESUMABLE - {'run_dir'}))} may change (start a new run with another "
-                         f"--run-dir for the others)")
+        set_by, hint = set(), ""
+        if "protocol" not in given and config.protocol != FIELDS["protocol"].default:
+            # the command says nothing of the protocol the run was made with, which set some of these options
+            from fpt.config.protocols import settings_for
+
+            set_by = {key.split(".")[0] for key in settings_for(config.to_dict())}
+            refused = {"protocol": (config.protocol, f"{FIELDS['protocol'].default} (not given: the default)"),
+                       **refused}
+            hint = (f" The run was made with --protocol {config.protocol}: add --protocol {config.protocol} to the "
+                    "command (the options it set then agree).")
+        order = sorted(refused, key=lambda k: (k != "protocol", k))
+        listed = "; ".join(f"{name}: the run has {refused[name][0]!r}, given {refused[name][1]!r}"
+                           + (f" (set by --protocol {config.protocol})" if name in set_by else "") for name in order)
+        raise ValueError(f"--resume continues a run with its own config; these options differ from the run's: {listed}."
+                         f"{hint} Only {', '.join(sorted(RESUMABLE - {'run_dir'}))} may change (start a new run with "
+                         f"another --run-dir for the others)")
     return assemble_config((config.to_dict(), set()), per_run=given)
 
 
@@ -169,8 +187,8 @@ def _fit(args) -> int:
     if args.resume:
         if args.overwrite:
             raise ValueError("--resume continues the run in place; --overwrite starts a new one: use one of them")
-        given, _ = assemble(args.config, _flags(args))  # the preset (if any) and flags, compared with the run's
-        config = resume_config(Path(args.resume), given)
+        given, from_preset = assemble(args.config, _flags(args))  # the preset (if any) and flags, compared with the run's
+        config = resume_config(Path(args.resume), given, from_preset)
         results = fit(config, resume=True, enable_progress_bar=not args.no_progress_bar and None)
     else:
         config = assemble_config(args.config, _flags(args))
@@ -269,6 +287,16 @@ def main(argv: list[str] | None = None) -> int:
         code = handler(args)
         finished = True
         return code
+    except BrokenPipeError:
+        # fpt list | head -1: the reader is gone. No traceback; 141 (128 + SIGPIPE, as a shell reports it): a
+        # command cut short never exits 0 (the pipeline's status stays head's)
+        import os
+
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error as Python flushes stdout
+        except (OSError, ValueError):
+            pass
+        return 141
     except TrainingInterrupted as stop:
         # Stopped by Ctrl-C / SIGTERM after writing a checkpoint: 128 + signal (130 / 143), like a shell.
         print(f"fpt {args.command}: {stop}", file=sys.stderr)

@@ -16,7 +16,7 @@ import yaml
 from fpt.base.io import atomic_write_text
 from fpt.base.options import coerce_field
 from fpt.base.text import description, suggest
-from fpt.config.run import FIELDS, MACHINERY, RunConfig, flag_of
+from fpt.config.run import FIELDS, MACHINERY, RESUMABLE, RunConfig, flag_of
 
 
 def preset_dir():
@@ -194,6 +194,13 @@ def changed_options(config: RunConfig, values: dict[str, Any]) -> dict[str, tupl
             if getattr(new, name) != getattr(config, name)}
 
 
+def other_run_options(stored: RunConfig, config: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """The options that make ``config`` another run than ``stored`` (``--resume`` refuses them: not RESUMABLE),
+    ``{name: (stored's value, config's)}``."""
+    return {name: (getattr(stored, name), getattr(config, name)) for name in FIELDS
+            if name not in RESUMABLE and getattr(stored, name) != getattr(config, name)}
+
+
 def save_config(config: RunConfig, path: Path) -> None:
     atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
@@ -206,6 +213,16 @@ ABSENT_FROM_OLDER_RUNS = {"bucket_by_length": 0}
 def load_config(path: Path) -> RunConfig:
     values = read_yaml(str(path))
     return build_config({**{k: v for k, v in ABSENT_FROM_OLDER_RUNS.items() if k not in values}, **values})
+
+
+def finish_advice(run_dir: str | Path) -> str:
+    """What finishes the unfinished run in ``run_dir``: resuming it from its checkpoint, or, when it ended before its
+    first checkpoint (nothing to resume), starting it again from its config.yaml."""
+    run_dir = Path(run_dir)
+    if any((run_dir / "checkpoints" / name).is_file() for name in ("last.ckpt", "previous.ckpt")):
+        return f"resume it with fpt fit --resume {run_dir}"
+    return (f"it ended before its first checkpoint, so there is nothing to resume: start it again with fpt fit --config "
+            f"{run_dir / 'config.yaml'} --run-dir {run_dir}")
 
 
 def is_shipped_preset(path_or_preset: str) -> bool:

@@ -6,6 +6,7 @@ declarations (docs/architecture.md, "Add an option")."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -112,8 +113,8 @@ class RunConfig:
                                     "sync per step): auto (on CUDA), true or false")
     num_threads: int | None = how(None, "CPU intra-op threads (default: $OMP_NUM_THREADS, else the physical cores / "
                                   "processes; a single process follows the cores other processes leave free, "
-                                  "docs/performance.md)",
-                                  bounds=at_least(1))
+                                  "docs/performance.md); also --threads, as fpt sweep spells it",
+                                  bounds=at_least(1), aliases=("--threads",))
     cache_features: bool = what(False, "with --freeze output-only: run the frozen network once per sample and train "
                                 "the head on its cached outputs (fpt/model/features.py)")
     cache_train_samples: int = what(0, "with --cache-features on a generated task: training samples to cache (0: steps "
@@ -121,7 +122,8 @@ class RunConfig:
                                     bounds=at_least(0))
     cache_memory_mb: int = how(2048, "with --cache-features: larger caches go to RUN_DIR/features (memory-mapped)",
                                bounds=at_least(0))
-    run_dir: str | None = how(None, "where the run writes everything (default: runs/<task>-<backbone>-<init>-<freeze>-s<seed>)")
+    run_dir: str | None = how(None, "where the run writes everything (default: runs/<task>[-<data>]-<backbone>[-L<layers>]-"
+                              "<init>-<freeze>[-<protocol>]-s<seed>; <data>: the task's name or path option)")
     label: str = what("", "free text shown in reports, e.g. \"-small: 2 layers, 2k steps\"", max_length=500)
 
     def validate(self) -> "RunConfig":
@@ -145,10 +147,17 @@ class RunConfig:
         return self
 
     def default_run_dir(self) -> str:
+        """``runs/<task>[-<data>]-<backbone>[-L<layers>]-<init>-<freeze>[-<protocol>]-s<seed>``: ``<data>`` is the
+        task's ``name`` or ``path`` option (a time-series problem, your .npz), ``<protocol>`` shown unless fpt's.
+        Runs whose other options differ share it: ``fpt fit`` then refuses with the ``--run-dir`` to use."""
         name = Path(self.backbone).name if Path(self.backbone).exists() else self.backbone.replace("/", "_")
         freeze = self.freeze if isinstance(self.freeze, str) else "+".join(self.freeze)
         layers = f"-L{self.layers}" if self.layers else ""
-        return str(Path("runs") / f"{self.task}-{name}{layers}-{self.init}-{freeze}-s{self.seed}")
+        options = self.task_options or {}
+        data = options.get("name") or (Path(str(options["path"])).stem.split("_TRAIN")[0] if options.get("path") else "")
+        data = f"-{re.sub(r'[^A-Za-z0-9._+=-]', '_', str(data))}" if data else ""
+        protocol = f"-{self.protocol}" if self.protocol != "fpt" else ""
+        return str(Path("runs") / f"{self.task}{data}-{name}{layers}-{self.init}-{freeze}{protocol}-s{self.seed}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -160,6 +169,24 @@ FIELDS = declared(RunConfig)
 def flag_of(f: dataclasses.Field) -> str | None:
     """The command-line flag of a declared option (``--eval-batch-size``), or None for a YAML-only one."""
     return "--" + f.name.replace("_", "-") if f.metadata.get("flag", True) else None
+
+
+def argument_type(name: str):
+    """An argparse ``type=`` that reads a flag as option ``name`` is declared (its type and bounds), so that a flag of
+    another command (``fpt sweep --threads``) accepts exactly what ``fpt fit``'s does."""
+    import argparse
+
+    from fpt.base.options import parse_text
+
+    f = FIELDS[name]
+
+    def parse(text: str) -> Any:
+        try:
+            return coerce_field(parse_text(text), f, flag=flag_of(f))
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
 
 
 def role(name: str) -> str:

@@ -74,6 +74,14 @@ def load_npz(path: str | os.PathLike, what: str = "array") -> dict[str, np.ndarr
     path = Path(path)
     if not path.is_file():
         raise ArrayDataError(f"{what}: file not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not zipfile.is_zipfile(path) and not head.startswith(b"\x93NUMPY"):  # numpy would guess a pickle and say so
+        ts_like = path.suffix.lower() == ".ts" or head.lstrip().startswith((b"@", b"#", b"%"))
+        hint = (". It looks like a .ts time-series file: use --task timeseries -o path=" + str(path) if ts_like else
+                f" (it starts with {head[:16]!r})")
+        raise ArrayDataError(f"{what}: {path} is not an .npz archive{hint}; an npz is written with "
+                             "numpy.savez(path, x=..., y=...)")
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
@@ -126,6 +134,15 @@ def check_finite(name: str, a: np.ndarray) -> None:
         problems.append(f"{int(inf.sum())} inf value(s), first in {_fmt_index(_first_index(inf))}")
     if problems:
         raise ArrayDataError(f"array {name!r} contains {' and '.join(problems)}; remove or impute them")
+    if a.dtype.itemsize > 4:  # float64: values beyond float32, the dtype fpt computes in, would become inf there
+        limit = float(np.finfo(np.float32).max)
+        big = np.abs(a) > limit
+        if big.any():
+            idx = _first_index(big)
+            raise ArrayDataError(f"array {name!r}: {int(big.sum())} value(s) beyond float32 (at most {limit:.3g} in "
+                                 f"magnitude, the dtype fpt computes in), first in {_fmt_index(idx)} (value "
+                                 f"{a[idx].item():g}); they would become inf. Rescale the array (e.g. divide by a "
+                                 "power of ten)")
 
 
 def check_labels(name: str, y: np.ndarray, n: int, num_classes: int | None = None) -> np.ndarray:

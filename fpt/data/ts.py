@@ -202,13 +202,25 @@ def _check_header(header: TSHeader, path: Path, key_lines: dict[str, int]) -> No
                             f"@dimensions {header.dimensions}")
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # the models compute in float32 (or narrower): larger is inf there
+
+
 def _parse_values(text: str, where: str, channel: int) -> np.ndarray:
     parts = text.split(",")
     try:
-        return np.array([math.nan if p.strip().lower() in _MISSING_TOKENS else float(p) for p in parts],
-                        dtype=np.float64)
+        values = np.array([math.nan if p.strip().lower() in _MISSING_TOKENS else float(p) for p in parts],
+                          dtype=np.float64)
     except ValueError:
-        pass
+        values = None
+    if values is not None:
+        big = np.abs(values) > FLOAT32_MAX  # inf too; nan (missing) is not
+        if big.any():
+            i = int(np.flatnonzero(big)[0])
+            raise TSFormatError(f"{where}: channel {channel}, value {i + 1}: {parts[i].strip()[:40]} does not fit "
+                                f"float32, the dtype fpt computes in (at most {FLOAT32_MAX:.3g} in magnitude): scaling "
+                                "would turn the whole series into inf or 0. Rescale the data (e.g. divide by a power of "
+                                "ten) or write it as missing (?)")
+        return values
     for i, p in enumerate(parts):
         s = p.strip()
         if s.lower() in _MISSING_TOKENS:
@@ -303,7 +315,7 @@ def read_ts(path: str | Path) -> TSData:
             raise TSFormatError(f"{where}: {len(fields)} channel{'s' * (len(fields) != 1)}, expected {expected} "
                                 f"{source}" + (" (a label without @classLabel / @targetLabel in the header?)"
                                                if not labelled and len(fields) == channels + 1 else ""))
-        values = [_parse_values(f, where, c + 1) for c, f in enumerate(fields)]
+        values = [_parse_values(f, f"{where} (case {len(series) + 1})", c + 1) for c, f in enumerate(fields)]
         length = len(values[0])
         for c, v in enumerate(values[1:], 2):
             if len(v) != length:
@@ -328,7 +340,7 @@ def read_ts(path: str | Path) -> TSData:
             except ValueError:
                 raise TSFormatError(f"{path}, line {number}: regression target {label!r} is not a number "
                                     "(@targetLabel true)") from None
-            if not math.isfinite(targets[i]):
+            if not math.isfinite(targets[i]) or abs(targets[i]) > FLOAT32_MAX:
                 raise TSFormatError(f"{path}, line {number}: regression target {label!r} is missing or not finite")
     elif labelled:
         labels = raw_labels

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,9 @@ def _fmt(value: Any) -> str:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=+-]", "_", text) or "base"
+
+
+MAX_TRIALS = 10_000  # trials in one sweep: far more than any machine runs, and a plan that is made at once
 
 
 # -- the plan -----------------------------------------------------------------------------------
@@ -126,18 +130,87 @@ def make_plan(preset: str, *, experiment: str | Experiment | None = None, grid: 
     full_grid.update({k.replace("-", "_"): v for k, v in (grid or {}).items()})
     if seeds is None:
         seeds = exp.seeds if exp and exp.seeds else 1
+    count = (len(exp.variants) if exp else 1) * math.prod(len(v) for v in full_grid.values()) \
+        * (int(seeds) if isinstance(seeds, int) else len(seeds))
+    if count > MAX_TRIALS:  # checked before any trial is built: a typo of --seeds answers at once
+        raise ValueError(f"this sweep has {count:,} trials; fpt plans at most {MAX_TRIALS:,} in one sweep (each is a "
+                         "training run). Use fewer --seeds or grid values, or split it into several sweeps")
     seed_list = list(range(int(seeds))) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list:
         raise ValueError("--seeds must be at least 1")
     if "seed" in full_grid:
         raise ValueError("sweep seeds with --seeds N, not --grid seed=...")
+    for given, keys in (("--grid", full_grid), ("--set", {k.replace("-", "_") for k in (sets or {})})):
+        if "run_dir" in keys:  # every trial's directory is the sweep's: SWEEP_DIR/<setting>/s<seed>
+            raise ValueError(f"{given} run_dir: a sweep puts each trial in SWEEP_DIR/<setting>/s<seed>; choose where "
+                             "with --sweep-dir DIR")
     cli_keys = [k.replace("-", "_") for k in (grid or {}) if not (exp and k.replace("-", "_") in exp.grid)]
     name = Path(preset).stem + (f"-{exp.name}" if exp else "") + "".join(f"-{k}" for k in cli_keys)
-    root = Path(sweep_dir) if sweep_dir else Path("runs") / "sweeps" / name
     if threads is None and parallel > 1 and "num_threads" not in base:
         threads = max(1, physical_cores() // parallel)
     machinery = {"num_threads": threads} if threads else {}
 
+    def build(root: Path) -> Plan:
+        return _build_plan(preset, base, exp, full_grid, seed_list, root, name, machinery, sets, written, command)
+
+    if sweep_dir:  # yours: it holds this plan (or a part of it), or nothing
+        plan = build(Path(sweep_dir))
+        conflict = plan_conflict(plan)
+        if conflict:
+            raise ValueError(f"{conflict}. A sweep directory belongs to one plan: give this sweep its own, e.g. "
+                             f"--sweep-dir {_free_sweep_dir(Path(sweep_dir))}")
+        return plan
+    # the default name: the first of NAME, NAME-2, NAME-3... that holds this plan (or a part of it) or nothing,
+    # so two different sweeps with one name (--grid init=... and --experiment init) never share a directory
+    default = Path("runs") / "sweeps" / name
+    for i in range(1, 1000):
+        plan = build(default if i == 1 else default.with_name(f"{name}-{i}"))
+        if not plan_conflict(plan):
+            return plan
+    raise ValueError(f"{default} and 998 more directories beside it hold other sweeps: give --sweep-dir")
+
+
+def _free_sweep_dir(root: Path) -> Path:
+    """``root-2``, ``root-3``...: the first that holds no sweep."""
+    i = 2
+    while (root.with_name(f"{root.name}-{i}") / PLAN_FILE).exists():
+        i += 1
+    return root.with_name(f"{root.name}-{i}")
+
+
+def plan_conflict(plan: Plan) -> str | None:
+    """Why ``plan`` may not use its directory, or None: the ``plan.json`` there is another sweep's when one of its
+    trials (or sources) is not in ``plan`` or has other settings (a sweep with more seeds or grid values, or the
+    same command again, extends or re-runs its own directory; nothing it holds is ever orphaned)."""
+    path = plan.sweep_dir / PLAN_FILE
+    if not path.is_file():
+        return None
+    try:
+        stored = load_plan(plan.sweep_dir)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # a damaged plan.json: the trial directories still refuse other settings (trial_state)
+    ours = {f"{t.setting}/s{t.seed}": t.values for t in plan.trials}
+    ours.update({f"sources/{n}": values for n, (values, _) in plan.sources.items()})
+    theirs = {f"{t.setting}/s{t.seed}": t.values for t in stored.trials}
+    theirs.update({f"sources/{n}": values for n, (values, _) in stored.sources.items()})
+    where = f"{plan.sweep_dir} holds another sweep" + (f" ({stored.command})" if stored.command else "")
+    missing = sorted(set(theirs) - set(ours))
+    if missing:
+        listed = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        return f"{where}: its trial(s) {listed} are not in this one (they would be orphaned)"
+    for key in sorted(theirs):
+        try:
+            a, b = _comparable(theirs[key]), _comparable(ours[key])
+        except ValueError:
+            return f"{where}: its trial {key} no longer reads as a config"
+        diffs = {k: (a.get(k), b.get(k)) for k in set(a) | set(b) if a.get(k) != b.get(k)}
+        if diffs:
+            listed = "; ".join(f"{k}: there {x!r}, now {y!r}" for k, (x, y) in sorted(diffs.items())[:6])
+            return f"{where}: its trial {key} has other settings ({listed})"
+    return None
+
+
+def _build_plan(preset, base, exp, full_grid, seed_list, root, name, machinery, sets, written, command) -> Plan:
     sources = _plan_sources(exp, preset, base, root, name, machinery)
     variants: list[tuple[str | None, dict[str, Any]]] = list(exp.variants.items()) if exp else [(None, {})]
     keys = list(full_grid)

@@ -10,6 +10,7 @@ from typing import Any
 from fpt.results import reference, ts_reference
 from fpt.runs.checkpoint import results_or_none
 from fpt.base.io import atomic_write_json, atomic_write_text
+from fpt.base.text import plural
 from fpt.model.objectives import better, headline, test_score, val_score
 from fpt.experiments.plan import Plan, Trial, load_plan
 from fpt.experiments.status import logged_outcome
@@ -146,7 +147,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
         s = by_name[setting]
         metric = s.get("metric", "accuracy")
         lines.append(f"- {variant}: `{setting}`: test {metric} at the best validation {_of(s['test'], metric)} "
-                     f"({s['test']['n']} seeds; final weights {_of(s['test_final'], metric)}), "
+                     f"({plural(s['test']['n'], 'seed')}; final weights {_of(s['test_final'], metric)}), "
                      f"val {_of(s['val'], metric)}")
     failed = [t for t in summary["trials"] if t["status"] == "failed"]
     if failed:

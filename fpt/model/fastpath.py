@@ -55,6 +55,9 @@ def cpu_threads(requested: int | None, local_processes: int = 1) -> int:
     if requested:
         return int(requested)
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        if int(os.environ["OMP_NUM_THREADS"]) < 1:  # torch.set_num_threads(0) is a traceback
+            raise ValueError(f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}: threads must be >= 1; unset it (fpt "
+                             "then picks the threads) or give the number to use, e.g. OMP_NUM_THREADS=2 or --num-threads 2")
         return int(os.environ["OMP_NUM_THREADS"])
     if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit() and int(os.environ["SLURM_CPUS_PER_TASK"]) > 0:
         return min(int(os.environ["SLURM_CPUS_PER_TASK"]), physical_cores())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fpt.base.io import atomic_write_bytes
+from fpt.base.text import plural
 from fpt.results import reference
 from fpt.runs.checkpoint import build_model, load_trained, read_results
 from fpt.config.files import load_config
@@ -30,7 +33,8 @@ def run_legend(r: dict[str, Any]) -> str:
 
 
 # What tells runs with the same backbone, init, freeze and seed apart, in the order legends add them.
-_DISTINGUISHING = (("layers", "{} layers"), ("lr", "lr {:g}"), ("batch_size", "batch {}"), ("steps", "{} steps"),
+_DISTINGUISHING = (("layers", lambda v: plural(v, "layer")), ("lr", "lr {:g}"), ("batch_size", "batch {}"),
+                   ("steps", lambda v: plural(v, "step")),
                    ("protocol", "protocol {}"), ("task_options", "{}"), ("label", "{}"))
 
 
@@ -52,7 +56,8 @@ def run_legends(results: dict[Path, dict[str, Any]]) -> dict[Path, str]:
                         others = [results[o].get(key) or {} for o in same if o != d]
                         v = ", ".join(f"{k}={x}" for k, x in v.items() if any(o.get(k) != x for o in others))
                     if v not in (None, ""):
-                        extra[d].append(fmt.format(v) if not (isinstance(v, str) and fmt == "lr {:g}") else str(v))
+                        extra[d].append(fmt(v) if callable(fmt) else fmt.format(v) if not (
+                            isinstance(v, str) and fmt == "lr {:g}") else str(v))
         for d in same:
             out[d] = " ".join([text, *extra[d]])
         if len({out[d] for d in same}) < len(same):  # still alike: their folders tell them apart
@@ -61,31 +66,83 @@ def run_legends(results: dict[Path, dict[str, Any]]) -> dict[Path, str]:
     return out
 
 
+def _base_parts(r: dict[str, Any]) -> list[tuple[str, str]]:
+    """(what, text) of :func:`run_legend`'s words: backbone, init, freeze, seed."""
+    return [("backbone", _short_backbone(r)), ("init", str(r.get("init"))), ("freeze", _freeze_text(r.get("freeze", ""))),
+            ("seed", f"s{r.get('seed')}")]
+
+
+def varying_legends(results: dict[Path, dict[str, Any]]) -> tuple[dict[Path, str], str]:
+    """Legend entries that say only what differs among the runs (:func:`run_legends` without the words every run
+    shares), and those shared words (for the title). One run: its whole legend, nothing shared."""
+    legends = run_legends(results)
+    if len(results) < 2 or not all(results.values()):
+        return legends, ""
+    parts = {d: _base_parts(r) for d, r in results.items()}
+    shared = [i for i in range(4) if len({parts[d][i][1] for d in results}) == 1]
+    out = {}
+    for d, r in results.items():
+        extra = legends[d][len(run_legend(r)):].strip()
+        words = [text for i, (_, text) in enumerate(parts[d]) if i not in shared] + ([extra] if extra else [])
+        out[d] = " ".join(words) or legends[d]
+    common = " ".join(parts[next(iter(results))][i][1] for i in shared)
+    return out, common
+
+
+def _legend_below(fig, ax, fontsize: float = 7) -> None:
+    """The axes' legend below the plot, outside it, in as many columns as the entries' length allows: the plot keeps
+    its size from 1 to 20 runs (the figure grows instead; see :func:`_legend_rows`)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    fig.legend(handles, labels, loc="outside lower center", ncols=_legend_columns(labels), fontsize=fontsize,
+               frameon=False)
+
+
+def _legend_columns(labels: list[str]) -> int:
+    longest = max((len(t) for t in labels), default=1)
+    return max(1, min(len(labels), 4, 96 // max(longest, 1)))
+
+
+def _legend_rows(labels: list[str]) -> int:
+    return -(-len(labels) // _legend_columns(labels))
+
+
 def learning_curve_figure(run_dirs: list[Path], title: str | None = None):
-    """Validation accuracy (%) against optimizer steps, one line per run (x, y: ``read_curve``)."""
-    fig = _figure()
+    """Validation accuracy (%) against optimizer steps, one line per run (x, y: ``read_curve``). The legend says
+    what differs among the runs, below the plot; what they share is in the title."""
+    import textwrap
+
+    results = {Path(d): (read_results(d) if (Path(d) / "results.json").exists() else {}) for d in run_dirs}
+    legends, common = varying_legends(results)
+    curves = [(Path(d), *read_curve(d)) for d in run_dirs]
+    curves = [c for c in curves if c[1]]
+    labels = [legends[d] for d, _, _ in curves]
+    fig = _figure(6.4, 4.2 + 0.17 * _legend_rows(labels) if labels else 4.2)
     ax = fig.add_subplot()
     tasks = set()
-    results = {Path(d): (read_results(d) if (Path(d) / "results.json").exists() else {}) for d in run_dirs}
-    legends = run_legends(results)
     lowest = 100.0
-    for run_dir in run_dirs:
-        steps, acc = read_curve(run_dir)
-        if not steps:
-            continue
-        r = results[Path(run_dir)]
+    many = len(curves) > 10  # more lines than the default cycle has colours
+    import matplotlib
+
+    colours = matplotlib.colormaps["tab20"].colors if many else None
+    for i, (run_dir, steps, acc) in enumerate(curves):
+        r = results[run_dir]
         tasks.add(r.get("task", ""))
         style = "-" if r.get("init") == "pretrained" and reference.backbone_kind(r) != "lstm" else "--"
-        ax.plot(steps, [100 * a for a in acc], style, marker="o", markersize=3, label=legends[Path(run_dir)],
-                clip_on=False)  # points at 100% are drawn whole on the top edge
+        ax.plot(steps, [100 * a for a in acc], style, marker="o", markersize=3, label=legends[run_dir],
+                clip_on=False, **({"color": colours[i % len(colours)]} if many else {}))  # 100% drawn whole
         lowest = min(lowest, 100 * min(acc))
     ax.set_xlabel("optimizer steps")
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(title or ("learning curves: " + ", ".join(sorted(t for t in tasks if t))))
+    heading = title or ("learning curves: " + ", ".join(sorted(t for t in tasks if t)))
+    if common:
+        heading += f" ({plural(len(curves), 'run')}; all: {common})"
+    ax.set_title("\n".join(textwrap.wrap(heading, 70)), fontsize=9)
     ax.grid(True, alpha=0.3)
     if ax.lines:
         _accuracy_axis(ax, lowest)
-        ax.legend(fontsize=7)
+        _legend_below(fig, ax)
     return fig
 
 
@@ -111,7 +168,7 @@ def convergence_figure(rows: list[dict[str, Any]]):
         reached.append(len(hit))
         runs.append(len(rs))
         paper.append(rs[0]["paper_steps_to_converge"])
-    fig = _figure(max(6.4, 1.1 * len(keys) + 2), 4.4)
+    fig = _figure(max(6.4, 1.1 * len(keys) + 2), 4.8)
     ax = fig.add_subplot()
     x = np.arange(len(keys))
     bars = ax.bar(x - 0.2, ours, 0.4, color="tab:blue",
@@ -121,7 +178,7 @@ def convergence_figure(rows: list[dict[str, Any]]):
         if not hit:
             bar.set_hatch("//")
             bar.set_alpha(0.5)
-        text = "not reached" if not hit else (f"{hit}/{n}" if hit < n else (f"{n}/{n}" if n > 1 else ""))
+        text = f"{hit}/{n}" + ("" if hit else " not reached")  # every bar: how many of its runs reached the target
         if text:
             ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
                         fontsize=6, xytext=(0, 2), textcoords="offset points")
@@ -133,7 +190,7 @@ def convergence_figure(rows: list[dict[str, Any]]):
         ax.set_ylim(top=max(positive) * 3)  # room for the k/n labels above the bars
     ax.set_ylabel("optimizer steps")
     ax.set_title("convergence speed")
-    ax.legend(fontsize=6, loc="upper left")
+    _legend_below(fig, ax, fontsize=6)
     fig.fpt_data = {"keys": keys, "ours": ours, "reached": [h == n for h, n in zip(reached, runs)],
                     "reached_runs": reached, "runs": runs, "paper": paper}  # for tests and callers
     return fig
@@ -207,7 +264,11 @@ def attention_figure(maps, config=None, title: str | None = None):
 
 # -- entry points ----------------------------------------------------------------------------------
 def _save(fig, path: Path) -> str:
-    fig.savefig(path, dpi=110)
+    """The figure as a PNG file, rendered in memory and written whole (a full disk leaves no 0-byte PNG and the
+    error names the file: ``fpt.io.WriteError``)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    atomic_write_bytes(Path(path), buffer.getvalue())
     return str(path)
 
 
@@ -216,6 +277,9 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+    if not read_curve(run_dir)[0]:
+        raise ValueError(f"{run_dir}: no validation in {run_dir / 'metrics.csv'} yet (the run ended or was killed before "
+                         "its first validation, --eval-every): no learning curve to draw")
     out = Path(out_dir) if out_dir else run_dir / "figures"
     out.mkdir(parents=True, exist_ok=True)
     written = {"learning curve": _save(learning_curve_figure([run_dir], f"{run_dir.name}: validation accuracy"),

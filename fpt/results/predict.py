@@ -32,9 +32,15 @@ import torch
 
 from fpt.runs.checkpoint import load_run
 from fpt.data.arrays import load_arrays_for_prediction
-from fpt.base.io import atomic_write_text
+from fpt.base.io import atomic_write_text, not_regular
 from fpt.tasks.registry import task_of
 from fpt.runs.checkpoint import results_or_none
+
+# The CSV's columns, as predict() writes them (fpt predict --help and docs/tasks.md say this; tests check it).
+CSV_COLUMNS = ("index, prediction (the class index), prediction_label (time series: the class as its files write it), "
+               "p0..pC-1 (class probabilities), label (when the data has labels); many labels per sample (bit tasks): "
+               "index, prediction, confidence (space-separated per label), label; regression: index, prediction "
+               "(prediction_0.. for several targets, in the targets' units), label")
 
 
 def check_out_path(out: str | Path, run_dir: str | Path, data: str | Path, overwrite: bool = False) -> Path:
@@ -48,6 +54,11 @@ def check_out_path(out: str | Path, run_dir: str | Path, data: str | Path, overw
     if data.exists() and (target == data.resolve() or (out.exists() and os.path.samefile(out, data))):
         raise ValueError(f"--out {out} is the input data file (--data {data}): writing there would destroy it; "
                          "choose another --out")
+    kind = not_regular(out)
+    if kind and kind != "a directory":
+        raise ValueError(f"--out {out} is {kind}, not a regular file: fpt predict writes its CSV whole (a temporary "
+                         "file renamed over the old one), which would replace it; write a regular file, e.g. "
+                         "--out preds.csv, and copy it there")
     if out.is_dir():
         raise IsADirectoryError(f"--out {out} is a directory; give a file name, e.g. --out {out / 'predictions.csv'}")
     if out.exists() and not overwrite:

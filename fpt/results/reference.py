@@ -40,6 +40,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from fpt.base.text import plural
+
 CITATIONS = {
     "lu2021": "Lu, Grover, Abbeel, Mordatch (2021). Pretrained Transformers as Universal Computation Engines. "
               "arXiv:2103.05247 (v2); AAAI 2022.",
@@ -129,7 +131,7 @@ class Reference:
     def label(self) -> str:
         """``Lu et al. 2021 Table 2, GPT-2 base (12 x 768)``: where the number is from and what measured it."""
         via = f" (quoted in {self.via})" if self.via else ""
-        depth = f", {self.layers} layers" if self.layers else ""
+        depth = f", {plural(self.layers, 'layer')}" if self.layers else ""
         return f"{SOURCE_NAMES[self.source]} {self.where}{via}, {MODEL_TEXT.get(self.model, self.model)}{depth}"
 
 
@@ -402,16 +404,16 @@ def differences(results: dict[str, Any], ref: Reference) -> list[str]:
         if width and str(width) != "768":
             out.append(f"LSTM width {width} (the number: 768)")
         if results.get("layers") not in (None, 3):
-            out.append(f"{results.get('layers')} LSTM layers (the number: 3)")
+            out.append(f"{plural(results.get('layers'), 'LSTM layer')} (the number: 3)")
     elif model != ref.model:
-        layers = f" ({results['layers']} layers)" if results.get("layers") else ""
+        layers = f" ({plural(results['layers'], 'layer')})" if results.get("layers") else ""
         out.append(f"model: this run {model}{layers}, the number {MODEL_TEXT.get(ref.model, ref.model)}"
-                   + (f", {ref.layers} layers" if ref.layers else ""))
+                   + (f", {plural(ref.layers, 'layer')}" if ref.layers else ""))
     if kind != "lstm":
         depth = ref.layers or MODEL_DEPTH.get(ref.model)
         layers = results.get("layers")
         if depth and layers and int(layers) != depth and model == ref.model:
-            out.append(f"depth: this run {layers} layers, the number {depth}")
+            out.append(f"depth: this run {plural(layers, 'layer')}, the number {depth}")
     protocol = protocol_of(results)
     if ref.protocol != protocol:
         out.append(f"protocol: this run {_protocol_text(protocol)}, the number {_protocol_text(ref.protocol)}")

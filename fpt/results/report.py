@@ -35,14 +35,14 @@ are written with the Agg canvas).
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any, Iterable
 
+from fpt.base.io import atomic_write_text
 from fpt.results import reference
 from fpt.runs.checkpoint import read_results
 from fpt.results.figures import _save, attention_figure, attention_maps, convergence_figure, learning_curve_figure, run_legend
-from fpt.results.rows import _num, find_runs, run_row
+from fpt.results.rows import _num, find_runs, run_row, write_rows
 from fpt.results.forecast_report import forecast_section
 from fpt.results.timeseries_report import timeseries_section
 
@@ -65,6 +65,11 @@ def _paper_steps(r: dict[str, Any]) -> str:
     if r["paper_steps_to_converge"] is not None and r.get("batch_size") not in (None, 4):
         text += f" (at batch 4; ours {r['batch_size']})"
     return text
+
+
+def markdown_cell(value: Any) -> str:
+    """``value`` as one cell of a markdown table: a ``|`` escaped, line breaks as spaces (a label may hold both)."""
+    return " ".join(str(value).replace("|", "\\|").splitlines())
 
 
 def render_markdown(rows: list[dict[str, Any]], figures: dict[str, str] | None = None) -> str:
@@ -93,13 +98,11 @@ def render_markdown(rows: list[dict[str, Any]], figures: dict[str, str] | None =
         if r.get("test_accuracy_as_published") is not None:
             ours += f" (x 0.9739 as published: {_num(r['test_accuracy_as_published'])})"
         differs = r.get("differences") or ("-" if r["paper_accuracy"] is None else "")
-        lines.append(
-            f"| {r['task']} | {r.get('name') or Path(r['run']).name} | {r['label'] or '-'} | {r['backbone']} | "
-            f"{r['init']} | {r['freeze']} | "
-            f"{r['layers']} | {r.get('protocol', 'fpt')} | {r['setting'] or '-'} | {ours} | "
-            f"{_num(r.get('test_accuracy_at_best_val'))} | {paper} | {differs} | {_num(r['val_best_accuracy'])} | "
-            f"{target} | {_paper_steps(r)} | {_num(r['trainable_params'])} | "
-            f"{_num(r['seconds'], 0)} | {r['device']} |")
+        cells = [r["task"], r.get("name") or Path(r["run"]).name, r["label"] or "-", r["backbone"], r["init"],
+                 r["freeze"], r["layers"], r.get("protocol", "fpt"), r["setting"] or "-", ours,
+                 _num(r.get("test_accuracy_at_best_val")), paper, differs, _num(r["val_best_accuracy"]), target,
+                 _paper_steps(r), _num(r["trainable_params"]), _num(r["seconds"], 0), r["device"]]
+        lines.append("| " + " | ".join(map(markdown_cell, cells)) + " |")
     notes = sorted({(r["task"], r["setting"], r["paper_note"]) for r in rows if r["paper_note"]})
     if notes:
         lines += ["", "Notes on the published numbers:", ""]
@@ -111,11 +114,7 @@ def render_markdown(rows: list[dict[str, Any]], figures: dict[str, str] | None =
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: r.get(k) for k in COLUMNS})
+    write_rows(rows, path, COLUMNS)
 
 
 def write_report(paths: Iterable[str | Path], out_dir: str | Path = "report", attention: bool = True) -> dict[str, Any]:
@@ -157,7 +156,7 @@ def write_report(paths: Iterable[str | Path], out_dir: str | Path = "report", at
     head = (render_markdown(main_rows, {k: Path(v).name for k, v in figures.items()}) if main_rows else
             "# fpt report\n\nFigures: " + ", ".join(f"`{Path(v).name}`" for v in fc_figures.values()) + "\n")
     figures.update(fc_figures)
-    (out / "report.md").write_text(head + ts_markdown + fc_markdown)
+    atomic_write_text(out / "report.md", head + ts_markdown + fc_markdown)
     write_csv(rows, out / "report.csv")
     return {"rows": rows, "figures": figures, "markdown": str(out / "report.md"), "csv": str(out / "report.csv"),
             "skipped": skipped}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 import math
@@ -10,6 +11,8 @@ from typing import Any, Iterable
 
 import yaml
 
+from fpt.base.io import atomic_write_text
+from fpt.config.files import finish_advice
 from fpt.results import reference
 from fpt.runs.checkpoint import read_results
 from fpt.base.text import as_percent
@@ -29,7 +32,7 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
             raise ValueError(f"{p} is not a run directory")
         below = sorted(r.parent for r in p.rglob("results.json") if ".old-" not in str(r.parent))
         if not below:
-            hint = " (the run has not finished: fpt fit --resume it)" if (p / "config.yaml").exists() else ""
+            hint = f" (the run has not finished; {finish_advice(p)})" if (p / "config.yaml").exists() else ""
             raise FileNotFoundError(f"no finished run (results.json) in {p}{hint}")
         found.extend(below)
     unique = []
@@ -71,7 +74,10 @@ def read_curve(run_dir: str | Path, metric: str = "val/accuracy") -> tuple[list[
     if not path.exists():
         return [], []
     by_step: dict[int, float] = {}
-    with open(path, newline="") as f:
+    text = path.read_text(errors="replace")
+    if text and not text.endswith("\n"):  # a row cut mid-write (a kill, a full disk): its values may be cut too
+        text = text[: text.rfind("\n") + 1]
+    with io.StringIO(text, newline="") as f:
         for row in csv.DictReader(f):
             value, step = row.get(metric), row.get("step")
             if value not in (None, "") and step not in (None, ""):
@@ -79,6 +85,20 @@ def read_curve(run_dir: str | Path, metric: str = "val/accuracy") -> tuple[list[
     steps = sorted(by_step)
     offset = 0 if _labels_completed_steps(Path(run_dir), steps) else 1
     return [s + offset for s in steps], [by_step[s] for s in steps]
+
+
+def metrics_cut_mid_row(run_dir: str | Path) -> bool:
+    """True when ``metrics.csv``'s last row is incomplete (no line end): :func:`read_curve` leaves it out."""
+    path = Path(run_dir) / "metrics.csv"
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, 2)
+            return f.read(1) != b"\n"
+    except OSError:
+        return False
 
 
 # -- the table ------------------------------------------------------------------------------------
@@ -151,3 +171,14 @@ def _num(x: Any, digits: int = 1) -> str:
     if isinstance(x, float):
         return f"{x:.{digits}f}"
     return str(x)
+
+
+def write_rows(rows: list[dict[str, Any]], path: Path, columns: Iterable[str]) -> None:
+    """``rows`` as a CSV file of ``columns``, written whole (``fpt.base.io``: a full disk names the file and leaves no
+    stub)."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(columns))
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: r.get(k) for k in columns})
+    atomic_write_text(path, text.getvalue())

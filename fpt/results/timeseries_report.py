@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import Any
@@ -10,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from fpt.results import reference, ts_reference
-from fpt.results.figures import _accuracy_axis, _figure, _save
-from fpt.results.rows import _freeze_text, _num, _short_backbone, read_curve
+from fpt.results.figures import _accuracy_axis, _figure, _legend_below, _save
+from fpt.results.rows import _freeze_text, _num, _short_backbone, read_curve, write_rows
 from fpt.base.text import format_metric
 
 
@@ -171,11 +170,8 @@ def timeseries_section(run_dirs: list[Path], results: dict[Path, dict[str, Any]]
                   "setting, one line per seed):", ""] + [f"- {k}: `{Path(v).name}`" for k, v in figures.items()]
     columns = ("problem", "setting", "backbone", "layers", "lr", "metric", "chosen", "val_mean", "val_std", "test_mean",
                "test_std", "steps", "seconds", "cpu_seconds")
-    with open(out / "timeseries.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns) + ["seeds"])
-        writer.writeheader()
-        for g in table:
-            writer.writerow({**{k: g.get(k) for k in columns}, "seeds": " ".join(map(str, g["seeds"]))})
+    write_rows([{**g, "seeds": " ".join(map(str, g["seeds"]))} for g in table], out / "timeseries.csv",
+              (*columns, "seeds"))
     return "\n".join(lines) + "\n", figures
 
 
@@ -205,5 +201,5 @@ def timeseries_curve_figure(problem: str, groups: list[dict[str, Any]], results:
     ax.set_title(f"{problem}: validation {metric}")
     ax.grid(True, alpha=0.3)
     if ax.lines:
-        ax.legend(fontsize=7)
+        _legend_below(fig, ax)
     return fig

@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from fpt.config.run import RunConfig
-from fpt.config.files import load_config
+from fpt.config.files import finish_advice, load_config
 from fpt.data.splits import TaskSpec
 from fpt.base.io import atomic_write_bytes, atomic_write_json
 from fpt.model.network import FPT, ModelConfig
@@ -165,8 +165,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[RunConfig, FPT]:
     config = load_config(run_dir / "config.yaml")
     weights = run_dir / "model.safetensors"
     if not weights.exists():
-        raise FileNotFoundError(f"{weights} does not exist: the run did not finish; resume it with "
-                                f"fpt fit --resume {run_dir}")
+        raise FileNotFoundError(f"{weights} does not exist: the run did not finish; {finish_advice(run_dir)}")
     model = build_model(config, spec=stored_task_spec(weights))  # no task data is read for a stored shape
     load_trained(model, weights)
     return config, model.to(device).eval()
@@ -196,7 +195,7 @@ def read_results(run_dir: str | Path) -> dict[str, Any]:
     try:
         results = json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path} does not exist: the run has not finished (fpt fit --resume {run_dir})") from None
+        raise FileNotFoundError(f"{path} does not exist: the run has not finished; {finish_advice(run_dir)}") from None
     except (ValueError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err}); the file is damaged") from None
     missing = [k for k in RESULTS_KEYS if k not in results] if isinstance(results, dict) else list(RESULTS_KEYS)

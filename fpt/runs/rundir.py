@@ -242,8 +242,11 @@ def check_writable(run_dir: Path, flag: str = "--run-dir") -> None:
                       f"space or choose another {flag}")
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, move: bool = True) -> Path | None:
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, move: bool = True, config=None) -> Path | None:
     """Check that ``run_dir`` may be written; with ``overwrite``, move an existing run aside.
+
+    ``config`` (the new run's): a run there with other options than these (ones ``--resume`` refuses) is
+    refused with the free ``--run-dir`` to type, not with advice to resume it.
 
     Returns where an old run was moved (``RUN_DIR.old-<timestamp>``), or None. ``move=False`` only
     checks. Move after every option has been checked (the model is built), so a typo never moves
@@ -267,6 +270,9 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, move: bool = T
             return None  # the caller's lock refuses a live run that has not reached its first checkpoint yet
         return move_aside(run_dir)
     if is_run_dir(run_dir):
+        other = _other_run(run_dir, config) if config is not None and not overwrite else None
+        if other:
+            raise FileExistsError(other)
         if not overwrite:
             raise FileExistsError(
                 f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, --overwrite to move it "
@@ -282,6 +288,34 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, move: bool = T
             "(no config.yaml); fpt does not write into it. Choose a new or empty --run-dir."
         )
     return None
+
+
+def free_name(path: Path) -> Path:
+    """``path-2``, ``path-3``...: the first that does not exist."""
+    i = 2
+    while path.with_name(f"{path.name}-{i}").exists():
+        i += 1
+    return path.with_name(f"{path.name}-{i}")
+
+
+def _other_run(run_dir: Path, config) -> str | None:
+    """Why the run in ``run_dir`` is another run than ``config``'s, with the command to type; None if it is the same."""
+    from fpt.config.files import load_config, other_run_options
+
+    try:
+        stored = load_config(run_dir / "config.yaml")
+    except (OSError, ValueError):
+        return None  # an unreadable config: the usual advice (and --resume's own check) apply
+    differs = other_run_options(stored, config)
+    differs.pop("label", None) if len(differs) > 1 else None  # a label alone is enough, beside others it is noise
+    if not differs:
+        return None
+    order = sorted(differs, key=lambda k: (k != "protocol", k))  # the protocol first: it changes others
+    listed = "; ".join(f"{k}: there {differs[k][0]!r}, now {differs[k][1]!r}" for k in order[:6])
+    more = f" and {len(differs) - 6} more" if len(differs) > 6 else ""
+    return (f"{run_dir} holds another run ({listed}{more}), so --resume would be refused. Give this run its own "
+            f"directory: add --run-dir {free_name(run_dir)} (or --overwrite to move that run aside to "
+            f"{run_dir}.old-<timestamp> and start this one there)")
 
 
 def _leftovers(run_dir: Path, ignore: tuple[str, ...] = ()) -> list[str]:

@@ -277,6 +277,7 @@ class TimeSeries(NamedSplitsTask):
         self._kind = kind
         self._classes = tuple(classes)
         self._channels = train_file.num_channels
+        self._train_length = equal_length(train_file)
         self._stats = (mean, std)
         self._width = width
         ytrain = self._prepared.y["train"]
@@ -318,6 +319,7 @@ class TimeSeries(NamedSplitsTask):
         if train.num_channels != test.num_channels:
             raise TimeSeriesDataError(f"{self.name}: {train.path} has {train.num_channels} channels but {test.path} "
                                       f"has {test.num_channels}")
+        check_length(test, equal_length(train), f"{self.name}: ", f"TRAIN ({train.path.name})")
 
     def _carve(self, data: ts.TSData, pool: np.ndarray, fraction: float, rng: np.random.Generator,
                what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -378,7 +380,7 @@ class TimeSeries(NamedSplitsTask):
             problem=self._info["problem"], output=self._kind, channels=self._channels, channel_mode=o.channels,
             patch_size=o.patch_size, stride=self.stride, normalize=o.normalize, missing=o.missing,
             mean=None if mean is None else [float(v) for v in mean], std=None if std is None else [float(v) for v in std],
-            classes=list(self._classes), max_tokens=self._width, padded=self._padded)
+            classes=list(self._classes), max_tokens=self._width, padded=self._padded, train_length=self._train_length)
 
     # -- splits -----------------------------------------------------------------------------------
     def _split(self, name: str, training: bool = False) -> Split:
@@ -388,6 +390,28 @@ class TimeSeries(NamedSplitsTask):
             arrays["mask"] = p.mask[name]
         return ArraySplit(arrays, shuffle_seed=self.seed if training else None,
                           transform=TrimPadding() if self._padded else None)
+
+
+def equal_length(data: ts.TSData) -> int | None:
+    """The one length of every series of ``data``, or None when the lengths vary."""
+    lengths = set(data.lengths.tolist())
+    return lengths.pop() if len(lengths) == 1 else None
+
+
+def check_length(data: ts.TSData, length: int | None, prefix: str, trained_on: str) -> None:
+    """When training saw one series length only, a series of another length is refused: longer, it reaches
+    positions that never trained; shorter, the read-out sits where it never did. Variable-length training
+    (padding and masks) accepts any length up to the position table."""
+    if length is None:
+        return
+    other = np.flatnonzero(data.lengths != length)
+    if len(other):
+        i = int(other[0])
+        raise TimeSeriesDataError(
+            f"{prefix}{data.path}, line {int(data.lines[i])}: a series of length {int(data.lengths[i])}; every training "
+            f"series has length {length} ({trained_on}), so the model never saw positions or read-outs of this one "
+            f"({len(other)} of {len(data)} cases differ). Crop or resample the series to length {length}, or train on "
+            "series of both lengths")
 
 
 # -- fpt predict ------------------------------------------------------------------------------------
@@ -409,6 +433,7 @@ class TimeSeriesLayout:
     max_tokens: int
     padded: bool
     kind: str = "timeseries"
+    train_length: int | None = None  # the one length of every training series; None: lengths vary (or an older run)
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -430,6 +455,7 @@ def load_for_prediction(path: str | Path, layout: dict[str, Any] | TimeSeriesLay
     if data.num_channels != layout.channels:
         raise TimeSeriesDataError(f"predict: {data.path} has {data.num_channels} channels; the run was trained on "
                                   f"{layout.channels} ({layout.problem})")
+    check_length(data, layout.train_length, "predict: ", f"the run's, {layout.problem}")
     mean = None if layout.mean is None else np.asarray(layout.mean)
     std = None if layout.std is None else np.asarray(layout.std)
     tokens = [tokens_of(s, layout.patch_size, layout.stride, layout.channel_mode)

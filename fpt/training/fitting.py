@@ -37,7 +37,8 @@ from fpt.runs.checkpoint import (
     save_prediction_layout,
     save_trained,
 )
-from fpt.config.run import RunConfig
+from fpt.config.run import FIELDS, RunConfig
+from fpt.base.text import plural
 from fpt.config.files import save_config
 from fpt.base.cpu import threads_beside
 from fpt.training.distributed import global_rank_from_env, local_processes
@@ -62,6 +63,9 @@ def fit(config: RunConfig, resume: bool = False, enable_progress_bar: bool | Non
     """
     _quiet_lightning()
     config.validate()
+    if config.data_dir and not Path(config.data_dir).expanduser().is_dir():  # else silently ignored by the tasks
+        raise FileNotFoundError(f"--data-dir {config.data_dir}: no such directory; give the directory holding the "
+                                "task's dataset files, or leave it out (then $FPT_DATA_DIR, then the cache)")
     run_dir = Path(config.run_dir or config.default_run_dir())
     config.run_dir = str(run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -80,8 +84,12 @@ def fit(config: RunConfig, resume: bool = False, enable_progress_bar: bool | Non
     checkpoint = None
     if resume:
         checkpoint = read_checkpoint(last)  # missing, truncated, foreign: a clear error before any work
+        done = int(checkpoint["global_step"])
+        if done > config.steps:
+            raise ValueError(f"--resume {run_dir}: the run is at step {done} already: --steps {config.steps} would "
+                             f"train nothing (config.yaml is left as it is). To continue it, give --steps above {done}")
     if rank_zero:  # only checks (a run there, a file in the way, read-only or full), moves nothing yet
-        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, move=False)
+        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, move=False, config=config)
     if rank_zero:
         RunLock(run_dir).check()  # a live run in this directory: say so before the slow model build
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -89,10 +97,18 @@ def fit(config: RunConfig, resume: bool = False, enable_progress_bar: bool | Non
     # Build task and model before writing anything: a bad option (task, preset, --layers) must not
     # leave a config.yaml behind that makes the run directory refuse the corrected command.
     module = FPTModule(config)
+    if module.objective.kind != "classification":
+        given = [flag for flag, on in (("--stop-at-target", config.stop_at_target),
+                                       ("--target-accuracy", config.target_accuracy != FIELDS["target_accuracy"].default))
+                 if on]
+        if given:  # they read validation accuracy, which a regression run does not have
+            raise ValueError(f"{' and '.join(given)} read validation accuracy, but {config.task} here is "
+                             f"{module.objective.kind} (validation {module.objective.metric}): they would be ignored. "
+                             "Drop them; the run keeps the weights of its best validation point (best.safetensors)")
     module.run_start = start
     counts = module.model.parameter_counts()
     if rank_zero:
-        print(f"fpt: {config.task} on {config.backbone} ({config.init}, {module.model.backbone.num_layers} layers), "
+        print(f"fpt: {config.task} on {config.backbone} ({config.init}, {plural(module.model.backbone.num_layers, 'layer')}), "
               f"freeze={config.freeze}: {counts['trainable']:,} trainable of {counts['total']:,} parameters "
               f"({100 * counts['trainable'] / counts['total']:.3f}%)", flush=True)
         if module.model.inferred_rules_yaml:  # said once per run: what froze, as the rules a user could write
