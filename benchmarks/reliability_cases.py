@@ -592,7 +592,7 @@ NEEDED = ("fpt fit --steps 4 --eval-every 2: step labels",
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="also write the results to this file")
-    parser.add_argument("--only", help="run only cases whose name contains this")
+    parser.add_argument("--only", action="append", help="run only cases whose name contains this (repeatable)")
     parser.add_argument("--group", action="append", help="run only these groups (and the setup cases)")
     args = parser.parse_args()
     fixtures()
@@ -600,7 +600,7 @@ def main() -> int:
     print("| case | command | exit | seconds | message / what it left |")
     print("|---|---|---|---|---|")
     for group, name, run, observe in cases():
-        if args.only and args.only not in name and not name.startswith("(setup"):
+        if args.only and not any(o in name for o in args.only) and not name.startswith("(setup") and name not in NEEDED:
             continue
         if args.group and group not in args.group and not name.startswith("(setup") and name not in NEEDED:
             continue
