@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from fpt.config.run import argument_type
 from fpt.experiments.study import (
     describe_study, launch_study, load_study, make_study_plan, run_study, save_study, study_status,
 )
@@ -24,8 +25,9 @@ def add_study_parser(sub, add_launcher_flags: Callable) -> None:
     study.add_argument("file", help="a study YAML file, or a shipped study's name (fpt/presets/studies)")
     study.add_argument("--study-dir", help="where the trials go (default runs/studies/<study name>)")
     study.add_argument("--parallel", type=int, default=1, help="worker processes (each loads every backbone once)")
-    study.add_argument("--threads", type=int, default=None, help="CPU threads per trial (default: physical cores / "
-                                                                 "--parallel)")
+    study.add_argument("--threads", "--num-threads", dest="threads", type=argument_type("num_threads"), default=None,
+                       help="CPU threads per trial, an integer >= 1 (fpt fit's --num-threads; default: physical cores / "
+                            "--parallel)")
     study.add_argument("--dry-run", action="store_true", help="print every trial in its order and its state; run nothing")
     study.add_argument("--status", action="store_true", help="trials finished / left per problem and the ETA; runs nothing")
     study.add_argument("--report", action="store_true", help="write the study's report from what has finished; "
