@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -589,12 +590,38 @@ NEEDED = ("fpt fit --steps 4 --eval-every 2: step labels",
           "fpt fit --steps 4, then fpt fit --resume --steps 8: results.json seconds")
 
 
+def before_after(befores: list[str], after: str) -> str:
+    """The markdown table of each case's exit and message before and after (setup cases left out)."""
+    old: dict[str, dict] = {}
+    for path in befores:
+        old.update({r["command"]: r for r in json.loads(Path(path).read_text())})
+    lines = ["| group | command | before: exit | before: message (or what it left) | after: exit | after: message (or "
+             "what it left) |", "|---|---|---|---|---|---|"]
+    for r in json.loads(Path(after).read_text()):
+        if r["command"].startswith("(setup") or r["command"] in NEEDED:
+            continue
+        b = old.get(r["command"], {"exit": "-", "seconds": 0, "message": "(not run)"})
+
+        def cell(x):
+            text = re.sub(r"/tmp/fpt-cases-[^/ ]+/", "", str(x["message"])).replace("|", "/")
+            return " ".join(text.split())[:300]
+        lines.append(f"| {r['group']} | `{r['command'].replace('|', '/')}` | {b['exit']} ({b['seconds']} s) | {cell(b)} | "
+                     f"{r['exit']} ({r['seconds']} s) | {cell(r)} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--only", action="append", help="run only cases whose name contains this (repeatable)")
     parser.add_argument("--group", action="append", help="run only these groups (and the setup cases)")
+    parser.add_argument("--table", nargs="+", metavar="JSON",
+                        help="print the before/after table of docs/reliability.md from --json files (BEFORE... AFTER; "
+                             "a later BEFORE file replaces an earlier one's rows); runs nothing")
     args = parser.parse_args()
+    if args.table:
+        print(before_after(args.table[:-1], args.table[-1]))
+        return 0
     fixtures()
     rows = []
     print("| case | command | exit | seconds | message / what it left |")
