@@ -592,12 +592,22 @@ NEEDED = ("fpt fit --steps 4 --eval-every 2: step labels",
 
 def before_after(befores: list[str], after: str) -> str:
     """The markdown table of each case's exit and message before and after (setup cases left out)."""
+    def rows(path: str) -> list[dict]:  # --json output, or the printed markdown rows (of a run cut short)
+        if path.endswith(".json"):
+            return json.loads(Path(path).read_text())
+        out = []
+        for line in Path(path).read_text().splitlines():
+            m = re.match(r"\| (.*?) \| `(.*)` \| (\S+) \| (\S+) \| (.*) \|$", line)
+            if m:
+                out.append({"group": m[1], "command": m[2], "exit": m[3], "seconds": m[4], "message": m[5]})
+        return out
+
     old: dict[str, dict] = {}
     for path in befores:
-        old.update({r["command"]: r for r in json.loads(Path(path).read_text())})
+        old.update({r["command"]: r for r in rows(path)})
     lines = ["| group | command | before: exit | before: message (or what it left) | after: exit | after: message (or "
              "what it left) |", "|---|---|---|---|---|---|"]
-    for r in json.loads(Path(after).read_text()):
+    for r in rows(after):
         if r["command"].startswith("(setup") or r["command"] in NEEDED:
             continue
         b = old.get(r["command"], {"exit": "-", "seconds": 0, "message": "(not run)"})
