@@ -84,10 +84,6 @@ def fit(config: RunConfig, resume: bool = False, enable_progress_bar: bool | Non
     checkpoint = None
     if resume:
         checkpoint = read_checkpoint(last)  # missing, truncated, foreign: a clear error before any work
-        done = int(checkpoint["global_step"])
-        if done > config.steps:
-            raise ValueError(f"--resume {run_dir}: the run is at step {done} already: --steps {config.steps} would "
-                             f"train nothing (config.yaml is left as it is). To continue it, give --steps above {done}")
     if rank_zero:  # only checks (a run there, a file in the way, read-only or full), moves nothing yet
         prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, move=False, config=config)
     if rank_zero:
@@ -124,6 +120,10 @@ def fit(config: RunConfig, resume: bool = False, enable_progress_bar: bool | Non
     if checkpoint is not None:  # refuse another backbone or task shape before config.yaml is overwritten
         check_compatible(checkpoint["fpt"], module.model, str(last))
         resumed_step = int(checkpoint["global_step"])
+        if resumed_step > config.steps:  # checked before config.yaml is rewritten
+            raise ValueError(f"--resume {run_dir}: the run is at step {resumed_step} already: --steps {config.steps} "
+                             f"would train nothing (config.yaml is left as it is). To continue it, give --steps above "
+                             f"{resumed_step}")
         checkpoint = None
     lock = _take_run_dir(run_dir, resume, overwrite) if rank_zero else RunLock(run_dir)
     try:
