@@ -46,11 +46,13 @@ class BuildOptions:
     dropout: float | str = _default("backbone_dropout")
 
     @classmethod
-    def from_config(cls, config) -> "BuildOptions":
+    def from_config(cls, config, **overrides) -> "BuildOptions":
         """The options of a RunConfig's backbone: each field from the config field of the same name
-        (``dropout`` and ``revision`` are ``backbone_dropout`` and ``backbone_revision`` there)."""
+        (``dropout`` and ``revision`` are ``backbone_dropout`` and ``backbone_revision`` there), except
+        ``overrides`` (e.g. the attention implementation a config's ``auto`` resolved to)."""
         renamed = {"dropout": "backbone_dropout", "revision": "backbone_revision"}
-        return cls(**{f.name: getattr(config, renamed.get(f.name, f.name)) for f in fields(cls)})
+        values = {f.name: getattr(config, renamed.get(f.name, f.name)) for f in fields(cls)}
+        return cls(**{**values, **overrides})
 
     def __post_init__(self):
         if self.init not in ("pretrained", "random"):

@@ -23,7 +23,6 @@ one bit-memory run is never loaded onto another.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -71,8 +70,8 @@ def load_run_source(name: str, options: BuildOptions, create: Callable[[str, Bui
 
     def build(depth: int | None) -> Backbone:  # the source run's backbone, as it was built, ``depth`` blocks deep
         # the source run's own options, but this run's depth, attention kernel, remote-code consent and dropout
-        return create(source.backbone, dataclasses.replace(
-            BuildOptions.from_config(source), layers=depth, attn_implementation=attn_implementation,
+        return create(source.backbone, BuildOptions.from_config(
+            source, layers=depth, attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code or source.trust_remote_code, dropout=dropout))
 
     backbone = build(source.layers)

@@ -54,7 +54,7 @@ from fpt.base.cpu import openmp_wait
 from fpt.backbones import load_backbone
 from fpt.bench.load import Competitors
 from fpt.bench.measure import flops_per_step, matmul_params, measured_bf16_peak_tflops  # noqa: F401
-from fpt.bench.paths import FitPath, StepPath, spec_and_batch
+from fpt.bench.paths import CHOICES, PLANNED_STEPS, FitPath, StepPath, auto_plan, spec_and_batch
 from fpt.bench.profile import (  # noqa: F401  (tests and tools import these from fpt.bench)
     CATEGORIES,
     HOST_CATEGORY,
@@ -67,7 +67,7 @@ from fpt.bench.table import format_table
 from fpt.base.io import atomic_write_json
 from fpt.model.step import OPTIMIZER_RANGE, PHASE_RANGES  # noqa: F401
 
-PATHS = ("naive", "fast", "fit", "cached")
+PATHS = ("naive", "fast", "fit", "cached", *CHOICES)
 
 
 def add_bench_parser(sub, parse_task_option) -> argparse.ArgumentParser:
@@ -87,12 +87,14 @@ def add_bench_parser(sub, parse_task_option) -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto", help="auto | cpu | cuda")
     b.add_argument("--steps", type=int, default=10, help="timed steps per path")
     b.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
-    b.add_argument("--paths", default="naive,fast", help="comma-separated: naive, fast, fit (the whole fpt fit loop), "
-                                                           "cached (output-only: the head on precomputed features)")
+    b.add_argument("--paths", default="naive,fast", help="comma-separated: naive, fast (what auto picks here), fit (the "
+                                                           "whole fpt fit loop), cached (output-only: the head on "
+                                                           "precomputed features), fp32, bf16-sdpa, bf16-eager (the paths "
+                                                           "auto chooses between; 'choices' is all three)")
     b.add_argument("--compile", default="auto", help="fast path: auto | true | false")
     b.add_argument("--fused-optimizer", default="auto", help="fast path: auto | true | false")
     b.add_argument("--precision", default="auto", help="fast path: auto | 32-true | bf16-mixed")
-    b.add_argument("--attn-implementation", default="sdpa", help="fast path: sdpa | eager")
+    b.add_argument("--attn-implementation", default="auto", help="fast path: auto | sdpa | eager")
     b.add_argument("--num-threads", type=int, default=None, help="CPU threads (unset: physical cores)")
     b.add_argument("--profile", type=int, default=3, help="steps per path under torch.profiler after the timed ones, "
                                                         "for the 'where the time goes' table (0: skip)")
@@ -115,6 +117,7 @@ def bench(args) -> dict[str, Any]:
     if not use_cuda:
         torch.set_num_threads(fastpath.cpu_threads(args.num_threads))
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    paths = list(dict.fromkeys(c for p in paths for c in (CHOICES if p == "choices" else [p])))
     bad = [p for p in paths if p not in PATHS]
     if bad or not paths:
         raise ValueError(f"--paths: unknown {bad}; choose from {', '.join(PATHS)}")
@@ -143,6 +146,9 @@ def _bench(args, device, use_cuda: bool, paths: list[str], competitors: Competit
     }
     if not use_cuda:  # how idle OpenMP threads wait: what decides how a shared CPU is used (fpt/base/cpu.py)
         out["openmp"] = openmp_wait()
+    # what `fpt fit` runs with here (the fast path), why, and the CPU's flags
+    out["auto_for_steps"] = PLANNED_STEPS
+    out["auto"] = auto_plan(args, "gpu" if use_cuda else "cpu", int(batch["x"].shape[1]), spec.padded).record()
     if use_cuda:
         if getattr(args, "_peak", None) is None:
             args._peak = measured_bf16_peak_tflops(device)
@@ -185,6 +191,9 @@ def _bench(args, device, use_cuda: bool, paths: list[str], competitors: Competit
         other = "fast" if "fast" in out["paths"] else ("naive" if "naive" in out["paths"] else None)
         if other:
             out["speedup_cached_over_" + other] = out["paths"][other]["step_ms"] / out["paths"]["cached"]["step_ms"]
+    if "fp32" in out["paths"]:  # the acceptance ratio of issue 23: each path against --precision 32-true
+        out["speedup_over_fp32"] = {name: out["paths"]["fp32"]["step_ms"] / r["step_ms"]
+                                    for name, r in out["paths"].items() if name != "fp32"}
     if "naive" in out["paths"] and "fit" in out["paths"]:
         out["speedup_fit_over_naive"] = out["paths"]["naive"]["step_ms"] / out["paths"]["fit"]["step_ms"]
     if use_cuda:

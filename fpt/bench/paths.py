@@ -22,7 +22,7 @@ from fpt.data.splits import TaskSpec
 from fpt.model.features import check_cacheable
 from fpt.model.network import FPT, ModelConfig
 from fpt.model.objectives import make_objective
-from fpt.model.step import TrainingStep, autocast_for, resolve_precision
+from fpt.model.step import TrainingStep, autocast_for
 from fpt.tasks import make_task
 
 
@@ -48,14 +48,35 @@ def spec_and_batch(args, device):
     return spec, batch, shape, objective
 
 
-def path_settings(path: str, args, accelerator: str) -> dict[str, Any]:
-    """naive: the 2021 loop; fast (and cached, which trains the head on precomputed features): fpt's defaults."""
+# The paths `auto` chooses between, as fixed settings (``fpt bench --paths choices``): (precision, attention).
+# Under bf16 the frozen weights are stored in bf16 (fpt.fastpath.frozen_storage), as `fpt fit` does.
+CHOICES = {"fp32": ("32-true", "sdpa"), "bf16-sdpa": ("bf16-mixed", "sdpa"), "bf16-eager": ("bf16-mixed", "eager")}
+
+
+PLANNED_STEPS = 1000  # the fast path is what `fpt fit` picks for a run this long (compile pays only in long runs)
+
+
+def auto_plan(args, accelerator: str, tokens: int, padded: bool = False) -> fastpath.SpeedPlan:
+    """What ``fpt fit`` would run with on this machine for these bench options (the ``fast`` path), for a run of
+    :data:`PLANNED_STEPS` steps."""
+    return fastpath.plan_speed(precision=args.precision, attention=args.attn_implementation,
+                               compile=fastpath.parse_tristate(args.compile, "compile"), accelerator=accelerator,
+                               tokens=tokens, steps=PLANNED_STEPS, padded=padded)
+
+
+def path_settings(path: str, args, accelerator: str, tokens: int, padded: bool = False) -> dict[str, Any]:
+    """naive: the 2021 loop; fast (and cached, which trains the head on precomputed features): fpt's defaults
+    (``auto`` resolved for this machine); fp32, bf16-sdpa, bf16-eager: the choices ``auto`` has (:data:`CHOICES`)."""
     if path == "naive":
-        return {"precision": "32-true", "attn": "eager", "compile": False, "fused": False, "naive_optimizer": True,
-                "sync_each_step": True}
-    precision = resolve_precision(args.precision, accelerator)
-    return {"precision": precision, "attn": args.attn_implementation,
-            "compile": fastpath.use_compile(fastpath.parse_tristate(args.compile, "compile"), accelerator),
+        return {"precision": "32-true", "frozen": "float32", "attn": "eager", "compile": False, "fused": False,
+                "naive_optimizer": True, "sync_each_step": True}
+    plan = auto_plan(args, accelerator, tokens, padded)
+    if path in CHOICES:
+        precision, attn = CHOICES[path]
+        compiled = plan.compile
+    else:
+        precision, attn, compiled = plan.precision, plan.attention, plan.compile
+    return {"precision": precision, "frozen": fastpath.frozen_storage(precision), "attn": attn, "compile": compiled,
             "fused": fastpath.use_fused(fastpath.parse_tristate(args.fused_optimizer, "fused_optimizer"), accelerator,
                                         precision),
             "naive_optimizer": False, "sync_each_step": False}
@@ -74,7 +95,7 @@ class StepPath:
     def __init__(self, name: str, args, device, spec, batch, objective):
         self.name, self.device = name, device
         accelerator = "gpu" if device.type == "cuda" else "cpu"
-        s = self.settings = path_settings(name, args, accelerator)
+        s = self.settings = path_settings(name, args, accelerator, int(batch["x"].shape[1]), spec.padded)
         memory = Memory(device)
         memory.start()
         t0 = time.perf_counter()
@@ -82,6 +103,8 @@ class StepPath:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1)
             model = FPT(backbone, spec, ModelConfig(freeze=args.freeze)).to(device)
+        if s["frozen"] == "bfloat16":
+            model.store_frozen_weights(torch.bfloat16)
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = fastpath.make_optimizer(params, args.lr, fused=s["fused"], naive=s["naive_optimizer"])
@@ -155,7 +178,7 @@ class StepPath:
         s, times = self.settings, self.times
         step_s = statistics.median(times)
         return {
-            "precision": s["precision"], "attention": s["attn"], "compile": s["compile"],
+            "precision": s["precision"], "frozen_weights": s["frozen"], "attention": s["attn"], "compile": s["compile"],
             "optimizer": optimizer_label(s), "host_sync_each_step": s["sync_each_step"],
             "host_syncs_per_step": self.host_syncs,  # CUDA only: torch.cuda.set_sync_debug_mode counts
             **throughput(step_s, batch_size, self.tokens, self.flops, self.breakdown),
@@ -210,9 +233,10 @@ class FitPath:
                 num_threads=args.num_threads, chance_warning_evals=0))
             accelerator, precision = resolve_device(config)
             fused = fastpath.use_fused(config.fused_optimizer, accelerator, precision)
-            self.settings = {"precision": precision, "attn": config.attn_implementation,
-                             "compile": fastpath.use_compile(config.compile, accelerator), "fused": fused,
-                             "naive_optimizer": False, "sync_each_step": not fused}
+            plan = fastpath.plan_for(config, make_task(task, options, seed=0).spec)
+            self.settings = {"precision": plan.precision, "frozen": plan.frozen_dtype, "attn": plan.attention,
+                             "compile": plan.compile, "fused": fused, "naive_optimizer": False,
+                             "sync_each_step": not fused}
             memory = Memory(device)
             memory.start()
             timer = StepTimer(args.warmup, timed_end, args.profile, device)
@@ -234,7 +258,7 @@ class FitPath:
         """The same columns as the step paths' (FLOPs and tokens from ``reference``, which has the same shape)."""
         s = self.settings
         return {
-            "precision": s["precision"], "attention": s["attn"], "compile": s["compile"],
+            "precision": s["precision"], "frozen_weights": s["frozen"], "attention": s["attn"], "compile": s["compile"],
             "optimizer": optimizer_label(s), "host_sync_each_step": s["sync_each_step"], "host_syncs_per_step": None,
             **throughput(self.times[0], batch_size, reference.tokens, reference.flops, self.breakdown),
             "step_ms_min": None, "step_ms_max": None, "step_time": "mean over the timed steps (wall clock)",

@@ -10,14 +10,15 @@ def format_table(out: dict[str, Any]) -> str:
              f"batch {out['batch_size']}, {out['device']}, torch {out['torch']}; "
              f"median of {out['steps']} steps after {out['warmup']} warm-up"
              + (f"; OpenMP: {out['openmp']}" if out.get("openmp") else "")]
-    head = ["path", "precision", "attention", "optimizer", "compile", "step ms", "samples/s", "tokens/s",
-            "TFLOP/s", "peak MB"]
+    head = ["path", "precision", "frozen weights", "attention", "optimizer", "compile", "step ms", "samples/s",
+            "tokens/s", "TFLOP/s", "peak MB"]
     peak = out.get("bf16_matmul_peak_tflops")
     if peak:
         head += ["of bf16 peak", "syncs/step"]
     rows = []
     for name, r in out["paths"].items():
-        row = [name, r["precision"], r["attention"], r["optimizer"], "on" if r["compile"] else "off",
+        row = [name, r["precision"], _dtype_name(r.get("frozen_weights")), r["attention"], r["optimizer"],
+               "on" if r["compile"] else "off",
                f"{r['step_ms']:.1f}", f"{r['samples_per_s']:.1f}", f"{r['tokens_per_s']:.0f}", f"{r['tflops']:.3f}",
                "-" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"]
         if peak:
@@ -41,6 +42,22 @@ def format_table(out: dict[str, Any]) -> str:
                          f"(the head on precomputed features; computing them took {c['feature_ms']:.1f} ms for this "
                          f"batch, once)")
             break
+    if out.get("speedup_over_fp32"):
+        lines.append("over fp32 (--precision 32-true): " + ", ".join(
+            f"{name} x{ratio:.2f}" for name, ratio in out["speedup_over_fp32"].items()))
+    auto = out.get("auto")
+    if auto:
+        same = [name for name, r in out["paths"].items() if name not in ("naive", "fast", "fit", "cached")
+                and (r["precision"], r.get("frozen_weights"), r["attention"], bool(r["compile"]))
+                == (auto["precision"], auto["frozen_dtype"], auto["attention"], bool(auto["compile"]))]
+        lines.append(f"auto takes (the fast path{', = ' + same[0] if same else ''}; for a fit of "
+                     f"{out.get('auto_for_steps')} steps): precision {auto['precision']}, "
+                     f"frozen weights {_dtype_name(auto['frozen_dtype'])}, attention {auto['attention']}, compile "
+                     f"{'on' if auto['compile'] else 'off'}; {auto['reasons']['precision']}")
+        if auto.get("cpu"):
+            cpu = auto["cpu"]
+            lines.append(f"CPU: {cpu['model']}; flags {', '.join(cpu['flags']) or '-'}; torch {cpu['torch_capability']}; "
+                         f"bf16 matrix engine: {cpu['bf16_matrix_engine'] or 'none'}")
     if "speedup_fit_over_naive" in out:
         lines.append(f"fit / naive: x{out['speedup_fit_over_naive']:.2f} samples/s (fit: the whole `fpt fit` loop, "
                      f"mean step by wall clock, run after the others)")
@@ -58,6 +75,10 @@ def format_table(out: dict[str, Any]) -> str:
     lines.append("TFLOP/s counts backbone matmuls only: 4 x frozen matmul params x tokens per sample "
                  "(forward + activation gradients; 2 x under output-only); see fpt/bench/__init__.py")
     return "\n".join(lines)
+
+
+def _dtype_name(dtype: str | None) -> str:
+    return {"bfloat16": "bf16", "float32": "fp32"}.get(dtype or "", dtype or "-")
 
 
 def _time_table(out: dict[str, Any]) -> list[str]:

@@ -102,11 +102,13 @@ class RunConfig:
                          bounds=at_least(1))
     strategy: str = how("auto", "auto (DDP when several processes), ddp, or fsdp (shards the backbone; CUDA only)",
                         choices=("auto", "ddp", "fsdp"))
-    precision: str = how("auto", "auto (bf16-mixed on CUDA, 32-true on CPU), or a Lightning precision "
-                         "(32-true, bf16-mixed, 16-mixed...)", choices=PRECISIONS)
+    precision: str = how("auto", "auto (bf16-mixed on CUDA and on a CPU with AMX-BF16 or AVX512-BF16, else 32-true; "
+                         "under bf16 the frozen weights are stored in bf16), or a Lightning precision (32-true, "
+                         "bf16-mixed, 16-mixed...)", choices=PRECISIONS)
     num_workers: int = how(0, "DataLoader worker processes", bounds=at_least(0))
-    attn_implementation: str = how("sdpa", "sdpa (fused kernels) or eager (needed to read attention weights)",
-                                   choices=("sdpa", "eager"))
+    attn_implementation: str = how("auto", "auto (eager on a CPU's bf16 path up to 256 tokens, else sdpa), sdpa "
+                                   "(fused kernels) or eager (needed to read attention weights)",
+                                   choices=("auto", "sdpa", "eager"))
     # -- speed (fpt/model/fastpath.py; `fpt bench` measures them) --------------------------------------------
     compile: Tristate = how("auto", "torch.compile the backbone in place: auto (on CUDA), true or false")
     fused_optimizer: Tristate = how("auto", "fused Adam/AdamW with on-device skipping of non-finite steps (no host "

@@ -1,8 +1,14 @@
 """The fast path: what fpt does beyond a plain PyTorch loop, each part switchable from the config.
 
-* ``precision``: bf16 autocast (``bf16-mixed``) or fp32; auto: bf16-mixed on CUDA, fp32 on CPU;
-* ``attn_implementation``: ``sdpa`` (fused attention kernels, the default) or ``eager``;
-* ``compile``: ``torch.compile`` of the backbone, in place; auto: on on CUDA;
+* ``precision``: bf16 autocast (``bf16-mixed``) or fp32; auto: bf16-mixed on CUDA and on a CPU with a
+  bf16 matrix engine (AMX-BF16 or AVX512-BF16), fp32 on other CPUs. Under bf16 the frozen matmul
+  weights are *stored* in bf16 (half the memory, no per-step casts; the same numbers, since autocast
+  rounds them to bf16 anyway); what trains (input layer, norms, positions, head) and the optimizer state
+  stay fp32, norms and the loss compute in fp32;
+* ``attn_implementation``: ``sdpa`` (fused attention kernels) or ``eager``; auto: eager on the CPU's
+  bf16 path for short sequences (CPU flash attention's bf16 backward is slow), else sdpa;
+* ``compile``: ``torch.compile`` of the backbone, in place; auto: on on CUDA, and on a CPU's bf16 path
+  where compiling measured faster, for runs long enough to repay the compile time;
 * ``fused_optimizer``: fused Adam/AdamW + sync-free skipping of bad steps; auto: on on CUDA;
 * ``num_threads``: CPU intra-op threads; default: physical cores / local processes.
 
@@ -15,8 +21,11 @@ leaves parameters and moments untouched and undoes the step count.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import os
+import platform
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -69,6 +78,164 @@ def threads_are_fpts_choice(requested: int | None) -> bool:
     fpt may follow the cores other processes leave free (fpt.training.callbacks.AdaptiveThreads)."""
     return not requested and not os.environ.get("OMP_NUM_THREADS", "").isdigit() \
         and not os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit()
+
+
+# -- what `auto` picks: the CPU's capabilities, and measurements -----------------------------------------
+# One full fpt training step (fpt bench's shape: SmolLM2-135M, 4 layers, 49 tokens x 16 features, batch 32,
+# freeze fpt, one thread), ms per step, on each kind of CPU; the source of each row is named with it.
+# "bf16" is the path auto takes there: frozen weights stored in bf16, bf16 autocast, eager attention.
+MEASURED_CPU_STEP_MS = {
+    # issue 23: a 2-vCPU Intel Xeon (Sapphire Rapids class), torch 2.13; bf16 with SDPA 450, eager 317,
+    # eager + bf16 weights 304, + torch.compile 168 (32 s to compile)
+    "AMX-BF16": {"fp32": 746.0, "bf16": 304.0, "bf16_compiled": 168.0, "compile_s": 32.0,
+                 "source": "issue 23, Intel Xeon with AMX-BF16"},
+    # docs/performance.md "bf16 on the CPU": this project's 2-vCPU AMD EPYC (Zen 5), torch 2.13, best of 8
+    # steps; bf16 with SDPA 419; 2048^2 matmul fp32 ~100 GFLOP/s, bf16 ~420
+    # compiled: 545 (39 s to compile), no faster than eager bf16 (468) in the same run: compile stays off there
+    "AVX512-BF16": {"fp32": 1024.0, "bf16": 308.0, "bf16_compiled": None, "compile_s": 39.0,
+                    "source": "docs/performance.md, AMD EPYC (Zen 5) with AVX512-BF16"},
+    # no bf16 matrix engine: relative step times (the ms were not recorded), bf16 ~1.9x slower than fp32
+    None: {"fp32": 1.0, "bf16": 1.9, "source": "issue 23: the AVX2 CPU fpt's fp32 default was measured on"},
+}
+# auto compiles on a CPU only where compiling measured faster, and only a run of at least this many times the
+# steps that repay the compile time at the measured shape (evaluation compiles its own graph; a real task's
+# shape differs from the bench's), on a task of fixed sequence length (padded tasks would recompile).
+COMPILE_MARGIN = 3
+# The CPU's bf16 path runs eager attention up to this many tokens per sequence and SDPA above it: CPU flash
+# attention's bf16 backward costs more than eager's two matmuls on short sequences (docs/performance.md,
+# "bf16 on the CPU": eager faster at 49-256 tokens on the AVX512-BF16 CPU, SDPA from 512).
+CPU_BF16_EAGER_MAX_TOKENS = 256
+_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> dict[str, Any]:
+    """The CPU's model name, the flags that decide fpt's CPU path, torch's SIMD level, and its bf16 matrix
+    engine: ``AMX-BF16``, ``AVX512-BF16`` or None. torch's own checks (which also ask the OS) win over
+    /proc/cpuinfo where torch has them."""
+    model, flags = None, set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:  # the first CPU's entry is enough
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:  # not Linux
+        pass
+    model = model or platform.processor() or platform.machine()
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    avx512_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    has_amx = ("amx_bf16" in flags) and (amx() if amx is not None else True)
+    has_avx512_bf16 = avx512_bf16() if avx512_bf16 is not None else "avx512_bf16" in flags
+    return {"model": model, "flags": [f for f in _CPU_FLAGS if f in flags],
+            "torch_capability": torch.backends.cpu.get_cpu_capability(),
+            "bf16_matrix_engine": "AMX-BF16" if has_amx else ("AVX512-BF16" if has_avx512_bf16 else None)}
+
+
+def accelerator_for(device: str) -> str:
+    """``gpu`` or ``cpu`` for a ``device`` option (auto: cuda when torch sees one)."""
+    return "gpu" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeedPlan:
+    """What a run executes with: each ``auto`` resolved once (:func:`plan_speed`), with the reason."""
+
+    precision: str  # Lightning's precision name
+    frozen_dtype: str  # the storage of the frozen matmul weights: "bfloat16" or "float32"
+    attention: str  # "sdpa" or "eager"
+    compile: bool
+    reasons: dict[str, str]  # per choice: why (auto's rule and its measurement) or "set explicitly"
+    cpu: dict[str, Any] | None  # cpu_info() on a CPU run
+
+    def record(self) -> dict[str, Any]:
+        """For results.json."""
+        return dataclasses.asdict(self)
+
+    def describe(self) -> str:
+        """One line per choice (``fpt fit`` prints them once)."""
+        where = f" on {self.cpu['model']} ({', '.join(self.cpu['flags']) or 'no AVX2'})" if self.cpu else ""
+        return "\n".join([f"fpt: fast path{where}:",
+                          f"  precision {self.precision}, frozen weights stored as {self.frozen_dtype}: "
+                          f"{self.reasons['precision']}",
+                          f"  attention {self.attention}: {self.reasons['attention']}",
+                          f"  compile {'on' if self.compile else 'off'}: {self.reasons['compile']}"])
+
+
+def choose_precision(setting: str, accelerator: str, cpu: dict[str, Any] | None = None) -> tuple[str, str]:
+    """(Lightning precision, why). auto: bf16-mixed on GPUs and on CPUs whose bf16 matrix engine made the bf16
+    step faster where measured (:data:`MEASURED_CPU_STEP_MS`); 32-true on other CPUs."""
+    if setting != "auto":
+        return setting, "set explicitly"
+    if accelerator == "gpu":
+        return "bf16-mixed", "auto on a GPU: bf16 autocast"
+    engine = (cpu or cpu_info())["bf16_matrix_engine"]
+    m = MEASURED_CPU_STEP_MS.get(engine, MEASURED_CPU_STEP_MS[None])
+    if engine is not None and m["bf16"] < m["fp32"]:
+        return "bf16-mixed", (f"auto: this CPU has {engine}; there a bf16 step took {m['bf16']:.0f} ms against "
+                              f"{m['fp32']:.0f} in fp32 (x{m['fp32'] / m['bf16']:.1f}; {m['source']})")
+    return "32-true", ("auto: no bf16 matrix engine (AMX-BF16 or AVX512-BF16) on this CPU; without one bf16 was "
+                       f"~{m['bf16'] / m['fp32']:.1f}x slower than fp32 ({MEASURED_CPU_STEP_MS[None]['source']})")
+
+
+def frozen_storage(precision: str, strategy: str = "auto") -> str:
+    """bf16 storage for the frozen matmul weights under bf16 autocast (which rounds them to bf16 in every
+    step anyway: the same numbers, half the memory, no casts). Not under FSDP, whose flat shards need one
+    dtype per wrapped module (a block's trained norms are fp32)."""
+    return "bfloat16" if str(precision) in ("bf16-mixed", "bf16") and strategy != "fsdp" else "float32"
+
+
+def choose_attention(setting: str, accelerator: str, precision: str, tokens: int) -> tuple[str, str]:
+    """(``sdpa`` | ``eager``, why). auto: eager on the CPU's bf16 path up to :data:`CPU_BF16_EAGER_MAX_TOKENS`."""
+    if setting != "auto":
+        return setting, "set explicitly"
+    if accelerator == "cpu" and str(precision) in ("bf16-mixed", "bf16") and tokens <= CPU_BF16_EAGER_MAX_TOKENS:
+        return "eager", (f"auto: {tokens} tokens <= {CPU_BF16_EAGER_MAX_TOKENS}; on a CPU in bf16, eager attention's "
+                         "backward beats flash attention's up to there (docs/performance.md)")
+    return "sdpa", "auto: fused attention kernels"
+
+
+def choose_compile(setting: Any, accelerator: str, precision: str, cpu: dict[str, Any] | None, steps: int,
+                   padded: bool) -> tuple[bool, str]:
+    """(compile?, why). auto: on GPUs; on a CPU's bf16 path where compiling measured faster and the run is long
+    enough to repay the compile time :data:`COMPILE_MARGIN` times over; never for padded (variable-length) tasks."""
+    if setting != "auto":
+        return bool(setting), "set explicitly"
+    if accelerator == "gpu":
+        return True, "auto: on on a GPU"
+    m = MEASURED_CPU_STEP_MS.get((cpu or {}).get("bf16_matrix_engine"), MEASURED_CPU_STEP_MS[None])
+    if str(precision) not in ("bf16-mixed", "bf16") or not m.get("bf16_compiled") or m["bf16_compiled"] >= m["bf16"]:
+        return False, "auto: off on this CPU (compiling measured no faster here: docs/performance.md)"
+    repay = math.ceil(m["compile_s"] / ((m["bf16"] - m["bf16_compiled"]) / 1000))
+    if padded:
+        return False, "auto: off for a task of variable sequence length (each new length would compile again)"
+    if steps < COMPILE_MARGIN * repay:
+        return False, (f"auto: off for {steps} steps; compiling ({m['compile_s']:.0f} s) saved "
+                       f"{m['bf16'] - m['bf16_compiled']:.0f} of {m['bf16']:.0f} ms per step ({m['source']}), on from "
+                       f"{COMPILE_MARGIN * repay} steps ({COMPILE_MARGIN}x the {repay} that repay it)")
+    return True, (f"auto: {steps} steps >= {COMPILE_MARGIN} x {repay}, the steps that repay compiling "
+                  f"({m['compile_s']:.0f} s; {m['bf16']:.0f} -> {m['bf16_compiled']:.0f} ms per step, {m['source']})")
+
+
+def plan_speed(*, precision: str, attention: str, compile: Any, accelerator: str, tokens: int, steps: int = 0,
+               padded: bool = False, strategy: str = "auto", cpu: dict[str, Any] | None = None) -> SpeedPlan:
+    """Every ``auto`` of the fast path resolved for this machine and this task's sequence length."""
+    cpu = (cpu or cpu_info()) if accelerator == "cpu" else None
+    precision, why_precision = choose_precision(precision, accelerator, cpu)
+    attention, why_attention = choose_attention(attention, accelerator, precision, tokens)
+    compiled, why_compile = choose_compile(compile, accelerator, precision, cpu, steps, padded)
+    return SpeedPlan(precision, frozen_storage(precision, strategy), attention, compiled,
+                     {"precision": why_precision, "attention": why_attention, "compile": why_compile}, cpu)
+
+
+def plan_for(config, spec) -> SpeedPlan:
+    """:func:`plan_speed` for a run's config (``fpt.config.RunConfig``) and its task's shape (``TaskSpec``)."""
+    return plan_speed(precision=config.precision, attention=config.attn_implementation, compile=config.compile,
+                      accelerator=accelerator_for(config.device), tokens=spec.max_tokens, steps=config.steps,
+                      padded=spec.padded, strategy=config.strategy)
 
 
 def use_compile(setting: Any, accelerator: str) -> bool:

@@ -157,6 +157,7 @@ class FeatureCache:
         c = self.config
         meta = {"identity": model.backbone.identity(), "task": c.task, "options": c.task_options, "seed": c.seed,
                 "data_dir": c.data_dir, "split": name, "n": n, "readout": model.readout, "precision": c.precision,
+                "frozen_dtype": str(model.frozen_dtype),
                 "input_init": c.input_init, "learned_positions": c.learned_positions}
         digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
         with torch.no_grad():

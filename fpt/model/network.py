@@ -13,6 +13,7 @@ Usable without Lightning::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass, fields
@@ -191,6 +192,32 @@ class FPT(nn.Module):
                           "model the summary token at position 0 sees nothing of the input", stacklevel=3)
         return readout
 
+    # -- storage of the frozen weights ---------------------------------------------------------------
+    frozen_dtype = torch.float32  # of the frozen matmul weights (store_frozen_weights)
+
+    def store_frozen_weights(self, dtype: torch.dtype) -> int:
+        """Store the frozen weights of the backbone's matmul modules (``nn.Linear``, GPT-2's ``Conv1D``, by
+        type) in ``dtype``; returns how many tensors changed. Everything that trains keeps its dtype (fp32:
+        the input layer, norms, positions, head, and any block a freeze preset trains), and so do frozen
+        norms and embedding tables. With bf16 storage :meth:`features` computes under bf16 autocast
+        wherever it is called (prediction, cached features), so the model always computes as it trained.
+        The backbone's fingerprint was taken as built (fp32) and does not change."""
+        changed = 0
+        for module in self.backbone.modules():
+            if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+                for p in module.parameters(recurse=False):
+                    if not p.requires_grad and p.dtype != dtype:
+                        p.data = p.data.to(dtype)
+                        changed += 1
+        self.frozen_dtype = dtype
+        return changed
+
+    def frozen_autocast(self, device_type: str):
+        """bf16 autocast when the frozen weights are stored in bf16 and no autocast is on (Lightning's is)."""
+        if self.frozen_dtype == torch.float32 or torch.is_autocast_enabled(device_type):
+            return contextlib.nullcontext()
+        return torch.autocast(device_type, dtype=self.frozen_dtype)
+
     # -- parameter bookkeeping ------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -222,7 +249,8 @@ class FPT(nn.Module):
 
     def features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Backbone output at the read-out positions: ``[B, readout_tokens, H]``."""
-        hidden = self.backbone(self.embed(x), attention_mask=self.backbone_mask(mask))
+        with self.frozen_autocast(x.device.type):
+            hidden = self.backbone(self.embed(x), attention_mask=self.backbone_mask(mask))
         return self.read_out(hidden, mask)
 
     def read_out(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -252,7 +280,10 @@ class FPT(nn.Module):
         return torch.gather(hidden, 1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
 
     def head_logits(self, features: torch.Tensor) -> torch.Tensor:
-        logits = self.head(features)  # [B, R, labels_per_readout * C]
+        # fp32 even under bf16 autocast: the outputs feed the loss (a regression's predictions would keep
+        # only ~3 significant digits in bf16); the head is one small matmul
+        with torch.autocast(features.device.type, enabled=False):
+            logits = self.head(features.float())  # [B, R, labels_per_readout * C]
         return logits.reshape(features.shape[0], self.spec.num_labels, self.spec.num_classes)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -26,10 +26,11 @@ PHASE_RANGES = (FORWARD_RANGE, BACKWARD_RANGE)
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
-    """``auto``: bf16 autocast on GPUs; fp32 on CPUs, where bf16 was ~1.9x slower on the CPUs we measured."""
-    if precision == "auto":
-        return "bf16-mixed" if accelerator == "gpu" else "32-true"
-    return precision
+    """``auto``: bf16 autocast on GPUs and on CPUs with a bf16 matrix engine, else fp32
+    (:func:`fpt.fastpath.choose_precision` says why)."""
+    from fpt.model.fastpath import choose_precision
+
+    return choose_precision(precision, accelerator)[0]
 
 
 def autocast_for(precision: str, device_type: str) -> Callable[[], Any]:

@@ -202,6 +202,7 @@ def attention_maps(run_dir: str | Path, examples: int = 64):
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.yaml")
     config.attn_implementation = "eager"  # SDPA returns no attention weights
+    config.precision = "32-true"  # fp32 maps (each row sums to 1); the trained parameters are fp32 either way
     model = build_model(config)
     load_trained(model, run_dir / "model.safetensors")
     model.eval()

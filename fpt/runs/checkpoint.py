@@ -30,6 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
+from fpt.model import fastpath
 from fpt.config.run import RunConfig
 from fpt.config.files import finish_advice, load_config
 from fpt.data.splits import TaskSpec
@@ -103,15 +104,22 @@ def check_parameter_names(got: set[str], expected: set[str], where: str) -> None
 
 
 # -- building the model of a config ----------------------------------------------------------------
-def build_model(config: RunConfig, task=None, spec: TaskSpec | None = None) -> FPT:
+def build_model(config: RunConfig, task=None, spec: TaskSpec | None = None,
+                plan: fastpath.SpeedPlan | None = None) -> FPT:
     """The FPT model of a config, with seeded new layers (same seed, same initial weights). Its shape is
     ``spec`` when given (a finished run's, stored in model.safetensors), else ``task``'s (built from the
-    config when not given: that reads the task's data)."""
+    config when not given: that reads the task's data). Built as ``plan`` says (default:
+    :func:`fpt.model.fastpath.plan_for` the config): its attention implementation, and the frozen matmul
+    weights stored in bf16 on the bf16 path."""
     spec = spec or (task or task_of(config)).spec
-    backbone = load_backbone(config.backbone, BuildOptions.from_config(config))
+    plan = plan or fastpath.plan_for(config, spec)
+    backbone = load_backbone(config.backbone, BuildOptions.from_config(config, attn_implementation=plan.attention))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed + 1)
-        return FPT(backbone, spec, ModelConfig.from_config(config))
+        model = FPT(backbone, spec, ModelConfig.from_config(config))
+    if plan.frozen_dtype == "bfloat16":
+        model.store_frozen_weights(torch.bfloat16)  # after the fingerprint (taken as built) and the seeded init
+    return model
 
 
 # -- model.safetensors ------------------------------------------------------------------------------
@@ -157,12 +165,25 @@ def save_prediction_layout(task, run_dir: Path) -> None:
         atomic_write_json(Path(run_dir) / "prediction_layout.json", layout.to_dict())
 
 
+def keep_choices(config: RunConfig, ran_with: dict[str, Any] | None) -> None:
+    """A run's ``auto`` precision and attention as it ran (``ran_with``: the ``fast_path`` record of its
+    results.json or checkpoint), so that resuming, testing or predicting it elsewhere computes as it did
+    (another CPU could resolve ``auto`` otherwise); values set explicitly stay."""
+    if not ran_with:
+        return
+    if config.precision == "auto":
+        config.precision = ran_with["precision"]
+    if config.attn_implementation == "auto":
+        config.attn_implementation = ran_with["attention"]
+
+
 def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[RunConfig, FPT]:
     """A trained run's config and model (backbone rebuilt, trained parameters loaded and checked)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
     config = load_config(run_dir / "config.yaml")
+    keep_choices(config, (results_or_none(run_dir) or {}).get("fast_path"))  # it predicts exactly as it tested
     weights = run_dir / "model.safetensors"
     if not weights.exists():
         raise FileNotFoundError(f"{weights} does not exist: the run did not finish; {finish_advice(run_dir)}")

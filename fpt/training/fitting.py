@@ -31,6 +31,7 @@ from fpt.runs.checkpoint import (
     NonFiniteWeightsError,
     check_compatible,
     checkpoint_step,
+    keep_choices,
     load_run,
     read_checkpoint,
     save_checkpoint_file,
@@ -84,6 +85,7 @@ def fit(config: RunConfig, resume: bool = False, enable_progress_bar: bool | Non
     checkpoint = None
     if resume:
         checkpoint = read_checkpoint(last)  # missing, truncated, foreign: a clear error before any work
+        keep_choices(config, (checkpoint.get("fpt") or {}).get("fast_path"))  # resumes computing as it ran
     if rank_zero:  # only checks (a run there, a file in the way, read-only or full), moves nothing yet
         prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, move=False, config=config)
     if rank_zero:
@@ -116,6 +118,7 @@ def fit(config: RunConfig, resume: bool = False, enable_progress_bar: bool | Non
                      if config.steps > config.eval_every else f"at the last step ({config.steps}) only: --steps "
                      f"{config.steps} is below --eval-every {config.eval_every}")
             print(f"fpt: validating {when_}", flush=True)
+        print(module.plan.describe(), flush=True)  # every choice of the fast path, and why
     resumed_step = None
     if checkpoint is not None:  # refuse another backbone or task shape before config.yaml is overwritten
         check_compatible(checkpoint["fpt"], module.model, str(last))

@@ -92,8 +92,10 @@ class FPTModule(L.LightningModule):
         super().__init__()
         self.config = config
         self.task = task_of(config)
+        # precision, frozen-weight storage, attention and compile for this machine (fpt.model.fastpath.plan_speed)
+        self.plan = fastpath.plan_for(config, self.task.spec)
         if model is None:
-            model = build_model(config, self.task)
+            model = build_model(config, self.task)  # built as self.plan says (the same fastpath.plan_for)
         self.model = model
         self.strict_loading = False  # frozen weights are rebuilt, not loaded; on_load_checkpoint checks the rest
         spec = self.task.spec
@@ -137,8 +139,7 @@ class FPTModule(L.LightningModule):
         # with find_unused_parameters=False, without a per-step search. The frozen weights are rebuilt
         # identically on every rank, so DDP's start-up broadcast of them is skipped too.
         self._ddp_params_and_buffers_to_ignore = ddp_ignored_names(self)
-        accelerator = "gpu" if self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator" else "cpu"
-        if fastpath.use_compile(self.config.compile, accelerator) and not getattr(self, "_compiled", False):
+        if self.plan.compile and not getattr(self, "_compiled", False):
             # In place: parameter names, checkpoints and model.safetensors keep their keys.
             fastpath.compile_in_place(self.model.backbone)
             self._compiled = True
@@ -316,6 +317,7 @@ class FPTModule(L.LightningModule):
             "first_step_at_target": self.first_step_at_target,
             "best_val": list(self.best_val) if self.best_val else None,
             "invocations": self.invocations(),
+            "fast_path": self.plan.record(),  # how it computes: a resumed run keeps auto's choices (keep_choices)
         }
 
     def invocations(self, seconds: float | None = None, train_seconds: float | None = None) -> list[dict[str, Any]]:

@@ -28,6 +28,8 @@ def _results(config, module, trainer, test_metrics, train_seconds, seconds) -> d
         "train_seconds": round(sum(i.get("train_seconds", i["seconds"]) or 0 for i in invocations), 2),
         "invocations": invocations,
         "device": device, "precision": precision, "label": config.label,
+        # what the run executed with (precision, frozen-weight storage, attention, compile), why, and the CPU's flags
+        "fast_path": module.plan.record(),
         "world_size": int(trainer.world_size),  # processes that shared each global batch (DDP)
         "backbone_identity": module.model.backbone.identity(),  # incl. source_* for run:PATH backbones
         # how the backbone was built (class, attention implementation, positions, read-out) and what froze:

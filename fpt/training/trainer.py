@@ -24,6 +24,7 @@ from fpt.training.callbacks import (
 from fpt.training.stopping import GracefulStop
 from fpt.config.run import RunConfig
 from fpt.training.distributed import make_strategy
+from fpt.model import fastpath
 from fpt.model.step import resolve_precision
 from fpt.training.module import FPTModule
 
@@ -32,13 +33,13 @@ def resolve_device(config: RunConfig) -> tuple[str, str]:
     """(accelerator, precision) for Lightning."""
     if config.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA device; use --device cpu (or auto)")
-    accelerator = "gpu" if (config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())) else "cpu"
+    accelerator = fastpath.accelerator_for(config.device)
     if accelerator == "cpu" and config.strategy == "fsdp":  # checked again in make_strategy; here before anything
         raise ValueError("--strategy fsdp shards the backbone across CUDA devices; on CPUs use --strategy ddp (or auto)")
     if accelerator == "cpu" and config.precision in ("16-mixed", "16"):
         # Lightning would run bf16 autocast instead (fp16 autocast is CUDA's), and the run would record 16-mixed
         raise ValueError(f"--precision {config.precision} is fp16 autocast, which runs on CUDA only; on a CPU use "
-                         "--precision bf16-mixed (bf16 autocast) or 32-true (the default there)")
+                         "--precision bf16-mixed (bf16 autocast) or 32-true")
     return accelerator, resolve_precision(config.precision, accelerator)
 
 
