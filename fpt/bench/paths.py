@@ -49,7 +49,7 @@ def spec_and_batch(args, device):
 
 
 # The paths `auto` chooses between, as fixed settings (``fpt bench --paths choices``): (precision, attention).
-# Under bf16 the frozen weights are stored in bf16 (fpt.fastpath.frozen_storage), as `fpt fit` does.
+# Under bf16 the frozen weights are stored in bf16 (fpt.model.fastpath.frozen_storage), as `fpt fit` does.
 CHOICES = {"fp32": ("32-true", "sdpa"), "bf16-sdpa": ("bf16-mixed", "sdpa"), "bf16-eager": ("bf16-mixed", "eager")}
 
 

@@ -27,7 +27,7 @@ PHASE_RANGES = (FORWARD_RANGE, BACKWARD_RANGE)
 
 def resolve_precision(precision: str, accelerator: str) -> str:
     """``auto``: bf16 autocast on GPUs and on CPUs with a bf16 matrix engine, else fp32
-    (:func:`fpt.fastpath.choose_precision` says why)."""
+    (:func:`fpt.model.fastpath.choose_precision` says why)."""
     from fpt.model.fastpath import choose_precision
 
     return choose_precision(precision, accelerator)[0]
