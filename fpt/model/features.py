@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from fpt.data.splits import Split
+from fpt.model import fastpath
 
 _ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
               torch.int32: "I32", torch.bool: "BOOL", torch.uint8: "U8", torch.int16: "I16", torch.int8: "I8"}
@@ -156,7 +157,9 @@ class FeatureCache:
         digest = hashlib.sha256()
         c = self.config
         meta = {"identity": model.backbone.identity(), "task": c.task, "options": c.task_options, "seed": c.seed,
-                "data_dir": c.data_dir, "split": name, "n": n, "readout": model.readout, "precision": c.precision,
+                "data_dir": c.data_dir, "split": name, "n": n, "readout": model.readout,
+                # as resolved (a resumed run's config names auto's choice: the same features)
+                "precision": fastpath.choose_precision(c.precision, fastpath.accelerator_for(c.device))[0],
                 "frozen_dtype": str(model.frozen_dtype),
                 "input_init": c.input_init, "learned_positions": c.learned_positions}
         digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
