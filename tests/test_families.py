@@ -561,7 +561,8 @@ def test_fit_records_the_revision_the_rules_and_the_attention(hub_cache, tmp_pat
     assert out.count("freezing rules read from its modules") == 1 and "  freeze_rules:\n    norm: [LayerNorm]" in out
     results = json.loads((run_dir / "results.json").read_text())
     build = results["backbone_build"]
-    assert build["revision"] == OLD and build["attn_implementation"] == "sdpa" and build["class"] == "OPTModel"
+    assert build["revision"] == OLD and build["class"] == "OPTModel"
+    assert build["attn_implementation"] == results["fast_path"]["attention"]  # auto's choice for this CPU
     assert build["freeze_rules_from"] == "inferred"
     assert build["freeze_rules"]["positions"] == ["OPTLearnedPositionalEmbedding"]
     assert sum(g["trainable"] for g in build["parameter_groups"].values()) == results["trainable_params"]
