@@ -57,6 +57,8 @@ class BuildOptions:
     def __post_init__(self):
         if self.init not in ("pretrained", "random"):
             raise ValueError(f"init must be 'pretrained' or 'random', got {self.init!r}")
+        if self.attn_implementation == "auto":  # a run resolves auto (fpt.model.fastpath.choose_attention) before
+            object.__setattr__(self, "attn_implementation", "sdpa")  # building; built outside a run: fused kernels
         if self.attn_implementation not in ("sdpa", "eager"):
             raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', got {self.attn_implementation!r}")
         if self.lstm_kind not in LSTM_KINDS:
