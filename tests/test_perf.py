@@ -476,8 +476,9 @@ def _cannot_compile() -> str | None:
 @pytest.mark.skipif(_cannot_compile() is not None, reason=str(_cannot_compile()))
 def test_compile_on_cpu_trains_the_same_model(tiny_llama, tmp_path):
     """torch.compile (in place) on CPU: same keys, same trained parameters as eager (Inductor compiles: ~a minute)."""
-    fit(_config(tiny_llama, tmp_path, "eager", compile=False, fused_optimizer=True))
-    fit(_config(tiny_llama, tmp_path, "compiled", compile=True, fused_optimizer=True))
+    # fp32: compiled kernels fuse and round differently from eager ones, in bf16 beyond this tolerance
+    fit(_config(tiny_llama, tmp_path, "eager", compile=False, fused_optimizer=True, precision="32-true"))
+    fit(_config(tiny_llama, tmp_path, "compiled", compile=True, fused_optimizer=True, precision="32-true"))
     a = load_file(str(tmp_path / "eager" / "model.safetensors"))
     b = load_file(str(tmp_path / "compiled" / "model.safetensors"))
     assert a.keys() == b.keys()
