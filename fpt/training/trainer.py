@@ -39,7 +39,7 @@ def resolve_device(config: RunConfig) -> tuple[str, str]:
     if accelerator == "cpu" and config.precision in ("16-mixed", "16"):
         # Lightning would run bf16 autocast instead (fp16 autocast is CUDA's), and the run would record 16-mixed
         raise ValueError(f"--precision {config.precision} is fp16 autocast, which runs on CUDA only; on a CPU use "
-                         "--precision bf16-mixed (bf16 autocast) or 32-true")
+                         "--precision bf16-mixed (bf16 autocast) or 32-true (the default there)")
     return accelerator, resolve_precision(config.precision, accelerator)
 
 
