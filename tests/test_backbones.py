@@ -85,7 +85,7 @@ def test_a_registered_source_is_used_by_the_factory(monkeypatch, tiny_dirs):
 
 
 def test_build_options_are_checked():
-    with pytest.raises(ValueError, match="init must be 'pretrained' or 'random'"):
+    with pytest.raises(ValueError, match="init must be 'pretrained', 'random' or 'statistics'"):
         load_backbone("lstm", init="trained")
     with pytest.raises(ValueError, match="attn_implementation must be"):
         BuildOptions(attn_implementation="flash")

@@ -43,6 +43,14 @@ def test_protocol_fills_in_settings_and_explicit_options_win():
         protocol.resolve({"protocol": "2021"})
 
 
+def test_paper_homology_keeps_what_the_2021_limit_kept():
+    # the 2021 code skipped x.shape[1] > 1024 with TAPE's <cls> and <sep> counted: 1022 residues; -small keeps its cut
+    for name, limit in (("remote-homology", 1022), ("remote-homology-small", 256)):
+        preset = read_yaml(name)
+        values = protocol.resolve({**preset, "protocol": "paper"}, preset_keys(preset))
+        assert values["task_options"]["max_tokens"] == limit and values["task_options"]["too_long"] == "skip"
+
+
 @pytest.mark.parametrize("task, backbone, lr", [("mnist", "gpt2", 1e-3), ("remote-homology", "gpt2", 1e-4),
                                                 ("mnist", "lstm", 3e-4)])
 def test_paper_learning_rate_and_lstm(task, backbone, lr):
@@ -112,6 +120,9 @@ def test_listops_pad_to_reads_the_last_position_and_test_split_val(tmp_path, lis
     tests = task.test()
     assert list(tests) == ["test", "test_basic_test"]
     assert len(tests["test"]) == 4 and len(tests["test_basic_test"]) == 5  # basic_val is the headline, as in 2021
+    # ... so fpt validates on a row held out of basic_train, never on the reported split
+    assert len(task.val()) == 1 and len(task.train()) == 5
+    assert "basic_train" in task.preprocessing["validation"]
     with pytest.raises(ValueError, match="set truncate_at <= 512"):
         make_task("listops", {"pad_to": 512}, data_dir=str(tmp_path))
 
@@ -289,8 +300,11 @@ def test_homology_paper_evaluation(tmp_path, tiny_dirs):
     task = make_task("remote-homology", config.task_options, data_dir=str(tmp_path))
     tests = task.test()
     assert list(tests) == ["test", "test_fold", "test_superfamily", "test_family"]
-    assert len(tests["test"]) == len(task.val())  # TAPE's valid is the test set, as in 2021
-    kept, dropped = len(task.val()), task.skipped["val"]
+    kept, dropped = len(tests["test"]), task.skipped["val"]  # TAPE's valid is the test set, as in 2021 ...
+    assert kept == len(task._load()["val"][1])
+    # ... so fpt validates on sequences held out of TAPE's train instead (never on the reported split)
+    assert len(task.val()) == len(task._load()["val_carved"][1]) >= 1
+    assert "TAPE's train" in r["data"]["validation"]
     assert dropped > 0 and r["data"]["dropped_too_long"]["val"] == dropped
     acc = r["test"]["accuracy"]
     assert r["test"]["accuracy_as_published"] == pytest.approx(acc * 0.9739)

@@ -14,7 +14,7 @@ from fpt.config.run import FIELDS
 
 LSTM_KINDS = FIELDS["lstm_kind"].metadata["choices"]  # declared once, with the option (fpt/config/run.py)
 
-Init = Literal["pretrained", "random"]
+Init = Literal["pretrained", "random", "statistics"]
 
 
 #: The name ``load_backbone`` uses when none is given: works offline after ``make install``.
@@ -34,7 +34,9 @@ class BuildOptions:
     """How to build a backbone: every loader receives these (one new option = one new field here, named as
     its RunConfig field, which gives its default and its help; :meth:`from_config` fills them from a config)."""
 
-    init: str = _default("init")  # "pretrained" (load the weights) or "random" (same architecture, seeded weights)
+    # "pretrained" (load the weights), "random" (same architecture, seeded weights) or "statistics" (the pretrained
+    # weights' per-tensor mean and std only: fpt.backbones.statistics)
+    init: str = _default("init")
     layers: int | None = _default("layers")  # first K blocks (None: all; 0: none, "no transformer")
     seed: int = _default("seed")  # seed of the random weights under init="random"
     attn_implementation: str = _default("attn_implementation")  # "sdpa" (fast) or "eager" (reads attention weights)
@@ -42,6 +44,7 @@ class BuildOptions:
     revision: str | None = _default("backbone_revision")  # a hub model's pinned revision (commit, branch, tag); None: main
     lstm_width: int = _default("lstm_width")  # hidden size of the LSTM baseline
     lstm_kind: str = _default("lstm_kind")  # the LSTM baseline: RunConfig.lstm_kind's choices (lstm.py, lnlstm.py)
+    lstm_residual: bool = _default("lstm_residual")  # layernorm LSTM: x = x + layer(x) per layer (2021 residual=True)
     # the backbone's dropout probability, or "keep" its own config's (hf._set_dropout); RunConfig.backbone_dropout
     dropout: float | str = _default("backbone_dropout")
 
@@ -55,14 +58,17 @@ class BuildOptions:
         return cls(**{**values, **overrides})
 
     def __post_init__(self):
-        if self.init not in ("pretrained", "random"):
-            raise ValueError(f"init must be 'pretrained' or 'random', got {self.init!r}")
+        if self.init not in ("pretrained", "random", "statistics"):
+            raise ValueError(f"init must be 'pretrained', 'random' or 'statistics', got {self.init!r}")
         if self.attn_implementation == "auto":  # a run resolves auto (fpt.model.fastpath.choose_attention) before
             object.__setattr__(self, "attn_implementation", "sdpa")  # building; built outside a run: fused kernels
         if self.attn_implementation not in ("sdpa", "eager"):
             raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', got {self.attn_implementation!r}")
         if self.lstm_kind not in LSTM_KINDS:
             raise ValueError(f"lstm_kind must be {' or '.join(LSTM_KINDS)}, got {self.lstm_kind!r}")
+        if self.lstm_residual and self.lstm_kind != "layernorm":
+            raise ValueError("lstm_residual is an option of the layer-norm LSTM: add --lstm-kind layernorm "
+                             "(torch.nn.LSTM stacks its layers in one kernel, with no residual connection)")
         if self.dropout != "keep" and not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
             raise ValueError(f"backbone dropout must be a probability in [0, 1) or 'keep', got {self.dropout!r}")
         # checked here, before any file is read: a bad number is never blamed on a model file
@@ -97,7 +103,7 @@ class Backbone(nn.Module):
         self.model = model.train()
         self.name = name  # what the user asked for (e.g. "smollm2-135m", "gpt2", a directory)
         self.arch = arch  # config.model_type ("gpt2", "llama", "gpt_neox", ...) or "lstm"
-        self.init = init  # "pretrained" or "random"
+        self.init = init  # "pretrained", "random" or "statistics"
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.max_positions = max_positions  # None: no limit (LSTM, RoPE without a context limit)

@@ -81,10 +81,17 @@ class LayerNormLSTMCell(nn.Module):
 
 
 class LayerNormLSTM(nn.Module):
-    """A stack of :class:`LayerNormLSTMCell` (unidirectional, no residual), batch first: ``[B, T, D] -> [B, T, H]``."""
+    """A stack of :class:`LayerNormLSTMCell` (unidirectional), batch first: ``[B, T, D] -> [B, T, H]``.
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 3, dropout: float = 0.0):
+    ``residual``: each layer's input is added to its output, as the 2021 LNLSTM with ``residual=True``
+    (``models/lstm.py:133-134``: ``x = x + f_x``; the 2021 FPT used ``residual=False``)."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 3, dropout: float = 0.0,
+                 residual: bool = False):
         super().__init__()
+        if residual and input_size != hidden_size:
+            raise ValueError(f"a residual LSTM needs input_size == hidden_size, got {input_size} and {hidden_size}")
+        self.residual = residual
         sizes = [input_size] + [hidden_size] * (num_layers - 1)
         self.cells = nn.ModuleList(LayerNormLSTMCell(s, hidden_size, dropout) for s in sizes)
         self.hidden_size = hidden_size
@@ -102,5 +109,5 @@ class LayerNormLSTM(nn.Module):
             for t in range(x.shape[1]):
                 h, c = cell(x[:, t], h, c)
                 outputs.append(h)
-            x = torch.stack(outputs, 1)
+            x = x + torch.stack(outputs, 1) if self.residual else torch.stack(outputs, 1)
         return x

@@ -40,7 +40,7 @@ def load_lstm_source(name: str, options: BuildOptions) -> Backbone:
         if options.lstm_kind == "layernorm":
             from fpt.backbones.lnlstm import LayerNormLSTM
 
-            model = LayerNormLSTM(options.lstm_width, options.lstm_width, n, dropout=p)
+            model = LayerNormLSTM(options.lstm_width, options.lstm_width, n, dropout=p, residual=options.lstm_residual)
         else:
             model = LSTMBackbone(options.lstm_width, n, dropout=p)
     return Backbone(model, name="lstm", arch="lstm", init=options.init, hidden_size=options.lstm_width, num_layers=n,

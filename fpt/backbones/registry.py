@@ -145,6 +145,12 @@ def create_backbone(name: str, options: BuildOptions) -> Any:
     source = find_source(name)
     if source.check_name:
         check_backbone_name(name, builtin_backbones())
+    if options.init == "statistics":  # the pretrained weights, then only their statistics kept
+        from dataclasses import replace
+
+        from fpt.backbones.statistics import statistics_only
+
+        return statistics_only(source.load(name, replace(options, init="pretrained")), options.seed)
     return source.load(name, options)
 
 

@@ -49,6 +49,12 @@ def _listops_files(values: dict[str, Any]) -> bool:
     return _task(values) == "listops" and (values.get("task_options") or {}).get("source", "files") == "files"
 
 
+def _homology_at_1024(values: dict[str, Any]) -> bool:
+    """Remote homology at the 2021 length limit (max_tokens unset or >= 1024), not a shorter -small cut."""
+    limit = (values.get("task_options") or {}).get("max_tokens")
+    return _task(values) == "remote-homology" and (limit is None or int(limit) >= 1024)
+
+
 @dataclass(frozen=True)
 class Setting:
     key: str  # a RunConfig field, or "task_options.NAME"
@@ -95,6 +101,10 @@ PAPER: tuple[Setting, ...] = (
             _tasks("remote-homology")),
     Setting("task_options.too_long", "skip", "datasets/remote_homology.py:39-51 batches with a longer sequence "
             "are skipped", _tasks("remote-homology")),
+    Setting("task_options.max_tokens", 1022, "datasets/remote_homology.py:51 skips x.shape[1] > 1024, and TAPE's "
+            "tokenizer adds <cls> and <sep> to every sequence (tape/tokenizers.py:157-170, datasets.py:537): sequences "
+            "of more than 1022 residues are dropped (fpt feeds residues only); a smaller max_tokens (-small) is kept",
+            _homology_at_1024),
     Setting("bucket_by_length", 100, "datasets/remote_homology.py:28-29 tape.utils.setup_loader: TAPE's "
             "BucketBatchSampler (utils/_sampler.py, bucket_size_multiplier=100: pools of 100 batches sorted by length, "
             "batch order shuffled within a pool); the only 2021 loader that groups by length", _tasks("remote-homology")),

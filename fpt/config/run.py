@@ -37,14 +37,19 @@ class RunConfig:
     backbone: str = what("smollm2-135m", "smollm2-135m (offline default), minilm-l6 (offline encoder), lstm, a Hugging "
                          "Face id (gpt2, EleutherAI/pythia-160m, bert-base-uncased), a local directory, a .gguf file, or "
                          "run:RUN_DIR (a finished run's trained backbone); fpt list shows them")
-    init: str = what("pretrained", "pretrained, or random (same architecture, seeded random weights)",
-                     choices=("pretrained", "random"))
+    init: str = what("pretrained", "pretrained, random (same architecture, seeded random weights), or statistics "
+                     "(each pretrained weight tensor redrawn from a normal with its mean and std, seeded)",
+                     choices=("pretrained", "random", "statistics"))
     layers: int | None = what(None, "keep only the first K blocks (default: all); 0: no transformer block (the input "
                               "layer's tokens go through the backbone's embedding stage and final norm to the head: "
                               "Tan et al. 2024's 'w/o LLM' ablation)", bounds=at_least(0))
     lstm_width: int = what(768, "hidden size of the lstm backbone (paper: 768)", bounds=between(1, 65536))
     lstm_kind: str = what("torch", "the lstm backbone: torch (nn.LSTM, fused kernels) or layernorm (the 2021 code's "
                           "layer-norm LSTM; its norms train under fpt)", choices=("torch", "layernorm"))
+    lstm_residual: bool = what(False, "layernorm lstm: add each layer's input to its output (the 2021 LNLSTM's "
+                               "residual=True; the paper's LSTM ablation)")
+    lstm_positions: bool = what(False, "lstm: add a trained position table to its inputs (the 2021 code's "
+                                "commented-out lstm_pos_embed; the paper's LSTM ablation)")
     backbone_dropout: float | str = what(0.0, "dropout inside the backbone: a probability (0: off), or keep (the "
                                          "backbone's own; GPT-2: 0.1, as the 2021 code)", convert=probability_or_keep,
                                          expected="a probability in [0, 1) or keep")

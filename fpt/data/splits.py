@@ -255,3 +255,18 @@ def collate(samples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
         else:
             out[k] = torch.from_numpy(np.stack(arrs))
     return out
+
+
+def carve_validation(n: int, val_fraction: float, split_seed: int, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train indices, val indices) of ``n`` samples; the val set depends only on ``split_seed``.
+
+    Used wherever a task has no validation split of its own that is not also reported as test (images;
+    ListOps and remote homology when the official validation split is the test, as in the 2021 code)."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"{task}: val_fraction must be in (0, 1), got {val_fraction}")
+    n_val = max(1, int(round(n * val_fraction)))  # a tiny split still gets one validation sample
+    if n_val >= n:
+        raise ValueError(f"{task}: val_fraction={val_fraction} of {n} training samples gives {n_val} validation "
+                         f"samples; need at least 1 and fewer than {n}")
+    perm = np.random.default_rng([int(split_seed), 1234]).permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])

@@ -39,6 +39,7 @@ class ModelConfig:
     # default, or on an encoder its family's in place of "last"
     readout: str | None = None
     learned_positions: bool = True  # add a trained position table for backbones without one (RoPE: Llama, SmolLM2, Pythia)
+    lstm_positions: bool = False  # add one to an LSTM's inputs too (the paper's LSTM ablation)
     # "embedding": orthogonal, rescaled to the token embeddings' scale; "paper": the 2021 code's (below)
     input_init: str = "embedding"
     input_gain: float = 1.41  # orthogonal init gain of the input layer (paper: 1.41)
@@ -105,7 +106,8 @@ class FPT(nn.Module):
 
         # -- positions: only for backbones that have no learned table of their own --------------
         self.position_table = None
-        if config.learned_positions and not backbone.learned_positions and backbone.arch != "lstm":
+        lstm_table = backbone.arch == "lstm" and config.lstm_positions
+        if lstm_table or (config.learned_positions and not backbone.learned_positions and backbone.arch != "lstm"):
             # Never zeros: an exactly-zero input vector into SmolLM2 drives input gradients to ~1e31
             # (measured). Start at the token embeddings' scale instead.
             self.position_table = nn.Embedding(tokens, width)

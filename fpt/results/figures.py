@@ -1,7 +1,9 @@
-"""fpt report's and fpt plot's figures: learning curves, convergence, attention maps."""
+"""fpt report's and fpt plot's figures: learning curves, convergence, attention maps, generalisation; the Bit XOR
+attention-on-the-relevant-bits number."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
@@ -291,3 +293,88 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str
         written["attention"] = _save(attention_figure(maps, config, f"attention: {run_legend(results)}"),
                                      out / "attention.png")
     return written
+
+
+# -- the paper's figures beyond the learning curves ------------------------------------------------------
+# Bit XOR: does attention land on the two input tokens that decide each output bit (the paper's / BAIR post's
+# attention figure, "it is possible to force the self-attention to attend to the relevant bits for strings of
+# length up to 256")? Generalisation: train vs held-out accuracy over training (the paper's figure plots test;
+# fpt reads the test split only at the end, so the held-out curve is validation, with the final test marked).
+def relevant_attention(maps) -> dict[str, Any]:
+    """Attention mass on the two tokens that decide each output of Bit XOR (``maps``: ``[layers, heads, outputs,
+    tokens]`` from :func:`attention_maps`, outputs = the last half of the tokens, one per b-token).
+
+    Output token j (the j-th token of string b, position ``half + j``) should attend to a_j (position j) and
+    b_j (position ``half + j``). Per layer and head: the mean over outputs of the weight on those two positions;
+    ``uniform``: what a head attending evenly to every token it sees (causal: ``half + j + 1`` of them) would
+    put there. Returns the per-layer best head, the overall best, and the uniform baseline."""
+    maps = np.asarray(maps, dtype=np.float64)
+    layers, heads, n_out, n_tokens = maps.shape
+    half = n_tokens // 2
+    if n_out != half or n_tokens % 2:
+        raise ValueError(f"not a Bit XOR map: {n_out} outputs over {n_tokens} tokens (expected half the tokens)")
+    j = np.arange(n_out)
+    mass = maps[:, :, j, j] + maps[:, :, j, half + j]  # [layers, heads, outputs]
+    per_head = mass.mean(-1)  # [layers, heads]
+    uniform = float(np.mean(2.0 / (half + j + 1)))
+    best_layer, best_head = np.unravel_index(int(np.argmax(per_head)), per_head.shape)
+    return {"per_layer_best": [float(per_head[l].max()) for l in range(layers)],
+            "per_layer_best_head": [int(per_head[l].argmax()) + 1 for l in range(layers)],
+            "best": float(per_head[best_layer, best_head]), "best_layer": int(best_layer) + 1,
+            "best_head": int(best_head) + 1, "uniform": uniform, "tokens": n_tokens}
+
+
+def relevant_attention_text(stats: dict[str, Any]) -> str:
+    layers = ", ".join(f"layer {i + 1}: {100 * m:.0f}% (head {h})"
+                       for i, (m, h) in enumerate(zip(stats["per_layer_best"], stats["per_layer_best_head"])))
+    return (f"best head {100 * stats['best']:.0f}% (layer {stats['best_layer']} head {stats['best_head']}); "
+            f"uniform {100 * stats['uniform']:.0f}%; {layers}")
+
+
+def _train_curve(run_dir: Path, metric: str = "train/accuracy") -> tuple[list[int], list[float]]:
+    """Training-batch accuracy as logged (Lightning labels a training row with the batch index: +1 is the
+    optimizer steps done)."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.exists():
+        return [], []
+    points: dict[int, float] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            value, step = row.get(metric), row.get("step")
+            if value not in (None, "") and step not in (None, ""):
+                points[int(float(step)) + 1] = float(value)
+    steps = sorted(points)
+    return steps, [points[s] for s in steps]
+
+
+def generalisation_figure(run_dirs: list[Path], title: str = "train vs held-out accuracy"):
+    """The paper's generalisation figure, per run: training-batch accuracy and validation accuracy against
+    optimizer steps, the final test accuracy as a marker at the last step (never read during training)."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    data = {}
+    for i, d in enumerate(run_dirs):
+        colour = f"C{i % 10}"
+        r = read_results(d) if (Path(d) / "results.json").exists() else {}
+        name = run_legend(r) if r else Path(d).name
+        ts, tv = _train_curve(d)
+        vs, vv = read_curve(d)
+        if ts:
+            ax.plot(ts, [100 * v for v in tv], color=colour, linestyle=":", linewidth=1, label=f"{name}: train")
+        if vs:
+            ax.plot(vs, [100 * v for v in vv], color=colour, marker="o", markersize=2, linewidth=1,
+                    label=f"{name}: validation")
+        test = (r.get("test") or {}).get("accuracy")
+        if test is not None and (vs or ts):
+            ax.plot([max((vs or [0])[-1], (ts or [0])[-1])], [100 * test], color=colour, marker="*", markersize=9,
+                    linestyle="none", label=f"{name}: test (final weights)")
+        data[str(d)] = {"train": (ts, tv), "val": (vs, vv), "test": test}
+    ax.set_xlabel("optimizer steps")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if ax.lines:
+        _accuracy_axis(ax, min(float(np.min(line.get_ydata())) for line in ax.lines))
+        ax.legend(fontsize=6)
+    fig.fpt_data = data  # for tests and callers
+    return fig

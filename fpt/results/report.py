@@ -19,10 +19,15 @@
 * ``curves-<task>.png``: validation accuracy against optimizer steps, one line per run, pretrained
   and random (and LSTM) on the same axes;
 * ``convergence.png``: steps to target, ours next to the paper's, per task and setting;
-* ``attention-<run>.png`` for every Bit XOR transformer run: attention weights from each output
-  token to every input token, per layer and head (as the paper's Bit XOR figure), averaged over
-  held-out examples. The model is rebuilt with ``attn_implementation="eager"`` (SDPA returns no
-  weights).
+* ``generalisation-<task>.png``: training-batch accuracy and validation accuracy against optimizer
+  steps per run, the final test accuracy marked at the end (the paper's generalisation figure plots
+  test accuracy during training; fpt reads the test split only once training is over);
+* ``attention-<run>.png`` for every Bit XOR and Bit Memory transformer run: attention weights from
+  each output token to every input token, per layer and head (as the paper's attention figures),
+  averaged over validation examples. The model is rebuilt with ``attn_implementation="eager"``
+  (SDPA returns no weights). For Bit XOR, ``report.md`` adds a number: the attention weight each
+  output puts on the two input tokens that decide it (a_i, b_i), best head and per layer, next to
+  a uniform head's (:func:`fpt.results.figures.relevant_attention`; ``report.csv`` ``attention_on_relevant``).
 
 Steps: curves use optimizer steps, the convention of the console, ``results.json``
 (``val.first_step_at_target``) and, since fpt labels its validation rows itself (``results.json``
@@ -41,15 +46,19 @@ from typing import Any, Iterable
 from fpt.base.io import atomic_write_text
 from fpt.results import reference
 from fpt.runs.checkpoint import read_results
-from fpt.results.figures import _save, attention_figure, attention_maps, convergence_figure, learning_curve_figure, run_legend
+from fpt.results.figures import (
+    _save, attention_figure, attention_maps, convergence_figure, generalisation_figure, learning_curve_figure,
+    relevant_attention, relevant_attention_text, run_legend,
+)
 from fpt.results.rows import _num, find_runs, run_row, write_rows
 from fpt.results.forecast_report import forecast_section
 from fpt.results.timeseries_report import timeseries_section
 
 COLUMNS = ("run", "label", "task", "backbone", "init", "freeze", "layers", "seed", "setting", "protocol", "variant",
            "test_accuracy", "test_accuracy_at_best_val", "test_accuracy_as_published", "paper_accuracy", "paper_source",
-           "differences", "val_best_accuracy", "target_accuracy", "steps_to_target", "paper_steps_to_converge", "steps",
-           "trainable_params", "total_params", "seconds", "device", "paper_note")
+           "paper_unverified", "test_monitored", "differences", "val_best_accuracy", "target_accuracy", "steps_to_target",
+           "paper_steps_to_converge", "steps",
+           "trainable_params", "total_params", "seconds", "device", "paper_note", "attention_on_relevant")
 
 
 def _steps(x: Any) -> str:
@@ -60,10 +69,11 @@ def _steps(x: Any) -> str:
 
 
 def _paper_steps(r: dict[str, Any]) -> str:
-    """The paper's steps to converge, flagged when our batch size is not the 2021 code's 4 (steps are per batch)."""
+    """The paper's steps to converge (Table 6). Its batch size per task is not stated (App. C: 2 to 16), so the
+    row shows our batch size beside it: steps at different batch sizes are not one-to-one comparable."""
     text = _steps(r["paper_steps_to_converge"])
-    if r["paper_steps_to_converge"] is not None and r.get("batch_size") not in (None, 4):
-        text += f" (at batch 4; ours {r['batch_size']})"
+    if r["paper_steps_to_converge"] is not None and r.get("batch_size") is not None:
+        text += f" (ours at batch {r['batch_size']})"
     return text
 
 
@@ -78,8 +88,11 @@ def render_markdown(rows: list[dict[str, Any]], figures: dict[str, str] | None =
              "the published number for the same setting (task + init + freeze + backbone kind) measured on the same "
              "task variant (`fpt/results/reference.py`: e.g. ListOps with the 2021 loader's cut only beside numbers measured "
              "that way). *How it differs* lists every other difference (model size, depth, protocol, `-small`); "
-             "empty means none. "
-             "Steps to target: our first validation at or above the run's target accuracy; the paper's: steps to converge.",
+             "empty means none. *test-monitored*: the 2021 code's numbers (`--protocol paper`) are on a test split its "
+             "loop evaluated every 100 steps, with no validation split; fpt's runs choose everything on validation and "
+             "read the test only at the end. "
+             "Steps to target: our first validation at or above the run's target accuracy; the paper's: steps to "
+             "converge (Lu et al. Table 6; the paper does not state each task's batch size, App. C: 2 to 16).",
              ""]
     if any(str(r["label"]).startswith("-small") for r in rows):
         lines += ["Runs labelled `-small` are scaled down for a CPU (fewer layers, steps, shorter inputs): "
@@ -103,11 +116,20 @@ def render_markdown(rows: list[dict[str, Any]], figures: dict[str, str] | None =
                  _num(r.get("test_accuracy_at_best_val")), paper, differs, _num(r["val_best_accuracy"]), target,
                  _paper_steps(r), _num(r["trainable_params"]), _num(r["seconds"], 0), r["device"]]
         lines.append("| " + " | ".join(map(markdown_cell, cells)) + " |")
-    notes = sorted({(r["task"], r["setting"], r["paper_note"]) for r in rows if r["paper_note"]})
+    notes = sorted({(r["task"], r["setting"], r["paper_note"] + (f" [attribution unverified: {r['paper_unverified']}]"
+                                                                 if r.get("paper_unverified") else ""))
+                    for r in rows if r["paper_note"] or r.get("paper_unverified")})
     if notes:
         lines += ["", "Notes on the published numbers:", ""]
         lines += [f"- {task} / {setting or 'no setting'}: {note}" for task, setting, note in notes]
     lines += ["", "Sources:", ""] + [f"- `{k}`: {v}" for k, v in reference.CITATIONS.items()]
+    attention = [r for r in rows if r.get("relevant_attention")]
+    if attention:
+        lines += ["", "Bit XOR attention on the relevant bits (validation examples; each output token's attention "
+                  "weight on the two input tokens that decide it, a_i and b_i, averaged over outputs; uniform: a "
+                  "head spreading its weight evenly over the tokens it sees):", ""]
+        lines += [f"- {r.get('name') or Path(r['run']).name}: {relevant_attention_text(r['relevant_attention'])}"
+                  for r in attention]
     if figures:
         lines += ["", "Figures:", ""] + [f"- {name}: `{path}`" for name, path in figures.items()]
     return "\n".join(lines) + "\n"
@@ -133,19 +155,26 @@ def write_report(paths: Iterable[str | Path], out_dir: str | Path = "report", at
         dirs = [d for d in run_dirs if results[d].get("task") == task]
         figures[f"learning curves, {task}"] = _save(learning_curve_figure(dirs, f"{task}: validation accuracy"),
                                                     out / f"curves-{task}.png")
+        figures[f"generalisation, {task}"] = _save(
+            generalisation_figure(dirs, f"{task}: training-batch vs validation accuracy (test: final)"),
+            out / f"generalisation-{task}.png")
     if any(r["task"] != "forecast" for r in rows):  # steps to a target accuracy: not for forecasts
         figures["convergence speed"] = _save(convergence_figure(rows), out / "convergence.png")
     skipped = []
     if attention:
         for d in run_dirs:
             r = results[d]
-            if r.get("task") != "bit-xor" or reference.backbone_kind(r) == "lstm":
+            if r.get("task") not in ("bit-xor", "bit-memory") or reference.backbone_kind(r) == "lstm":
                 continue
             try:
                 maps, config = attention_maps(d)
             except Exception as err:  # e.g. a backbone that is not available here any more
                 skipped.append(f"{d}: {err}")
                 continue
+            if r.get("task") == "bit-xor":  # does attention land on the two tokens deciding each output?
+                row = next(x for x in rows if x["run"] == str(d))
+                row["relevant_attention"] = relevant_attention(maps)
+                row["attention_on_relevant"] = row["relevant_attention"]["best"]
             name = _slug_path(d)
             figures[f"attention, {name}"] = _save(attention_figure(maps, config, f"attention: {run_legend(r)}"),
                                                   out / f"attention-{name}.png")

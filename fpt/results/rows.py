@@ -149,7 +149,11 @@ def run_row(run_dir: Path, results: dict[str, Any] | None = None) -> dict[str, A
         # the paper's own form where it scaled its numbers (remote homology: x 0.9739), else None
         "test_accuracy_as_published": as_percent(test.get("accuracy_as_published")),
         "paper_accuracy": ref.accuracy if ref else None,
-        "paper_source": ref.label() if ref else "",
+        # the 2021 loop evaluated its test split as it trained (no validation split): its numbers say so
+        "paper_source": (ref.label() + ("; test-monitored" if ref.test_monitored() else "")) if ref else "",
+        "paper_unverified": ref.unverified if ref else "",
+        # fpt's own runs never read a test split before the final test (results.json test_monitored: false)
+        "test_monitored": r.get("test_monitored", None),
         "differences": "; ".join(comparison.differences) if ref else "",
         "paper_note": paper_note,
         "val_best_accuracy": as_percent(val.get("best_accuracy")),

@@ -41,7 +41,7 @@ from fpt.data.idx import load_idx_dataset
 from fpt.data.patching import channel_stats, check_patch_size, normalise, patchify, random_crop_flip, random_rotation
 from fpt.data.store import Dataset, ensure_files
 from fpt.base.options import FRACTION, SEEDS, at_least, between, bounded
-from fpt.data.splits import ArraySplit, TaskSpec
+from fpt.data.splits import ArraySplit, TaskSpec, carve_validation
 from fpt.tasks.base import Task, register_task
 
 
@@ -58,18 +58,6 @@ def _read_idx_cached(stamp: tuple):
 @functools.lru_cache(maxsize=1)
 def _read_cifar_cached(stamp: tuple):
     return load_cifar10(Path(stamp[0][0]).parent)
-
-
-def carve_validation(n: int, val_fraction: float, split_seed: int, task: str) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted (train indices, val indices) of ``n`` samples; the val set depends only on ``split_seed``."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"{task}: val_fraction must be in (0, 1), got {val_fraction}")
-    n_val = int(round(n * val_fraction))
-    if n_val < 1 or n_val >= n:
-        raise ValueError(f"{task}: val_fraction={val_fraction} of {n} training samples gives {n_val} validation "
-                         f"samples; need at least 1 and fewer than {n}")
-    perm = np.random.default_rng([int(split_seed), 1234]).permutation(n)
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
 class ImageTransform:

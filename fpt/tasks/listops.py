@@ -11,7 +11,9 @@ alphanumeric tokens only), ``truncate_at=512`` cuts every sequence to its first 
 ``pad_to=512`` pads every sequence to 512 tokens without a mask so that the head reads position
 511 (a pad for shorter sequences), and ``test_split=val`` reports ``basic_val.tsv`` as the test
 set (the 2021 ``ListopsDataset`` took the second split LRA's loader returns, which is val;
-``basic_test.tsv`` is then reported too, as ``test_basic_test``). What was stripped and cut is
+``basic_test.tsv`` is then reported too, as ``test_basic_test``; the 2021 loop had no validation
+split, and fpt then validates on ``val_fraction`` of ``basic_train.tsv``, held out, so that no choice
+is made on the reported split). What was stripped and cut is
 logged and kept in ``task.preprocessing`` (results.json ``data``).
 
 ``source`` (chosen explicitly, default ``files``):
@@ -38,9 +40,9 @@ from fpt.data import listops as lo
 from fpt.data import sources
 from fpt.data.sequences import GeneratedSequenceSplit, PackedSequenceSplit, check_too_long_option, drop_too_long
 from fpt.data.store import ensure_files
-from fpt.base.options import SEEDS, at_least, bounded
+from fpt.base.options import FRACTION, SEEDS, at_least, bounded
+from fpt.data.splits import TaskSpec, carve_validation
 from fpt.tasks.base import Task, register_task
-from fpt.data.splits import TaskSpec
 
 SOURCES = ("files", "generated")
 TEST_SPLITS = ("test", "val")
@@ -70,6 +72,10 @@ class ListOps(Task):
         pad_to: int = bounded(0, at_least(0))
         # the headline test split: test (basic_test) | val (basic_val, what the 2021 code reported as test)
         test_split: str = "test"
+        # with test_split=val: the share of basic_train held out as fpt's validation split, so that no choice
+        # (best point, early stop, a sweep's lr) reads the reported split (generated: a fresh set instead)
+        val_fraction: float = bounded(0.02, FRACTION)
+        split_seed: int = bounded(0, SEEDS)  # with test_split=val: which basic_train rows are held out
 
     def __init__(self, options, seed=0, data_dir=None):
         super().__init__(options, seed, data_dir)
@@ -108,6 +114,9 @@ class ListOps(Task):
                                   "test_split": o.test_split}
             if o.source == "generated":
                 self.preprocessing["applied"] = "to every generated expression"
+                if o.test_split == "val":
+                    self.preprocessing["validation"] = (f"a separate generated set of {o.val_samples:,} expressions; the "
+                                                        "reported test is read only by the final test")
                 self._note_generated()
 
     def _longest(self) -> int:
@@ -143,7 +152,8 @@ class ListOps(Task):
         if o.pad_to:
             parts.append(f"every sequence is padded to {o.pad_to} tokens without a mask; the head reads the last position")
         if o.test_split != "test":
-            parts.append("the generated validation set is reported as test (test_split=val)")
+            parts.append("the generated validation set is reported as test (test_split=val); fpt validates on a "
+                         "separate generated set")
         log.warning("%s (generated): %s", self.name, "; ".join(parts))
 
     # -- generated ---------------------------------------------------------------------------
@@ -168,6 +178,14 @@ class ListOps(Task):
                 self._note_files(per_split, {s: str(files[n]) for s, n in lo.FILES.items()})
             self._data, self.skipped = drop_too_long(raw, o.max_tokens, o.too_long, self.name,
                                                      where={s: str(files[n]) for s, n in lo.FILES.items()})
+            if o.test_split == "val":  # basic_val is the test: validate on rows held out of basic_train instead
+                seqs, y = self._data["train"]
+                keep, held = carve_validation(len(y), o.val_fraction, o.split_seed, self.name)
+                self._data["train"] = (seqs.subset(keep), y[keep])
+                self._data["val_carved"] = (seqs.subset(held), y[held])
+                self.preprocessing["validation"] = (f"{len(held):,} rows of basic_train.tsv (val_fraction "
+                                                    f"{o.val_fraction:g}, split_seed {o.split_seed}); basic_val.tsv "
+                                                    f"is the test and is read only by the final test")
             if any(self.skipped.values()):  # dropped sequences change the benchmark: results.json says how many
                 self.preprocessing = {**(self.preprocessing or {}), "max_tokens": o.max_tokens,
                                       "dropped_too_long": dict(self.skipped)}
@@ -190,7 +208,8 @@ class ListOps(Task):
             lines.append(f"every sequence is padded to {o.pad_to} tokens without a mask; the head reads position "
                          f"{o.pad_to - 1}")
         if o.test_split == "val":
-            lines.append("test = basic_val.tsv (as the 2021 code); basic_test.tsv is reported as test_basic_test")
+            lines.append("test = basic_val.tsv (as the 2021 code); basic_test.tsv is reported as test_basic_test; "
+                         f"validation = {o.val_fraction:g} of basic_train.tsv (the 2021 code had none)")
         log.warning("%s: the 2021 code's preprocessing (close_bracket=%s, truncate_at=%s, pad_to=%s, test_split=%s):\n  %s",
                     self.name, str(o.close_bracket).lower(), o.truncate_at, o.pad_to, o.test_split, "\n  ".join(lines))
 
@@ -209,14 +228,15 @@ class ListOps(Task):
         return self._fixed_sets[name]
 
     def _split(self, name: str):
-        if self.options.source == "generated":
-            return self._fixed(name, {"val": 1, "test": 2}[name],
-                               self.options.val_samples if name == "val" else self.options.test_samples)
+        if self.options.source == "generated":  # val_carved: a third fixed set, when val is reported as test
+            return self._fixed(name, {"val": 1, "test": 2, "val_carved": 3}[name],
+                               self.options.test_samples if name == "test" else self.options.val_samples)
         seqs, y = self._load()[name]
         return PackedSequenceSplit(seqs, y, pad_id=lo.PAD_ID, pad_to=self.options.pad_to)
 
     def val(self):
-        return self._split("val")
+        # with test_split=val the official validation split is the reported test: never select on it
+        return self._split("val_carved" if self.options.test_split == "val" else "val")
 
     def test(self):
         if self.options.test_split == "val":  # the 2021 code's "test" was LRA's val split

@@ -44,6 +44,9 @@ def _results(config, module, trainer, test_metrics, train_seconds, seconds) -> d
         # metrics.csv labels a validation with the optimizer steps completed before it, as the console does
         "metrics_step": "completed",
         "protocol": _protocol_record(config, module.task),  # fpt.config.protocols: what --protocol set, and what was used
+        # every choice (best point, best.safetensors, early stop, a sweep's lr) is made on val; the test splits are
+        # read only by the final test (tests/test_no_test_selection.py). The 2021 loop monitored its test instead.
+        "test_monitored": False,
         "val": {
             "best_accuracy": (module.best_val[0] if module.best_val else None)
             if module.objective.kind == "classification" else None,
