@@ -35,5 +35,8 @@ def test_statistics_init_trains_and_is_its_own_setting(tmp_path, pretrained_dirs
                           "eval_every": 2, "device": "cpu", "run_dir": str(tmp_path / "run")}), enable_progress_bar=False)
     assert r["init"] == "statistics" and reference.setting_of(r) == "frozen-statistics"
     assert reference.compare(r).reference is None  # no published number sourced
+    from fpt.runs.checkpoint import load_run
+
+    load_run(tmp_path / "run")  # the frozen weights are rebuilt from the seed: the fingerprint matches
     with pytest.raises(ValueError, match="no pretrained weights"):
         load_backbone("lstm", init="statistics")
