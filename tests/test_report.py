@@ -104,6 +104,10 @@ def test_compare_listops_by_protocol_variant():
     short = reference.compare(_results_of(task="listops", protocol={"name": "fpt"}, task_options={"too_long": "skip"},
                                           data={"max_tokens": 1024, "dropped_too_long": {"test": 900, "val": 880}}))
     assert short.variant == "listops-fixed-short" and short.reference is None
+    # Bit XOR at 256 (or 32) bits is not the paper's 5-bit task: no number beside it
+    long = reference.compare(_results_of(task="bit-xor", task_options={"n_bits": 256}))
+    assert long.variant == "bit-xor-long" and long.reference is None
+    assert reference.compare(_results_of(task="bit-xor", task_options={"n_bits": 5})).reference.accuracy == 100
     assert "46.1" in short.note and "not comparable" in short.note
 
 
