@@ -5,8 +5,8 @@
 #
 #   bash benchmarks/cpu_small_evidence.sh [RUNS_DIR]      (default runs/cpu-small)
 #
-# Each run's results.json, config.yaml and metrics.csv (and, for the Bit XOR transformers, the trained
-# weights model.safetensors that the attention figure needs) are copied to docs/reports/cpu-small/runs/,
+# Each run's results.json, config.yaml and metrics.csv (and, for the Bit XOR and Bit Memory transformers, the trained
+# weights model.safetensors that the attention figures need) are copied to docs/reports/cpu-small/runs/,
 # so `fpt report docs/reports/cpu-small/runs --out docs/reports/cpu-small` re-renders the report without
 # training. Re-running skips finished runs.
 set -euo pipefail
@@ -28,7 +28,7 @@ for task in bit-xor listops fashion-mnist bit-memory; do
     fi
     mkdir -p "$KEEP/$task/$setting"
     cp "$dir/results.json" "$dir/config.yaml" "$dir/metrics.csv" "$KEEP/$task/$setting/"
-    if [ "$task" = bit-xor ] && [ "$setting" != lstm ]; then cp "$dir/model.safetensors" "$KEEP/$task/$setting/"; fi
+    case $task in bit-xor|bit-memory) [ "$setting" = lstm ] || cp "$dir/model.safetensors" "$KEEP/$task/$setting/" ;; esac
   done
 done
 $FPT report "$KEEP" --out docs/reports/cpu-small

@@ -38,5 +38,11 @@ def test_statistics_init_trains_and_is_its_own_setting(tmp_path, pretrained_dirs
     from fpt.runs.checkpoint import load_run
 
     load_run(tmp_path / "run")  # the frozen weights are rebuilt from the seed: the fingerprint matches
+    threads = torch.get_num_threads()
+    try:  # ... with any thread count (a run with --num-threads 1, its report with all cores)
+        torch.set_num_threads(1 if threads > 1 else 2)
+        load_run(tmp_path / "run")
+    finally:
+        torch.set_num_threads(threads)
     with pytest.raises(ValueError, match="no pretrained weights"):
         load_backbone("lstm", init="statistics")

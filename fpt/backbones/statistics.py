@@ -24,8 +24,10 @@ def statistics_only(backbone, seed: int):
         for _, tensor in sorted(backbone.model.named_parameters(), key=lambda item: item[0]):
             if not torch.is_floating_point(tensor) or tensor.numel() < 2:
                 continue
-            values = tensor.detach().float()
-            mean, std = float(values.mean()), float(values.std())
+            # numpy's single-threaded float64 sums: the same statistics whatever torch's thread count (a parallel
+            # reduction's last bits depend on it, and the rebuilt weights must match the run's fingerprint)
+            values = tensor.detach().double().cpu().numpy()
+            mean, std = float(values.mean()), float(values.std(ddof=1))
             if std == 0.0:
                 continue
             drawn = torch.randn(tensor.shape, generator=generator) * std + mean
