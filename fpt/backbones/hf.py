@@ -10,6 +10,7 @@ from torch import nn
 from fpt.backbones.freeze import ARCHITECTURES, has_learned_positions
 from fpt.backbones.backbone import OFFLINE_DEFAULT, BuildOptions
 from fpt.backbones.backbone import Backbone
+from fpt.backbones.infer import config_max_positions as _max_positions
 
 
 def _config_depth_attr(config) -> str:
@@ -17,14 +18,6 @@ def _config_depth_attr(config) -> str:
         if hasattr(config, attr):
             return attr
     raise ValueError(f"cannot find the layer count in config of type {type(config).__name__}")
-
-
-def _max_positions(config) -> int | None:
-    for attr in ("max_position_embeddings", "n_positions", "n_ctx"):
-        value = getattr(config, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def _check_layers(layers: int | None, available: int, name: str) -> int:

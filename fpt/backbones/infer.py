@@ -95,7 +95,7 @@ def _heads(config) -> int | None:
     return None
 
 
-def _max_positions(config) -> int | None:
+def config_max_positions(config) -> int | None:
     for attr in ("max_position_embeddings", "n_positions", "n_ctx"):
         value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:
@@ -165,7 +165,7 @@ def infer_freeze_rules(model: nn.Module, config) -> InferredRules:
     level = first_token.rpartition(".")[0] if first_token else ""
     positions: list[str] = []
     type_rows = getattr(config, "type_vocab_size", None)
-    max_positions = _max_positions(config)
+    max_positions = config_max_positions(config)
     heads = _heads(config)
     ambiguous: list[str] = []
     for path, module in paths.items():
