@@ -1,4 +1,4 @@
-"""The shipped GPT-2 family configs: the paper's architecture offline, and a fast, clear failure for weights."""
+"""The shipped GPT-2 family and ViT-B/16 configs: the paper's architectures offline, and a fast, clear failure for weights."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ ARCH = {"gpt2": (768, 12, 12), "gpt2-medium": (1024, 24, 16), "gpt2-large": (128
 def test_shipped_configs_hold_the_published_architectures():
     from transformers import AutoConfig, GPT2Config
 
-    assert set(SHIPPED) == set(ARCH)
+    assert set(SHIPPED) == set(ARCH) | {"vit-base-patch16-224"}
     for name, (width, layers, heads) in ARCH.items():
         path = shipped_config_dir(name) / "config.json"
         assert path.is_file() and path.stat().st_size < 4096  # a few KB of package data
@@ -39,6 +39,31 @@ def test_random_gpt2_builds_offline_from_the_shipped_config(capsys):
     assert backbone.model.config.resid_pdrop == 0.0  # fpt's default backbone_dropout
     assert "shipped copy" in capsys.readouterr().err
     assert load_backbone("openai-community/gpt2-medium", init="random", layers=1).hidden_size == 1024
+
+
+def test_shipped_vit_is_the_hubs_vit_b16_and_transformers_default():
+    from transformers import AutoConfig, ViTConfig
+
+    assert SHIPPED["vit-base-patch16-224"] == "google/vit-base-patch16-224"
+    config = AutoConfig.from_pretrained(str(shipped_config_dir("google/vit-base-patch16-224")))
+    assert (config.model_type, config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == ("vit", 768, 12, 12)
+    assert (config.image_size, config.patch_size, config.intermediate_size) == (224, 16, 3072)
+    shipped = json.loads((shipped_config_dir("vit-base-patch16-224") / "config.json").read_text())
+    default = ViTConfig().to_dict()
+    for key in set(shipped) - {"architectures", "model_type"}:
+        assert shipped[key] == default[key], key
+
+
+def test_random_vit_builds_offline_and_pretrained_fails_at_once(capsys):
+    from fpt.backbones import load_backbone
+
+    backbone = load_backbone("google/vit-base-patch16-224", init="random", layers=1)
+    assert (backbone.arch, backbone.hidden_size, backbone.num_layers) == ("vit", 768, 1)
+    assert backbone.max_positions == 197  # ViT's position table: 14 x 14 patches and the CLS row
+    assert "shipped copy" in capsys.readouterr().err
+    with pytest.raises(BackboneUnavailable, match="--init random") as err:
+        load_backbone("google/vit-base-patch16-224", init="pretrained", layers=1)
+    assert "ViT-B/16" in str(err.value) and "gpt2" not in str(err.value).lower()
 
 
 def test_pretrained_gpt2_offline_fails_at_once_naming_what_to_run():

@@ -80,7 +80,7 @@ def prepare_config(config, name: str, options: BuildOptions):
 
 def hf_config(name: str, trust_remote_code: bool = False, revision: str | None = None):
     """The transformers config of a hub id or a local directory, with messages that say what to do.
-    The GPT-2 family's comes from fpt's shipped copies when the hub is unreachable (fpt/backbones/shipped.py)."""
+    GPT-2's and ViT-B/16's come from fpt's shipped copies when the hub is unreachable (fpt/backbones/shipped.py)."""
 
     from fpt.backbones import shipped
 

@@ -1,16 +1,20 @@
-"""The GPT-2 family's ``config.json`` files, shipped with fpt, and a fast check that the hub can be reached.
+"""The paper's backbones' ``config.json`` files, shipped with fpt, and a fast check that the hub can be reached.
 
-The paper's backbone is GPT-2 (base, and medium / large / XL for its model-size comparison). Its
-architecture is fixed, so fpt ships the four ``config.json`` files (a few KB, package data in
-``fpt/backbones/configs/<name>/``): ``--backbone gpt2 --init random`` (the paper's frozen random
-transformer) builds the paper's architecture with nothing downloaded. The files hold the values
+The paper's backbone is GPT-2 (base, and medium / large / XL for its model-size comparison); its
+vision-pretrained initialisation is a ViT-B/16. Their architectures are fixed, so fpt ships the five
+``config.json`` files (a few KB, package data in ``fpt/backbones/configs/<name>/``): ``--backbone gpt2
+--init random`` (the paper's frozen random transformer) and ``--backbone google/vit-base-patch16-224
+--init random`` build the architecture with nothing downloaded. The files hold the values
 of the Hugging Face hub's ``openai-community/<name>/config.json``: ``gpt2-large`` and ``gpt2-xl``
 as the hub's current files; ``gpt2-medium`` with the hub's architecture values (``n_embd`` 1024,
 ``n_layer`` 24, ``n_head`` 16, ``n_special`` 0, ``predict_special_tokens``) in the current files'
 layout; ``gpt2`` as ``transformers.GPT2Config()``'s defaults, which are GPT-2 base's (a test
-checks them). Sources are listed in docs/paper-fidelity.md.
+checks them); ``vit-base-patch16-224`` with the architecture values of the hub's
+``google/vit-base-patch16-224/config.json`` (ImageNet-21k pretrained, ImageNet-1k fine-tuned at 224), which
+are ``transformers.ViTConfig()``'s defaults (a test checks them; its 1,000 ImageNet labels are left out:
+fpt never uses the classifier). Sources are listed in docs/paper-fidelity.md.
 
-Order of use, for these four names: the hub's file when it is in the local Hugging Face cache,
+Order of use, for these five names: the hub's file when it is in the local Hugging Face cache,
 else the hub when it can be reached, else the shipped file (said on stderr). Pretrained weights
 cannot be shipped (0.5-6 GB): offline and not cached, :func:`require_weights` fails at once (not
 after transformers' ~30 s of retries) with a message naming what to run instead.
@@ -25,8 +29,10 @@ import sys
 from importlib import resources
 from urllib.parse import urlparse
 
-SHIPPED = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-_PREFIX = "openai-community/"
+# short name -> the hub repository whose config.json it copies
+SHIPPED = {"gpt2": "openai-community/gpt2", "gpt2-medium": "openai-community/gpt2-medium",
+           "gpt2-large": "openai-community/gpt2-large", "gpt2-xl": "openai-community/gpt2-xl",
+           "vit-base-patch16-224": "google/vit-base-patch16-224"}
 
 
 class BackboneUnavailable(OSError):
@@ -36,9 +42,11 @@ class BackboneUnavailable(OSError):
 
 
 def shipped_name(name: str) -> str | None:
-    """``gpt2`` for ``gpt2`` or ``openai-community/gpt2``; None for any other name."""
-    short = name[len(_PREFIX):] if name.startswith(_PREFIX) else name
-    return short if short in SHIPPED else None
+    """``gpt2`` for ``gpt2`` or ``openai-community/gpt2`` (``vit-base-patch16-224`` for
+    ``google/vit-base-patch16-224`` or the short name); None for any other name."""
+    if name in SHIPPED:
+        return name
+    return next((short for short, repo in SHIPPED.items() if repo == name), None)
 
 
 def shipped_config_dir(name: str):
@@ -100,7 +108,8 @@ def _cached(repo: str, filename: str) -> bool:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover
         return False
-    for candidate in {repo, _PREFIX + repo if not repo.startswith(_PREFIX) else repo[len(_PREFIX):]}:
+    short = shipped_name(repo)
+    for candidate in {repo} | ({short, SHIPPED[short]} if short else set()):
         try:
             found = try_to_load_from_cache(candidate, filename)
         except Exception:
@@ -111,7 +120,7 @@ def _cached(repo: str, filename: str) -> bool:
 
 
 def load_config(name: str, trust_remote_code: bool = False, revision: str | None = None):
-    """The ``transformers`` config of ``name``; for the GPT-2 family, the shipped file when the hub's is
+    """The ``transformers`` config of ``name``; for the shipped names, the shipped file when the hub's is
     neither cached nor reachable. Other names go to ``AutoConfig.from_pretrained`` unchanged."""
     from transformers import AutoConfig
 
@@ -127,10 +136,17 @@ def load_config(name: str, trust_remote_code: bool = False, revision: str | None
 
 
 def require_weights(name: str) -> None:
-    """Fail at once when a GPT-2 family model's pretrained weights are neither cached nor downloadable."""
+    """Fail at once when a shipped name's pretrained weights are neither cached nor downloadable."""
     short = shipped_name(name)
     if short is None or _cached(name, "model.safetensors") or hub_reachable():
         return
+    if short.startswith("vit"):
+        raise BackboneUnavailable(
+            f"cannot load pretrained {name!r}: its weights are not in the Hugging Face cache and the hub cannot be "
+            "reached from here (offline). Either download them once on a machine with internet "
+            f"(python -c \"from transformers import AutoModel; AutoModel.from_pretrained('{SHIPPED[short]}')\", then "
+            "copy HF_HOME), or use --init random (a frozen random ViT-B/16: fpt ships its config.json, nothing is "
+            "downloaded).")
     raise BackboneUnavailable(
         f"cannot load pretrained {name!r}: its weights are not in the Hugging Face cache and the hub cannot be "
         "reached from here (offline). Either download them once on a machine with internet "
