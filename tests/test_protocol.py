@@ -30,8 +30,9 @@ def test_protocol_fills_in_settings_and_explicit_options_win():
     values = protocol.resolve({**preset, "protocol": "paper"}, overridable)
     assert values["batch_size"] == 4 and values["lr"] == 1e-3  # over the preset's 32 / 1e-3
     assert values["input_dropout"] == 0.1 and values["backbone_dropout"] == "keep" and values["input_init"] == "paper"
-    assert values["task_options"] == {"source": "files", "max_tokens": 1024, "too_long": "skip", "close_bracket": False,
+    assert values["task_options"] == {"source": "files", "close_bracket": False,
                                       "truncate_at": 512, "pad_to": 512, "test_split": "val"}
+    assert preset["position_rows"] == 2048 and values["position_rows"] is None  # the 2021 code's 1024 positions
     # a flag / the user's own YAML key is explicit: it stays
     mine = protocol.resolve({**preset, "protocol": "paper", "batch_size": 32,
                              "task_options": {**preset["task_options"], "truncate_at": 0}},

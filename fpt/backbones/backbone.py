@@ -45,6 +45,7 @@ class BuildOptions:
     lstm_width: int = _default("lstm_width")  # hidden size of the LSTM baseline
     lstm_kind: str = _default("lstm_kind")  # the LSTM baseline: RunConfig.lstm_kind's choices (lstm.py, lnlstm.py)
     lstm_residual: bool = _default("lstm_residual")  # layernorm LSTM: x = x + layer(x) per layer (2021 residual=True)
+    position_rows: int | None = _default("position_rows")  # grow GPT-2's position table to this many rows (positions.py)
     # the backbone's dropout probability, or "keep" its own config's (hf._set_dropout); RunConfig.backbone_dropout
     dropout: float | str = _default("backbone_dropout")
 

@@ -150,8 +150,14 @@ def create_backbone(name: str, options: BuildOptions) -> Any:
 
         from fpt.backbones.statistics import statistics_only
 
-        return statistics_only(source.load(name, replace(options, init="pretrained")), options.seed)
-    return source.load(name, options)
+        backbone = statistics_only(source.load(name, replace(options, init="pretrained")), options.seed)
+    else:
+        backbone = source.load(name, options)
+    if options.position_rows is not None:
+        from fpt.backbones.positions import grow_positions
+
+        backbone = grow_positions(backbone, options.position_rows, options.seed)
+    return backbone
 
 
 def load_backbone(name: str = OFFLINE_DEFAULT, options: BuildOptions | None = None, **fields: Any) -> Backbone:
@@ -161,7 +167,7 @@ def load_backbone(name: str = OFFLINE_DEFAULT, options: BuildOptions | None = No
     (a run's: ``BuildOptions.from_config(config)``), or its fields as keywords (``init``, ``layers``, ``seed``,
     ``attn_implementation``: "sdpa" or "eager" (reads attention weights), ``trust_remote_code`` (off unless
     asked: it runs Python shipped with the model), ``revision``, ``lstm_width``, ``lstm_kind``, ``dropout``: a
-    probability or ``"keep"``); each defaults to its RunConfig option's default. Within
+    probability or ``"keep"``, ``position_rows``); each defaults to its RunConfig option's default. Within
     ``fpt.backbones.cache.reuse_backbones`` a backbone already built is handed out as a copy.
     """
     if options is not None and fields:

@@ -83,6 +83,8 @@ PAPER: tuple[Setting, ...] = (
             "tf_encode(...)[:max_length]", _tasks("listops")),
     Setting("task_options.pad_to", 512, "datasets/helpers/listops.py:96-101 padded_batch to 512; fpt.py:184-185 reads "
             "the last position (a pad for shorter sequences), no attention mask", _tasks("listops")),
+    Setting("position_rows", None, "fpt.py:40-48 GPT2Model as built: its 1024 positions (sequences are cut to 512 "
+            "first, so nothing needs more)", _tasks("listops")),
     Setting("task_options.test_split", "val", "datasets/listops.py:15 d_train, d_test, *_ = get_datasets(...): "
             "the second split returned is basic_val", _listops_files),
     # images

@@ -57,6 +57,10 @@ class RunConfig:
     backbone_revision: str | None = what(None, "a Hugging Face backbone's pinned revision: a commit hash (or branch, "
                                          "tag), read from the hub cache's snapshots/<hash> offline (default: main)",
                                          max_length=200)
+    position_rows: int | None = what(None, "grow GPT-2's learned position table to this many rows (default: the model's "
+                                     "1024), so longer sequences feed whole (LRA ListOps: up to ~2000 tokens): the "
+                                     "model's rows are kept, new rows start N(0, the table's std), seeded; all train as "
+                                     "positions under fpt (fpt/backbones/positions.py)", bounds=at_least(2))
     # -- the FPT module (fpt.model.ModelConfig) ---------------------------------------------------
     freeze: str | list[str] = what("fpt", "what trains: a preset (fpt, output-only, +ln, +input, +pos, +ff, +attn, full) "
                                    "or, in YAML, a list of groups", expected="a preset name or a list of groups")

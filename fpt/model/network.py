@@ -77,6 +77,8 @@ class FPT(nn.Module):
                 + (" (+1 summary token of the 'first' read-out)" if readout == "first" else "")
                 + f" but backbone {backbone.name!r} accepts at most {backbone.max_positions}; use a larger patch "
                 "size, shorter sequences, or a backbone with a longer context"
+                + (f" (or grow its position table: --position-rows {1 << (tokens - 1).bit_length()})"
+                   if backbone.arch == "gpt2" else "")
             )
         if config.input_init not in ("embedding", "paper"):
             raise ValueError(f"input_init must be 'embedding' or 'paper', got {config.input_init!r}")

@@ -498,6 +498,10 @@ def differences(results: dict[str, Any], ref: Reference) -> list[str]:
         test = results.get("test") or {}
         if "accuracy_as_published" not in test:
             out.append("the number is accuracy x 0.9739 (published_scale); this run reports plain accuracy")
+    if results.get("position_rows"):
+        out.append(f"positions: this run's position table grown to {results['position_rows']} rows by fpt (new rows "
+                   "seeded N(0, its std)); how the number's run fed sequences longer than the model's table is not "
+                   "stated in its source")
     dropped = ((results.get("data") or {}).get("dropped_too_long") or {})
     if dropped.get("test") or dropped.get("val"):
         out.append(f"sequences longer than max_tokens={(results.get('data') or {}).get('max_tokens')} dropped "

@@ -68,6 +68,8 @@ def _results(config, module, trainer, test_metrics, train_seconds, seconds) -> d
         results["data"] = data
     if config.backbone == "lstm":
         results["lstm_kind"] = config.lstm_kind
+    if config.position_rows is not None:
+        results["position_rows"] = config.position_rows  # a grown position table: a difference the report states
     return results
 
 
