@@ -268,3 +268,19 @@ def test_a_forecasting_run_resumes_exactly_after_kill_9(tmp_path, pretrained_dir
     wa, wb = load_file(reference / "model.safetensors"), load_file(killed / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert (reference / "metrics.csv").read_text() == (killed / "metrics.csv").read_text()
+
+
+def test_report_compares_the_pretrained_arm_with_each_other_at_their_chosen_learning_rates():
+    from fpt.results.forecast_report import _comparisons
+
+    def row(arm, lr, values, chosen=True):
+        return {"backbone": "MiniLM-L6", "arm": arm, "lr": lr, "chosen": chosen, "mse_values": values}
+
+    rows = [row("pretrained", 1e-4, [0.42, 0.41, 0.43]), row("pretrained", 1e-3, [0.30, 0.30, 0.30], chosen=False),
+            row("random", 1e-4, [0.48, 0.50, 0.47]), row("none", 1e-4, [0.40, 0.45, 0.41])]
+    lines = "\n".join(_comparisons(rows))
+    # the unchosen learning rate (better on test) is never the one compared: nothing is selected on test
+    assert "| MiniLM-L6 | frozen pretrained vs frozen random | -0.063 |" in lines
+    assert "pretrained better (p = " in lines.split("frozen random")[1].split("\n")[0]
+    assert "cannot tell (p = " in lines.split("no transformer (0 blocks)")[1].split("\n")[0]
+    assert _comparisons([row("random", 1e-4, [0.5])]) == []  # no pretrained arm: no comparison

@@ -32,6 +32,21 @@ def test_interval_is_scipys_t_interval():
     assert one.std is None and one.low is None and one.mean == 0.5
 
 
+def test_welch_is_scipys_unequal_variance_t_test():
+    a, b = [0.42, 0.41, 0.43], [0.48, 0.50, 0.47]
+    w = statistics.welch(a, b)
+    expected = scipy_stats.ttest_ind(a, b, equal_var=False)
+    ci = expected.confidence_interval(0.95)
+    assert w.difference == pytest.approx(sum(a) / 3 - sum(b) / 3) and w.p == pytest.approx(expected.pvalue)
+    assert (w.low, w.high) == (pytest.approx(ci.low), pytest.approx(ci.high)) and (w.n_a, w.n_b) == (3, 3)
+    assert statistics.welch_verdict(w, True, "pretrained", "random").startswith("pretrained better (p = ")
+    assert statistics.welch_verdict(w, False, "pretrained", "random").startswith("random better")
+    one = statistics.welch([0.4], b)
+    assert one.p is None and "a test needs 2 a side" in statistics.welch_verdict(one, True, "x", "y")
+    close = statistics.welch([0.40, 0.45, 0.41], [0.42, 0.44, 0.40])
+    assert statistics.welch_verdict(close, True, "x", "y").startswith("cannot tell (p = ")
+
+
 def test_ranks_and_friedman_match_scipy():
     table = {"p1": {"a": 0.9, "b": 0.8, "c": 0.8}, "p2": {"a": 0.7, "b": 0.75, "c": 0.6},
              "p3": {"a": 0.3, "b": 0.2, "c": 0.1}, "p4": {"a": 0.05, "b": 0.04, "c": 0.06}}

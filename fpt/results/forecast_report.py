@@ -78,6 +78,7 @@ def forecast_table(run_dirs: list[Path], results: dict[Path, dict[str, Any]]) ->
         g["val_mean"], g["val_std"] = _mean_sd([x["val"] for x in runs if x["val"] is not None])
         g["mse_mean"], g["mse_std"] = _mean_sd([x["mse"] for x in runs if x["mse"] is not None])
         g["mae_mean"], g["mae_std"] = _mean_sd([x["mae"] for x in runs if x["mae"] is not None])
+        g["mse_values"] = [x["mse"] for x in runs if x["mse"] is not None]  # one per seed: the comparisons' input
         g["val_loss_mean"] = _mean_sd([x["val_loss"] for x in runs if x["val_loss"] is not None])[0]
         g["seeds"] = sorted(x["seed"] for x in runs)
         g["steps"], g["batch"] = max(x["steps"] or 0 for x in runs), runs[0]["batch"]
@@ -102,6 +103,32 @@ def _fc_cell(mean: float | None, std: float | None, n: int) -> str:
     if mean is None:
         return "-"
     return f"{mean:.3f}" + (f" ± {std:.3f}" if n > 1 and std is not None else "")
+
+
+def _comparisons(rows: list[dict[str, Any]]) -> list[str]:
+    """Tan et al.'s question per backbone: the frozen pretrained arm's test MSE against each other arm's, both at
+    their learning rates chosen on validation, with Welch's test over seeds (fpt.results.statistics.welch)."""
+    from fpt.results.statistics import welch, welch_verdict
+
+    chosen = {(g["backbone"], g["arm"]): g for g in rows if g["chosen"] and g["mse_values"]}
+    out = []
+    for (backbone, arm), g in chosen.items():
+        if arm != "pretrained":
+            continue
+        for other_arm in FC_ARMS:
+            other = chosen.get((backbone, other_arm))
+            if other_arm == "pretrained" or other is None:
+                continue
+            w = welch(g["mse_values"], other["mse_values"])
+            interval = f"[{w.low:+.3f}, {w.high:+.3f}]" if w.low is not None else "-"
+            out.append(f"| {backbone} | {FC_ARMS['pretrained']} vs {FC_ARMS[other_arm]} | {w.difference:+.3f} | "
+                       f"{interval} | {welch_verdict(w, True, 'pretrained', other_arm)} |")
+    if not out:
+        return []
+    return ["", "Does the language model matter? Test MSE of the frozen pretrained arm minus the other arm's (negative: "
+            "pretrained better), each at its learning rate chosen on validation; Welch's t-test over seeds, 95% "
+            "interval of the difference:", "",
+            "| model | comparison | Δ test MSE | 95% interval | verdict |", "|---|---|---|---|---|"] + out
 
 
 def forecast_section(run_dirs: list[Path], results: dict[Path, dict[str, Any]], out: Path) -> tuple[str, dict[str, str]]:
@@ -137,6 +164,7 @@ def forecast_section(run_dirs: list[Path], results: dict[Path, dict[str, Any]], 
                          f"{_fc_cell(g['mae_mean'], g['mae_std'], len(g['seeds']))} | {g['lr']:g} | "
                          f"{','.join(map(str, g['seeds']))} | {_fc_cell(g['val_mean'], g['val_std'], len(g['seeds']))} | "
                          f"{g['steps']} x {g['batch']} | {_num(g['seconds'], 0)} ({_num(g['cpu_seconds'], 0)}) |")
+        lines += _comparisons(rows)
         base = data.get("baselines_counted") or data.get("baselines") or {}
         if base.get("test"):
             lines += ["", f"Baselines on the same {counted} test windows (no training but the least-squares fit):", "",

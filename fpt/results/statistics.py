@@ -82,6 +82,46 @@ def mean_ranks(table: dict[str, dict[str, float]], higher: dict[str, bool], arms
 
 
 @dataclass
+@dataclass
+class Welch:
+    """Two arms on one problem, independent seeds: ``a - b`` in the metric's own units (its sign as measured)."""
+
+    difference: float  # mean(a) - mean(b)
+    low: float | None  # the two-sided 95% Welch interval of the difference; None below 2 seeds a side
+    high: float | None
+    p: float | None  # Welch's t-test, two-sided; None below 2 seeds a side
+    n_a: int
+    n_b: int
+
+
+def welch(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> Welch:
+    """Mean difference of ``a`` and ``b`` with Welch's t-test and interval (``scipy.stats.ttest_ind``,
+    ``equal_var=False``): seeds of one problem, no pairing assumed, no equal variances."""
+    from scipy import stats
+
+    xa, xb = [float(v) for v in a], [float(v) for v in b]
+    if not xa or not xb:
+        raise ValueError("a comparison needs at least one value on each side")
+    difference = sum(xa) / len(xa) - sum(xb) / len(xb)
+    if len(xa) < 2 or len(xb) < 2:
+        return Welch(difference, None, None, None, len(xa), len(xb))
+    result = stats.ttest_ind(xa, xb, equal_var=False)
+    if not math.isfinite(float(result.pvalue)):  # both sides constant
+        return Welch(difference, difference, difference, 1.0 if difference == 0 else 0.0, len(xa), len(xb))
+    ci = result.confidence_interval(confidence)
+    return Welch(difference, float(ci.low), float(ci.high), float(result.pvalue), len(xa), len(xb))
+
+
+def welch_verdict(result: Welch, lower_is_better: bool, a: str, b: str, alpha: float = ALPHA) -> str:
+    """One phrase: which arm is better at ``alpha``, or that it cannot be told at these seeds."""
+    if result.p is None:
+        return f"cannot tell: {result.n_a} and {result.n_b} seeds (a test needs 2 a side)"
+    if result.p >= alpha:
+        return f"cannot tell (p = {result.p:.2g} at {result.n_a} and {result.n_b} seeds)"
+    a_better = (result.difference < 0) == lower_is_better
+    return f"{a if a_better else b} better (p = {result.p:.2g})"
+
+
 class Paired:
     a: str
     b: str
