@@ -82,7 +82,6 @@ def mean_ranks(table: dict[str, dict[str, float]], higher: dict[str, bool], arms
 
 
 @dataclass
-@dataclass
 class Welch:
     """Two arms on one problem, independent seeds: ``a - b`` in the metric's own units (its sign as measured)."""
 
@@ -122,6 +121,7 @@ def welch_verdict(result: Welch, lower_is_better: bool, a: str, b: str, alpha: f
     return f"{a if a_better else b} better (p = {result.p:.2g})"
 
 
+@dataclass
 class Paired:
     a: str
     b: str
