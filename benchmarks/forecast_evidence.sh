@@ -30,17 +30,19 @@ sweep() {  # dataset, backbone, seeds, lrs
 }
 # ETTh1 first (the acceptance dataset): MiniLM's seed 0 of every arm at the first learning rate, then at the
 # others (the cheaper backbone's comparison, learning rate chosen, is complete earliest); SmolLM2's; then ETTh2
-[ "${REPORT_ONLY:-0}" = 1 ] || for dataset in $DATASETS; do
-  for backbone in minilm smollm2; do
-    for lrs in "$FIRST_LR" "$LRS"; do
-      sweep "$dataset" "$backbone" 1 "$lrs"
+if [ "${REPORT_ONLY:-0}" != 1 ]; then
+  for dataset in $DATASETS; do
+    for backbone in minilm smollm2; do
+      for lrs in "$FIRST_LR" "$LRS"; do
+        sweep "$dataset" "$backbone" 1 "$lrs"
+      done
     done
   done
-done
-[ "${REPORT_ONLY:-0}" = 1 ] || for backbone in minilm smollm2; do
-  for dataset in $DATASETS; do
-    sweep "$dataset" "$backbone" 3 "$LRS"
+  for backbone in minilm smollm2; do
+    for dataset in $DATASETS; do
+      sweep "$dataset" "$backbone" 3 "$LRS"
+    done
   done
-done
-[ "${REPORT_ONLY:-0}" = 1 ] || [ "$DATASETS" = "etth1 etth2" ] || exit 0  # a partial run: the report comes once, after both
+  [ "$DATASETS" = "etth1 etth2" ] || exit 0  # a partial run: the report comes once, after both
+fi
 $FPT report "$SWEEPS" --out "$REPORT" --no-attention

@@ -140,18 +140,13 @@ def require_weights(name: str) -> None:
     short = shipped_name(name)
     if short is None or _cached(name, "model.safetensors") or hub_reachable():
         return
-    if short.startswith("vit"):
-        raise BackboneUnavailable(
-            f"cannot load pretrained {name!r}: its weights are not in the Hugging Face cache and the hub cannot be "
-            "reached from here (offline). Either download them once on a machine with internet "
-            f"(python -c \"from transformers import AutoModel; AutoModel.from_pretrained('{SHIPPED[short]}')\", then "
-            "copy HF_HOME), or use --init random (a frozen random ViT-B/16: fpt ships its config.json, nothing is "
-            "downloaded).")
+    instead = ("--init random (a frozen random ViT-B/16: fpt ships its config.json, nothing is downloaded)."
+               if short.startswith("vit") else
+               "--init random (the paper's frozen random transformer: fpt ships GPT-2's config.json, nothing is "
+               "downloaded), or the offline SmolLM2 variant of a preset (fpt fit --config <preset>-smollm2, e.g. "
+               "bit-xor-smollm2; SmolLM2-135M-Instruct, a 4-bit Q4_1 GGUF dequantised, not the paper's GPT-2).")
     raise BackboneUnavailable(
         f"cannot load pretrained {name!r}: its weights are not in the Hugging Face cache and the hub cannot be "
         "reached from here (offline). Either download them once on a machine with internet "
-        f"(python -c \"from transformers import AutoModel; AutoModel.from_pretrained('{name}')\", then copy "
-        "HF_HOME), or use --init random (the paper's frozen random transformer: fpt ships GPT-2's config.json, "
-        "nothing is downloaded), or the offline SmolLM2 variant of a preset (fpt fit --config <preset>-smollm2, "
-        "e.g. bit-xor-smollm2; SmolLM2-135M-Instruct, a 4-bit Q4_1 GGUF dequantised, not the paper's GPT-2)."
-    )
+        f"(python -c \"from transformers import AutoModel; AutoModel.from_pretrained('{SHIPPED[short]}')\", then copy "
+        f"HF_HOME), or use {instead}")
