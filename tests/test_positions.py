@@ -18,7 +18,7 @@ def test_grown_table_keeps_the_models_rows_and_draws_the_rest_seeded():
     assert new.shape == (2048, 768) and grown.max_positions == 2048 and grown.model.config.n_positions == 2048
     assert torch.equal(new[:1024], old)  # the same seed builds the same model; its rows are kept exactly
     assert abs(float(new[1024:].std()) / float(old.std()) - 1) < 0.05  # new rows at the table's scale
-    assert float(new[1024:].abs().min()) > 0 or float(new[1024:].abs().max()) > 0  # never an all-zero start
+    assert bool(new[1024:].ne(0).all())  # no new row starts at exactly zero (the SmolLM2 zero-input hazard)
     again = _gpt2(position_rows=2048).model.wpe.weight.detach()
     assert torch.equal(again, new)  # seeded: the same rows every time
     other = _gpt2(position_rows=2048, seed=1).model.wpe.weight.detach()
